@@ -1,0 +1,36 @@
+"""simvue-otel: OpenTelemetry exporters and OTLP bridge for Simvue.
+
+The public API is what ``__all__`` lists; everything under ``simvue_otel._internal`` is
+private and may change without notice.
+"""
+
+from __future__ import annotations
+
+from ._internal.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
+    ServerUnreachableError,
+    SimvueHTTPError,
+    SimvueOtelError,
+    SimvueValidationError,
+    TransportError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ServerError",
+    "ServerUnreachableError",
+    "SimvueHTTPError",
+    "SimvueOtelError",
+    "SimvueValidationError",
+    "TransportError",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Private implementation of simvue-otel; import from :mod:`simvue_otel` instead."""

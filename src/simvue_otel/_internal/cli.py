@@ -1,0 +1,119 @@
+"""The ``simvue-otel`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _host_port(parser: argparse.ArgumentParser, value: int) -> int:
+    if not 0 < value < 65536:
+        parser.error(f"--port must be between 1 and 65535, not {value}")
+    return value
+
+
+def _server_extra_missing(exc: ImportError) -> int:
+    print(
+        f"simvue-otel server needs the 'server' extra ({exc.name} is not installed): "
+        "pip install 'simvue-otel[server]'",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _cmd_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        from .server import serve
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        return _server_extra_missing(exc)
+    try:
+        serve(
+            args.host,
+            _host_port(parser, args.port),
+            Path(args.db),
+            max_body=args.max_body,
+            sweep_interval=args.sweep_interval,
+            log_level=args.log_level,
+        )
+    except ImportError as exc:
+        return _server_extra_missing(exc)
+    return 0
+
+
+def _cmd_server_token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        from .server import mint_token
+        from .server.store import StoreError
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        return _server_extra_missing(exc)
+    if args.days <= 0:
+        parser.error(f"--days must be positive, not {args.days}")
+    try:
+        print(mint_token(Path(args.db), args.user, args.tenant, args.days))
+    except StoreError as exc:
+        print(f"simvue-otel server token: {exc.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .server import DEFAULT_DB
+
+    parser = argparse.ArgumentParser(
+        prog="simvue-otel",
+        description="OpenTelemetry exporters, OTLP bridge and local server for Simvue.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    server = commands.add_parser(
+        "server",
+        help="run a Simvue-compatible server on SQLite (development, tests, air-gapped sites)",
+        description="Serve the Simvue REST API from a SQLite database. On a new database, "
+        "create a first user and print a ready SIMVUE_URL and SIMVUE_TOKEN.",
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8765, help="port to listen on")
+    server.add_argument("--db", default=DEFAULT_DB, help="SQLite database file")
+    server.add_argument(
+        "--max-body", type=int, default=64 * 1024 * 1024, help="largest request body, bytes"
+    )
+    server.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=2.0,
+        help="seconds between checks for lost runs and expired retention",
+    )
+    server.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    server.set_defaults(handler=_cmd_server)
+    server_commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
+    token = server_commands.add_parser(
+        "token",
+        help="print a bearer token for a user (created if needed)",
+        description="Print a bearer token (a JWT) for USER of the server whose database is "
+        "--db, creating the user (in --tenant, default 'default') if needed.",
+    )
+    token.add_argument("--db", default=DEFAULT_DB, help="the server's SQLite database file")
+    token.add_argument("--user", required=True, help="user name")
+    token.add_argument("--tenant", default=None, help="tenant of a new user")
+    token.add_argument("--days", type=float, default=365.0, help="token lifetime in days")
+    token.set_defaults(handler=_cmd_server_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return int(args.handler(args, parser))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

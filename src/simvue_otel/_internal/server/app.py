@@ -1,0 +1,414 @@
+"""The HTTP face of the local server: the Simvue v3 REST API subset that run tracking uses.
+
+Paths, methods, bodies and status codes follow what the official Simvue client sends and
+expects: JSON replies everywhere (200 on creation, never 201/204), ``{"detail": ...}`` on
+errors, 409 with the existing id for a folder (or run key) that exists, msgpack metric and
+event batches, ``{"data": [...], "count": N}`` for lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .auth import Identity, TokenError, verify_token
+from .filters import FilterError, parse_filters
+from .store import Invalid, Store, StoreError
+
+__all__ = ["API_VERSION", "create_app"]
+
+API_VERSION = "1.2.16"
+"""The Simvue REST API version answered; the official client accepts [1.1.0, 2.0.0)."""
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+_LOG = logging.getLogger("simvue_otel.server")
+_RUN_TIMES = {"created": "_created", "started": "_started", "endtime": "_endtime",
+              "modified": "_modified"}
+
+Handler = Callable[[Request, Identity], Awaitable[Any]]
+
+
+class JSONReply(Response):
+    """JSON that allows NaN/Infinity, which metric values can hold (Python's json reads them)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+
+
+def _error(status: int, detail: Any, **extra: Any) -> JSONReply:
+    return JSONReply({"detail": detail, **extra}, status_code=status)
+
+
+def _flag(request: Request, name: str, default: bool = False) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in ("true", "1", "yes")
+
+
+def _int(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw in (None, "", "null"):
+        return default
+    try:
+        return int(raw)  # type: ignore[arg-type]
+    except ValueError:
+        raise StoreError(f"query parameter {name!r} must be an integer, not {raw!r}") from None
+
+
+def _json_param(request: Request, name: str) -> Any:
+    raw = request.query_params.get(name)
+    if raw in (None, "", "null"):
+        return None
+    try:
+        return json.loads(raw)  # type: ignore[arg-type]
+    except json.JSONDecodeError:
+        # A bare run id or name is tolerated where a JSON list is expected.
+        return [raw]
+
+
+class _API:
+    def __init__(self, store: Store, max_body: int) -> None:
+        self.store = store
+        self.max_body = max_body
+        self.secret = store.secret()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def route(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                who = verify_token(self.secret, request.headers.get("authorization"))
+                if not self.store.user_exists(who):
+                    raise TokenError("the token's user does not exist on this server")
+            except TokenError as exc:
+                return _error(401, str(exc))
+            try:
+                result = await handler(request, who)
+            except StoreError as exc:
+                return _error(exc.status, exc.detail, **exc.extra)
+            except FilterError as exc:
+                return _error(400, str(exc))
+            if isinstance(result, Response):
+                return result
+            return JSONReply(result)
+
+        return endpoint
+
+    async def body(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise _TooLarge(self.max_body)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise _TooLarge(self.max_body)
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw:
+            return {}
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if ctype in ("application/msgpack", "application/x-msgpack"):
+                return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            return json.loads(raw)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise Invalid(f"the request body is not valid {ctype or 'JSON'}: {exc}") from None
+
+    # -- misc -----------------------------------------------------------------------------
+
+    async def version(self, request: Request, who: Identity) -> Any:
+        return {"version": API_VERSION}
+
+    async def whoami(self, request: Request, who: Identity) -> Any:
+        return {"username": who.user, "user": who.user, "tenant": who.tenant}
+
+    async def alerts(self, request: Request, who: Identity) -> Any:
+        return {"data": [], "count": 0}
+
+    async def empty_list(self, request: Request, who: Identity) -> Any:
+        self.store.get_run(who, request.path_params["run_id"])
+        return []
+
+    # -- folders --------------------------------------------------------------------------
+
+    async def folders_post(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        path = body.get("path") if isinstance(body, dict) else None
+        folder_id, created = self.store.create_folder(who, path)
+        if not created:
+            return JSONReply({"id": folder_id, "detail": "folder already exists"}, status_code=409)
+        extra = {k: body[k] for k in ("description", "tags", "metadata", "ttl") if k in body}
+        if extra:
+            self.store.update_folder(who, folder_id, extra)
+        return {"id": folder_id}
+
+    async def folders_get(self, request: Request, who: Identity) -> Any:
+        predicate = parse_filters(request.query_params.get("filters"))
+        data, total = self.store.list_folders(
+            who, predicate, _int(request, "start", 0) or 0, _int(request, "count", None)
+        )
+        return {"data": data, "count": total}
+
+    async def folder_get(self, request: Request, who: Identity) -> Any:
+        return self.store.get_folder(who, request.path_params["folder_id"])
+
+    async def folder_put(self, request: Request, who: Identity) -> Any:
+        self.store.update_folder(who, request.path_params["folder_id"], await self.body(request))
+        return self.store.get_folder(who, request.path_params["folder_id"])
+
+    async def folder_starred(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        self.store.update_folder(
+            who, request.path_params["folder_id"], {"starred": bool(body.get("starred", True))}
+        )
+        return {}
+
+    async def folder_delete(self, request: Request, who: Identity) -> Any:
+        return self.store.delete_folder(
+            who,
+            request.path_params["folder_id"],
+            recursive=_flag(request, "recursive"),
+            runs=_flag(request, "runs"),
+            runs_only=_flag(request, "runs_only"),
+        )
+
+    # -- runs -----------------------------------------------------------------------------
+
+    async def runs_post(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        if isinstance(body, list):
+            return [self.store.create_run(who, item) for item in body]
+        return self.store.create_run(who, body)
+
+    async def runs_get(self, request: Request, who: Identity) -> Any:
+        predicate = parse_filters(request.query_params.get("filters"), _RUN_TIMES)
+        sorting = _json_param(request, "sorting") or []
+        if not isinstance(sorting, list) or not all(isinstance(s, dict) for s in sorting):
+            raise StoreError("sorting must be a JSON list of {id, desc}")
+        data, total = self.store.list_runs(
+            who,
+            predicate,
+            sorting=sorting,
+            start=_int(request, "start", 0) or 0,
+            count=_int(request, "count", None),
+            metrics=_flag(request, "return_metrics", True),
+        )
+        return {"data": data, "count": total}
+
+    async def run_get(self, request: Request, who: Identity) -> Any:
+        return self.store.get_run(who, request.path_params["run_id"])
+
+    async def run_put(self, request: Request, who: Identity) -> Any:
+        run_id = request.path_params["run_id"]
+        self.store.update_run(who, run_id, await self.body(request))
+        return {"id": run_id}
+
+    async def run_delete(self, request: Request, who: Identity) -> Any:
+        self.store.delete_run(who, request.path_params["run_id"])
+        return {}
+
+    async def heartbeat(self, request: Request, who: Identity) -> Any:
+        self.store.heartbeat(who, request.path_params["run_id"])
+        return {}
+
+    async def abort_get(self, request: Request, who: Identity) -> Any:
+        return {"status": self.store.abort_requested(who, request.path_params["run_id"])}
+
+    async def abort_put(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        reason = body.get("reason") if isinstance(body, dict) else None
+        self.store.set_abort(who, request.path_params["run_id"], reason)
+        return {}
+
+    async def run_starred(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        self.store.set_starred(
+            who, request.path_params["run_id"], bool(body.get("starred", True))
+        )
+        return {}
+
+    # -- tags -----------------------------------------------------------------------------
+
+    async def tags_post(self, request: Request, who: Identity) -> Any:
+        tag_id, created = self.store.create_tag(who, await self.body(request))
+        if not created:
+            return JSONReply({"id": tag_id, "detail": "tag already exists"}, status_code=409)
+        return {"id": tag_id}
+
+    async def tags_get(self, request: Request, who: Identity) -> Any:
+        predicate = parse_filters(request.query_params.get("filters"))
+        data, total = self.store.list_tags(
+            who, predicate, _int(request, "start", 0) or 0, _int(request, "count", None)
+        )
+        return {"data": data, "count": total}
+
+    async def tag_get(self, request: Request, who: Identity) -> Any:
+        return self.store.get_tag(who, request.path_params["tag_id"])
+
+    async def tag_put(self, request: Request, who: Identity) -> Any:
+        self.store.update_tag(who, request.path_params["tag_id"], await self.body(request))
+        return self.store.get_tag(who, request.path_params["tag_id"])
+
+    async def tag_delete(self, request: Request, who: Identity) -> Any:
+        self.store.delete_tag(who, request.path_params["tag_id"])
+        return {}
+
+    # -- metrics and events ---------------------------------------------------------------
+
+    async def metrics_post(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        if not isinstance(body, dict):
+            raise Invalid("the body must be {run, metrics: [...]}")
+        self.store.add_metrics(who, body.get("run"), body.get("metrics"))
+        return {}
+
+    async def metrics_get(self, request: Request, who: Identity) -> Any:
+        runs = _json_param(request, "runs") or []
+        names = _json_param(request, "metrics") or []
+        xaxis = request.query_params.get("xaxis", "step")
+        if xaxis not in ("step", "time", "timestamp"):
+            raise StoreError(f"xaxis must be step, time or timestamp, not {xaxis!r}")
+        data = self.store.get_metrics(who, [str(r) for r in runs], [str(n) for n in names], xaxis)
+        if _flag(request, "aggregate"):
+            return _aggregate(data, xaxis)
+        return data
+
+    async def metric_names(self, request: Request, who: Identity) -> Any:
+        runs = _json_param(request, "runs") or []
+        return self.store.metric_names(who, [str(r) for r in runs])
+
+    async def events_post(self, request: Request, who: Identity) -> Any:
+        body = await self.body(request)
+        if not isinstance(body, dict):
+            raise Invalid("the body must be {run, events: [...]}")
+        self.store.add_events(who, body.get("run"), body.get("events"))
+        return {}
+
+    async def events_get(self, request: Request, who: Identity) -> Any:
+        run_id = request.query_params.get("run")
+        if not run_id:
+            raise StoreError("query parameter 'run' is required")
+        predicate = parse_filters(request.query_params.get("filters"))
+        data, total = self.store.get_events(
+            who, run_id, predicate, _int(request, "start", 0) or 0, _int(request, "count", 0)
+        )
+        return {"data": data, "count": total}
+
+
+class _TooLarge(StoreError):
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than the server's limit of {limit} bytes")
+
+
+def _aggregate(
+    data: dict[str, dict[str, list[dict[str, Any]]]], xaxis: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Across runs, per metric and x value: average, min, max and count of the values."""
+    grouped: dict[str, dict[Any, list[float]]] = {}
+    for per_metric in data.values():
+        for name, points in per_metric.items():
+            for p in points:
+                grouped.setdefault(name, {}).setdefault(p[xaxis], []).append(p["value"])
+    return {
+        name: [
+            {xaxis: x, "average": sum(v) / len(v), "min": min(v), "max": max(v), "count": len(v)}
+            for x, v in sorted(by_x.items())
+        ]
+        for name, by_x in grouped.items()
+    }
+
+
+async def _health(request: Request) -> Response:
+    return JSONReply({"status": "ok", "version": API_VERSION})
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error(404, f"no such endpoint: {request.method} {request.url.path}")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return _error(405, f"method {request.method} not allowed on {request.url.path}")
+
+
+def create_app(
+    store: Store, *, max_body: int = DEFAULT_MAX_BODY, sweep_interval: float = 2.0
+) -> Starlette:
+    """The ASGI application over ``store``; a background thread marks lost runs and applies
+    retention every ``sweep_interval`` seconds."""
+    api = _API(store, max_body)
+    r = api.route
+    routes = [
+        Route("/health", _health, methods=["GET"]),
+        Route("/api/version", r(api.version), methods=["GET"]),
+        Route("/api/whoami", r(api.whoami), methods=["GET"]),
+        Route("/api/alerts", r(api.alerts), methods=["GET"]),
+        Route("/api/folders", r(api.folders_post), methods=["POST"]),
+        Route("/api/folders", r(api.folders_get), methods=["GET"]),
+        Route("/api/folders/{folder_id}", r(api.folder_get), methods=["GET"]),
+        Route("/api/folders/{folder_id}", r(api.folder_put), methods=["PUT"]),
+        Route("/api/folders/{folder_id}", r(api.folder_delete), methods=["DELETE"]),
+        Route("/api/folders/{folder_id}/starred", r(api.folder_starred), methods=["PUT"]),
+        Route("/api/runs", r(api.runs_post), methods=["POST"]),
+        Route("/api/runs", r(api.runs_get), methods=["GET"]),
+        Route("/api/runs/{run_id}", r(api.run_get), methods=["GET"]),
+        Route("/api/runs/{run_id}", r(api.run_put), methods=["PUT"]),
+        Route("/api/runs/{run_id}", r(api.run_delete), methods=["DELETE"]),
+        Route("/api/runs/{run_id}/heartbeat", r(api.heartbeat), methods=["PUT"]),
+        Route("/api/runs/{run_id}/abort", r(api.abort_get), methods=["GET"]),
+        Route("/api/runs/{run_id}/abort", r(api.abort_put), methods=["PUT"]),
+        Route("/api/runs/{run_id}/starred", r(api.run_starred), methods=["PUT"]),
+        Route("/api/runs/{run_id}/artifacts", r(api.empty_list), methods=["GET"]),
+        Route("/api/runs/{run_id}/grids", r(api.empty_list), methods=["GET"]),
+        Route("/api/tags", r(api.tags_post), methods=["POST"]),
+        Route("/api/tags", r(api.tags_get), methods=["GET"]),
+        Route("/api/tags/{tag_id}", r(api.tag_get), methods=["GET"]),
+        Route("/api/tags/{tag_id}", r(api.tag_put), methods=["PUT"]),
+        Route("/api/tags/{tag_id}", r(api.tag_delete), methods=["DELETE"]),
+        Route("/api/metrics", r(api.metrics_post), methods=["POST"]),
+        Route("/api/metrics", r(api.metrics_get), methods=["GET"]),
+        Route("/api/metrics/names", r(api.metric_names), methods=["GET"]),
+        Route("/api/events", r(api.events_post), methods=["POST"]),
+        Route("/api/events", r(api.events_get), methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop = threading.Event()
+
+        def sweeper() -> None:
+            while not stop.wait(sweep_interval):
+                try:
+                    store.sweep(force=True)
+                except Exception:  # a failed sweep must not end the server; the next retries
+                    _LOG.exception("lost/retention sweep failed")
+
+        thread = threading.Thread(target=sweeper, name="simvue-otel-sweeper", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+    )

@@ -1,0 +1,992 @@
+"""SQLite storage of the local Simvue-compatible server.
+
+One connection in WAL mode, serialised by a lock: the server is a development and test tool,
+and SQLite's single writer is the real limit anyway. Every read and write takes the caller's
+:class:`~.auth.Identity` and enforces run visibility here, so no endpoint can forget it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import sqlite3
+import string
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..names import generate_run_name
+from .auth import Identity
+from .filters import Predicate
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "NotFound",
+    "Store",
+    "StoreError",
+]
+
+RUN_STATUSES = ("created", "running", "completed", "failed", "terminated", "lost")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+_NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:]+$")
+_ID_ALPHABET = string.ascii_letters + string.digits
+_RUN_KEY_PATH = ("simvue_otel", "run_key")
+
+
+class StoreError(Exception):
+    """An API-level failure with its HTTP status; ``detail`` becomes ``{"detail": ...}``."""
+
+    status = 400
+
+    def __init__(self, detail: Any, **extra: Any) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+class Forbidden(StoreError):
+    status = 403
+
+
+class Conflict(StoreError):
+    status = 409
+
+
+class Invalid(StoreError):
+    status = 422
+
+
+def new_id() -> str:
+    """A 22-character alphanumeric id, the shape of Simvue's object ids."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+
+
+def format_time(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime(_TIME_FORMAT)
+
+
+def parse_time(value: Any, field: str) -> float | None:
+    """Simvue timestamps are UTC strings without a zone suffix; epoch numbers are accepted too."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "T")
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise Invalid(
+                [{"loc": ["body", field], "msg": f"not a timestamp: {value!r}", "type": "value"}]
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    raise Invalid([{"loc": ["body", field], "msg": "must be a timestamp string", "type": "type"}])
+
+
+def _invalid(field: str, msg: str) -> Invalid:
+    return Invalid([{"loc": ["body", field], "msg": msg, "type": "value_error"}])
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``; nested dicts merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        old = merged.get(key)
+        if isinstance(old, dict) and isinstance(value, Mapping):
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _run_key_of(metadata: Mapping[str, Any]) -> str | None:
+    node: Any = metadata
+    for part in _RUN_KEY_PATH:
+        if not isinstance(node, Mapping) or part not in node:
+            flat = metadata.get(".".join(_RUN_KEY_PATH))
+            return str(flat) if flat is not None else None
+        node = node[part]
+    return str(node) if node is not None else None
+
+
+def _visibility(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {"public": False, "tenant": False, "users": []}
+    if not isinstance(value, Mapping):
+        raise _invalid("visibility", "must be an object {public, tenant, users}")
+    users = value.get("users", value.get("user")) or []
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        raise _invalid("visibility.users", "must be a list of user names")
+    return {
+        "public": bool(value.get("public", False)),
+        "tenant": bool(value.get("tenant", False)),
+        "users": list(dict.fromkeys(users)),
+    }
+
+
+def _check_ttl(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _invalid(field, "must be a positive number of seconds or null")
+    return int(value)
+
+
+def _check_tags(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise _invalid("tags", "must be a list of non-empty strings")
+    return list(dict.fromkeys(value))
+
+
+def _check_folder(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise _invalid("folder", "must be a path starting with '/'")
+    if value != "/" and value.endswith("/"):
+        value = value.rstrip("/") or "/"
+    return value
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, tenant TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS folders (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, tenant TEXT NOT NULL, path TEXT NOT NULL,
+    doc TEXT NOT NULL, created REAL NOT NULL, UNIQUE (owner, path));
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, tenant TEXT NOT NULL, name TEXT NOT NULL,
+    folder TEXT NOT NULL, status TEXT NOT NULL, run_key TEXT,
+    vis_public INTEGER NOT NULL, vis_tenant INTEGER NOT NULL, vis_users TEXT NOT NULL,
+    created REAL NOT NULL, modified REAL NOT NULL, last_heartbeat REAL,
+    heartbeat_timeout REAL, ttl REAL, doc TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs (owner, run_key) WHERE run_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, name);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, step INTEGER NOT NULL, time REAL,
+    timestamp TEXT, value REAL);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, name, step);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, message TEXT NOT NULL,
+    log_level TEXT NOT NULL, timestamp TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
+CREATE TABLE IF NOT EXISTS tags (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, colour TEXT,
+    description TEXT, created REAL NOT NULL, UNIQUE (owner, name));
+"""
+
+# Visibility of runs, in SQL: owner, public, same tenant when shared with it, or named user.
+_VISIBLE = (
+    "(r.owner = :user OR r.vis_public = 1 OR (r.vis_tenant = 1 AND r.tenant = :tenant) "
+    "OR EXISTS (SELECT 1 FROM json_each(r.vis_users) WHERE json_each.value = :user))"
+)
+
+
+class Store:
+    """All state of the local server, in one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=10000")
+            self._conn.executescript(_SCHEMA)
+        self._last_sweep = 0.0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._conn, self._lock)
+
+    # -- meta and users -------------------------------------------------------------------
+
+    def secret(self) -> str:
+        """The token-signing secret, created on first use and kept in the database."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+            if row:
+                return str(row["value"])
+            value = secrets.token_urlsafe(48)
+            db.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
+            return value
+
+    def get_meta(self, key: str) -> str | None:
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return str(row["value"]) if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def ensure_user(self, name: str, tenant: str | None = None) -> tuple[Identity, bool]:
+        """The user ``name`` (created if new); an existing user keeps their tenant unless one
+        different from it is asked for, which is an error rather than a silent move."""
+        with self._tx() as db:
+            row = db.execute("SELECT tenant FROM users WHERE name = ?", (name,)).fetchone()
+            if row:
+                if tenant and tenant != row["tenant"]:
+                    raise Conflict(
+                        f"user {name!r} already belongs to tenant {row['tenant']!r}, "
+                        f"not {tenant!r}"
+                    )
+                return Identity(name, str(row["tenant"])), False
+            tenant = tenant or "default"
+            db.execute(
+                "INSERT INTO users (name, tenant, created) VALUES (?, ?, ?)",
+                (name, tenant, time.time()),
+            )
+            return Identity(name, tenant), True
+
+    def user_exists(self, identity: Identity) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT 1 FROM users WHERE name = ? AND tenant = ?",
+                (identity.user, identity.tenant),
+            ).fetchone()
+            return row is not None
+
+    # -- folders --------------------------------------------------------------------------
+
+    def create_folder(self, who: Identity, path: str) -> tuple[str, bool]:
+        """Create ``path`` and its missing parents; returns (id, created)."""
+        path = _check_folder(path)
+        with self._tx() as db:
+            return self._ensure_folder(db, who, path)
+
+    def _ensure_folder(self, db: sqlite3.Connection, who: Identity, path: str) -> tuple[str, bool]:
+        row = db.execute(
+            "SELECT id FROM folders WHERE owner = ? AND path = ?", (who.user, path)
+        ).fetchone()
+        if row:
+            return str(row["id"]), False
+        if path != "/":
+            parent = path.rsplit("/", 1)[0] or "/"
+            self._ensure_folder(db, who, parent)
+        folder_id = new_id()
+        now = time.time()
+        doc = {"description": None, "tags": [], "metadata": {}, "starred": False, "ttl": None,
+               "name": path.rsplit("/", 1)[-1] or "/"}
+        db.execute(
+            "INSERT INTO folders (id, owner, tenant, path, doc, created) VALUES (?,?,?,?,?,?)",
+            (folder_id, who.user, who.tenant, path, json.dumps(doc), now),
+        )
+        return folder_id, True
+
+    def _folder_api(self, row: sqlite3.Row) -> dict[str, Any]:
+        doc = json.loads(row["doc"])
+        return {
+            "id": row["id"],
+            "path": row["path"],
+            "name": doc.get("name"),
+            "description": doc.get("description"),
+            "tags": doc.get("tags", []),
+            "metadata": doc.get("metadata", {}),
+            "starred": doc.get("starred", False),
+            "ttl": doc.get("ttl"),
+            "created": format_time(row["created"]),
+            "user": row["owner"],
+            "visibility": {"public": False, "tenant": False, "users": []},
+        }
+
+    def list_folders(
+        self, who: Identity, predicate: Predicate, start: int = 0, count: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM folders WHERE owner = ? ORDER BY created, path", (who.user,)
+            ).fetchall()
+        found = [f for f in (self._folder_api(r) for r in rows) if predicate(f, who.user)]
+        return _page(found, start, count), len(found)
+
+    def get_folder(self, who: Identity, folder_id: str) -> dict[str, Any]:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM folders WHERE id = ? AND owner = ?", (folder_id, who.user)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"folder {folder_id!r} not found")
+        return self._folder_api(row)
+
+    def update_folder(self, who: Identity, folder_id: str, changes: Mapping[str, Any]) -> None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT doc FROM folders WHERE id = ? AND owner = ?", (folder_id, who.user)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"folder {folder_id!r} not found")
+            doc = json.loads(row["doc"])
+            for key, value in changes.items():
+                if key == "metadata":
+                    if not isinstance(value, Mapping):
+                        raise _invalid("metadata", "must be an object")
+                    doc["metadata"] = deep_merge(doc.get("metadata", {}), value)
+                elif key == "tags":
+                    doc["tags"] = _check_tags(value)
+                elif key == "ttl":
+                    doc["ttl"] = _check_ttl(value, "ttl")
+                elif key in ("description", "name", "starred"):
+                    doc[key] = value
+            db.execute("UPDATE folders SET doc = ? WHERE id = ?", (json.dumps(doc), folder_id))
+
+    def delete_folder(
+        self, who: Identity, folder_id: str, *, recursive: bool, runs: bool, runs_only: bool
+    ) -> dict[str, list[str]]:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT path FROM folders WHERE id = ? AND owner = ?", (folder_id, who.user)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"folder {folder_id!r} not found")
+            path = str(row["path"])
+            prefix = path.rstrip("/") + "/"
+            targets = db.execute(
+                "SELECT id, path FROM folders WHERE owner = ? AND (path = ? OR "
+                "(? AND substr(path, 1, ?) = ?))",
+                (who.user, path, recursive, len(prefix), prefix),
+            ).fetchall()
+            if not recursive and db.execute(
+                "SELECT 1 FROM folders WHERE owner = ? AND substr(path, 1, ?) = ? LIMIT 1",
+                (who.user, len(prefix), prefix),
+            ).fetchone():
+                raise Conflict(f"folder {path!r} has subfolders: delete with recursive=True")
+            paths = [str(t["path"]) for t in targets]
+            marks = ",".join("?" * len(paths))
+            run_rows = db.execute(
+                f"SELECT id FROM runs WHERE owner = ? AND folder IN ({marks})",  # noqa: S608
+                (who.user, *paths),
+            ).fetchall()
+            run_ids = [str(r["id"]) for r in run_rows]
+            if run_ids and not (runs or runs_only):
+                raise Conflict(f"folder {path!r} holds runs: delete with runs=True")
+            if runs or runs_only:
+                self._delete_runs(db, run_ids)
+            folder_ids: list[str] = []
+            if not runs_only:
+                folder_ids = [str(t["id"]) for t in targets]
+                db.executemany("DELETE FROM folders WHERE id = ?", [(f,) for f in folder_ids])
+            return {"folders": folder_ids, "runs": run_ids}
+
+    # -- tags -----------------------------------------------------------------------------
+
+    def _ensure_tags(self, db: sqlite3.Connection, who: Identity, names: Iterable[str]) -> None:
+        now = time.time()
+        db.executemany(
+            "INSERT OR IGNORE INTO tags (id, owner, name, colour, description, created) "
+            "VALUES (?, ?, ?, NULL, NULL, ?)",
+            [(new_id(), who.user, name, now) for name in names],
+        )
+
+    def create_tag(self, who: Identity, body: Mapping[str, Any]) -> tuple[str, bool]:
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise _invalid("name", "a tag needs a non-empty name")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM tags WHERE owner = ? AND name = ?", (who.user, name)
+            ).fetchone()
+            if row:
+                return str(row["id"]), False
+            tag_id = new_id()
+            db.execute(
+                "INSERT INTO tags (id, owner, name, colour, description, created) "
+                "VALUES (?,?,?,?,?,?)",
+                (tag_id, who.user, name, body.get("colour"), body.get("description"), time.time()),
+            )
+            return tag_id, True
+
+    @staticmethod
+    def _tag_api(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "colour": row["colour"] or "#7f7f7f",
+            "description": row["description"],
+            "created": format_time(row["created"]),
+        }
+
+    def list_tags(
+        self, who: Identity, predicate: Predicate, start: int = 0, count: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM tags WHERE owner = ? ORDER BY created, name", (who.user,)
+            ).fetchall()
+        found = [t for t in (self._tag_api(r) for r in rows) if predicate(t, who.user)]
+        return _page(found, start, count), len(found)
+
+    def get_tag(self, who: Identity, tag_id: str) -> dict[str, Any]:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM tags WHERE id = ? AND owner = ?", (tag_id, who.user)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"tag {tag_id!r} not found")
+        return self._tag_api(row)
+
+    def update_tag(self, who: Identity, tag_id: str, changes: Mapping[str, Any]) -> None:
+        current = self.get_tag(who, tag_id)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE tags SET name = ?, colour = ?, description = ? WHERE id = ?",
+                (
+                    changes.get("name", current["name"]),
+                    changes.get("colour", current["colour"]),
+                    changes.get("description", current["description"]),
+                    tag_id,
+                ),
+            )
+
+    def delete_tag(self, who: Identity, tag_id: str) -> None:
+        tag = self.get_tag(who, tag_id)
+        with self._tx() as db:
+            db.execute("DELETE FROM tags WHERE id = ?", (tag_id,))
+            rows = db.execute(
+                "SELECT id, doc FROM runs r, json_each(json_extract(r.doc, '$.tags')) t "
+                "WHERE r.owner = ? AND t.value = ?",
+                (who.user, tag["name"]),
+            ).fetchall()
+            for row in rows:
+                doc = json.loads(row["doc"])
+                doc["tags"] = [t for t in doc.get("tags", []) if t != tag["name"]]
+                db.execute("UPDATE runs SET doc = ? WHERE id = ?", (json.dumps(doc), row["id"]))
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(self, who: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a run; a second run with the same run key answers Conflict with the first id."""
+        if not isinstance(body, Mapping):
+            raise _invalid("body", "a run must be a JSON object")
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or not _NAME_RE.match(name)):
+            raise _invalid("name", f"must match {_NAME_RE.pattern}")
+        folder = _check_folder(body.get("folder", "/"))
+        status = body.get("status") or "running"
+        if status not in RUN_STATUSES:
+            raise _invalid("status", f"must be one of {', '.join(RUN_STATUSES)}")
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            raise _invalid("metadata", "must be an object")
+        tags = _check_tags(body.get("tags"))
+        visibility = _visibility(body.get("visibility"))
+        ttl = _check_ttl(body.get("ttl"), "ttl")
+        heartbeat_timeout = _check_ttl(body.get("heartbeat_timeout", 180), "heartbeat_timeout")
+        now = time.time()
+        run_key = _run_key_of(metadata)
+        with self._tx() as db:
+            if run_key is not None:
+                row = db.execute(
+                    "SELECT id, name FROM runs WHERE owner = ? AND run_key = ?",
+                    (who.user, run_key),
+                ).fetchone()
+                if row:
+                    raise Conflict(
+                        f"a run with run key {run_key!r} already exists",
+                        id=row["id"],
+                        name=row["name"],
+                    )
+            if name is None:
+                name = self._unique_name(db, who)
+            self._ensure_folder(db, who, folder)
+            self._ensure_tags(db, who, tags)
+            doc = {
+                "description": body.get("description"),
+                "tags": tags,
+                "metadata": dict(metadata),
+                "notifications": body.get("notifications") or {"state": "none"},
+                "alerts": body.get("alerts") or [],
+                "system": body.get("system") or {},
+                "started": parse_time(body.get("started"), "started")
+                or (now if status == "running" else None),
+                "endtime": parse_time(body.get("endtime"), "endtime"),
+                "starred": False,
+                "abort": False,
+                "ttl": ttl,
+                "heartbeat_timeout": heartbeat_timeout,
+                "visibility": visibility,
+            }
+            run_id = new_id()
+            db.execute(
+                "INSERT INTO runs (id, owner, tenant, name, folder, status, run_key, vis_public, "
+                "vis_tenant, vis_users, created, modified, last_heartbeat, heartbeat_timeout, "
+                "ttl, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id, who.user, who.tenant, name, folder, status, run_key,
+                    int(visibility["public"]), int(visibility["tenant"]),
+                    json.dumps(visibility["users"]), now, now,
+                    now if status == "running" else None, heartbeat_timeout, ttl,
+                    json.dumps(doc),
+                ),
+            )
+        return {"id": run_id, "name": name}
+
+    def _unique_name(self, db: sqlite3.Connection, who: Identity) -> str:
+        for _ in range(50):
+            name = generate_run_name()
+            if not db.execute(
+                "SELECT 1 FROM runs WHERE owner = ? AND name = ?", (who.user, name)
+            ).fetchone():
+                return name
+        return f"{generate_run_name()}-{secrets.token_hex(3)}"
+
+    def _load_run(self, db: sqlite3.Connection, who: Identity, run_id: str) -> sqlite3.Row:
+        row = db.execute(
+            f"SELECT * FROM runs r WHERE r.id = :id AND {_VISIBLE}",  # noqa: S608
+            {"id": run_id, "user": who.user, "tenant": who.tenant},
+        ).fetchone()
+        if row is None:
+            # Another user's private run reads exactly like a missing one.
+            raise NotFound(f"run {run_id!r} not found")
+        return row
+
+    def _writable_run(self, db: sqlite3.Connection, who: Identity, run_id: str) -> sqlite3.Row:
+        row = self._load_run(db, who, run_id)
+        if row["owner"] != who.user:
+            raise Forbidden(f"run {run_id!r} belongs to another user; it is read-only to you")
+        return row
+
+    def _metric_summary(self, db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+        rows = db.execute(
+            "SELECT m.name, COUNT(*) AS n, MIN(m.value) AS lo, MAX(m.value) AS hi, "
+            "AVG(m.value) AS mean, MAX(m.step) AS step, "
+            "(SELECT value FROM metrics l WHERE l.run_id = m.run_id AND l.name = m.name "
+            " ORDER BY l.step DESC, l.rowid DESC LIMIT 1) AS last "
+            "FROM metrics m WHERE m.run_id = ? GROUP BY m.name",
+            (run_id,),
+        ).fetchall()
+        return {
+            r["name"]: {
+                "count": r["n"],
+                "min": r["lo"],
+                "max": r["hi"],
+                "average": r["mean"],
+                "last": r["last"],
+                "step": r["step"],
+            }
+            for r in rows
+        }
+
+    def _run_api(self, db: sqlite3.Connection, row: sqlite3.Row, metrics: bool) -> dict[str, Any]:
+        doc = json.loads(row["doc"])
+        started, endtime = doc.get("started"), doc.get("endtime")
+        runtime = None
+        if started is not None:
+            end = endtime if endtime is not None else time.time()
+            runtime = _format_duration(max(0.0, end - started))
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "status": row["status"],
+            "folder": row["folder"],
+            "description": doc.get("description"),
+            "tags": doc.get("tags", []),
+            "metadata": doc.get("metadata", {}),
+            "ttl": doc.get("ttl"),
+            "heartbeat_timeout": doc.get("heartbeat_timeout"),
+            "notifications": doc.get("notifications", {"state": "none"}),
+            "visibility": doc.get("visibility"),
+            "alerts": doc.get("alerts", []),
+            "created": format_time(row["created"]),
+            "modified": format_time(row["modified"]),
+            "started": format_time(started),
+            "endtime": format_time(endtime),
+            "runtime": runtime,
+            "system": doc.get("system", {}),
+            "user": row["owner"],
+            "starred": doc.get("starred", False),
+            "metrics": self._metric_summary(db, row["id"]) if metrics else {},
+            "events": {},
+            # numeric epochs for the age-window filters; dropped before serving
+            "_created": row["created"],
+            "_started": started,
+            "_endtime": endtime,
+            "_modified": row["modified"],
+        }
+
+    def get_run(self, who: Identity, run_id: str) -> dict[str, Any]:
+        self.sweep()
+        with self._tx() as db:
+            return _public(self._run_api(db, self._load_run(db, who, run_id), metrics=True))
+
+    def list_runs(
+        self,
+        who: Identity,
+        predicate: Predicate,
+        *,
+        sorting: Sequence[Mapping[str, Any]] = (),
+        start: int = 0,
+        count: int | None = None,
+        metrics: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        self.sweep()
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT * FROM runs r WHERE {_VISIBLE} ORDER BY r.created",  # noqa: S608
+                {"user": who.user, "tenant": who.tenant},
+            ).fetchall()
+            runs = [self._run_api(db, r, metrics=metrics) for r in rows]
+        found = [r for r in runs if predicate(r, who.user)]
+        for spec in reversed(list(sorting)):
+            key = str(spec.get("id", "created"))
+            numeric = {"created": "_created", "started": "_started", "endtime": "_endtime",
+                       "modified": "_modified"}.get(key)
+            found.sort(
+                key=lambda r, k=key, n=numeric: _sort_key(r[n] if n else _dig(r, k)),
+                reverse=bool(spec.get("desc", False)),
+            )
+        return [_public(r) for r in _page(found, start, count)], len(found)
+
+    def update_run(self, who: Identity, run_id: str, changes: Mapping[str, Any]) -> None:
+        """A partial update: only the keys given change; metadata merges into what is there."""
+        if not isinstance(changes, Mapping):
+            raise _invalid("body", "an update must be a JSON object")
+        with self._tx() as db:
+            row = self._writable_run(db, who, run_id)
+            doc = json.loads(row["doc"])
+            cols: dict[str, Any] = {}
+            now = time.time()
+            for key, value in changes.items():
+                if key == "metadata":
+                    if not isinstance(value, Mapping):
+                        raise _invalid("metadata", "must be an object")
+                    doc["metadata"] = deep_merge(doc.get("metadata", {}), value)
+                    new_key = _run_key_of(doc["metadata"])
+                    if new_key != row["run_key"]:
+                        cols["run_key"] = new_key
+                elif key == "tags":
+                    doc["tags"] = _check_tags(value)
+                    self._ensure_tags(db, who, doc["tags"])
+                elif key == "status":
+                    if value not in RUN_STATUSES:
+                        raise _invalid("status", f"must be one of {', '.join(RUN_STATUSES)}")
+                    cols["status"] = value
+                    if value == "running":
+                        doc["started"] = doc.get("started") or now
+                        doc["endtime"] = None
+                        cols["last_heartbeat"] = now
+                    elif value in ("completed", "failed", "terminated") and "endtime" not in changes:
+                        doc["endtime"] = now
+                elif key in ("endtime", "started"):
+                    doc[key] = parse_time(value, key)
+                elif key == "visibility":
+                    vis = _visibility(value)
+                    doc["visibility"] = vis
+                    cols["vis_public"] = int(vis["public"])
+                    cols["vis_tenant"] = int(vis["tenant"])
+                    cols["vis_users"] = json.dumps(vis["users"])
+                elif key in ("ttl", "heartbeat_timeout"):
+                    doc[key] = _check_ttl(value, key)
+                    cols[key] = doc[key]
+                elif key == "name":
+                    if not isinstance(value, str) or not _NAME_RE.match(value):
+                        raise _invalid("name", f"must match {_NAME_RE.pattern}")
+                    cols["name"] = value
+                elif key == "folder":
+                    cols["folder"] = _check_folder(value)
+                    self._ensure_folder(db, who, cols["folder"])
+                elif key in ("description", "system", "notifications", "alerts"):
+                    doc[key] = value
+                # other keys (e.g. client-side bookkeeping) are accepted and ignored
+            cols["doc"] = json.dumps(doc)
+            cols["modified"] = now
+            assignments = ", ".join(f"{c} = :{c}" for c in cols)
+            try:
+                db.execute(
+                    f"UPDATE runs SET {assignments} WHERE id = :id",  # noqa: S608
+                    {**cols, "id": run_id},
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("another run already has this run key") from None
+
+    def delete_run(self, who: Identity, run_id: str) -> None:
+        with self._tx() as db:
+            self._writable_run(db, who, run_id)
+            self._delete_runs(db, [run_id])
+
+    @staticmethod
+    def _delete_runs(db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
+        rows = [(r,) for r in run_ids]
+        db.executemany("DELETE FROM metrics WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM events WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM runs WHERE id = ?", rows)
+
+    def heartbeat(self, who: Identity, run_id: str) -> None:
+        """Record a heartbeat; a run marked lost while its client was cut off comes back."""
+        with self._tx() as db:
+            row = self._writable_run(db, who, run_id)
+            status = "running" if row["status"] == "lost" else row["status"]
+            db.execute(
+                "UPDATE runs SET last_heartbeat = ?, status = ? WHERE id = ?",
+                (time.time(), status, run_id),
+            )
+
+    def set_abort(self, who: Identity, run_id: str, reason: str | None) -> None:
+        with self._tx() as db:
+            row = self._writable_run(db, who, run_id)
+            doc = json.loads(row["doc"])
+            doc["abort"] = True
+            doc["abort_reason"] = reason
+            db.execute("UPDATE runs SET doc = ? WHERE id = ?", (json.dumps(doc), run_id))
+
+    def abort_requested(self, who: Identity, run_id: str) -> bool:
+        with self._tx() as db:
+            return bool(json.loads(self._load_run(db, who, run_id)["doc"]).get("abort"))
+
+    def set_starred(self, who: Identity, run_id: str, starred: bool) -> None:
+        with self._tx() as db:
+            row = self._writable_run(db, who, run_id)
+            doc = json.loads(row["doc"])
+            doc["starred"] = bool(starred)
+            db.execute("UPDATE runs SET doc = ? WHERE id = ?", (json.dumps(doc), run_id))
+
+    # -- metrics and events ---------------------------------------------------------------
+
+    def _run_for_write(self, db: sqlite3.Connection, who: Identity, run_id: Any) -> None:
+        if not isinstance(run_id, str):
+            raise _invalid("run", "must be a run id")
+        try:
+            self._writable_run(db, who, run_id)
+        except NotFound:
+            # The official client expects 422 (a ValueError) for data posted to an unknown run.
+            raise _invalid("run", f"no run {run_id!r} you can write to") from None
+
+    def add_metrics(self, who: Identity, run_id: Any, entries: Any) -> int:
+        """Store a batch of ``{values, step, time, timestamp}`` entries; all or nothing."""
+        if not isinstance(entries, list):
+            raise _invalid("metrics", "must be a list of {values, step, time, timestamp}")
+        rows: list[tuple[Any, ...]] = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                raise _invalid(f"metrics.{i}", "must be an object")
+            step = entry.get("step", 0)
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise _invalid(f"metrics.{i}.step", f"must be a non-negative integer, not {step!r}")
+            t = entry.get("time")
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+                raise _invalid(f"metrics.{i}.time", "must be a number of seconds")
+            stamp = entry.get("timestamp")
+            if stamp is not None and not isinstance(stamp, str):
+                raise _invalid(f"metrics.{i}.timestamp", "must be a timestamp string")
+            values = entry.get("values")
+            if not isinstance(values, Mapping):
+                raise _invalid(f"metrics.{i}.values", "must be an object of name: number")
+            for name, value in values.items():
+                if not isinstance(name, str) or not name:
+                    raise _invalid(f"metrics.{i}.values", "metric names must be strings")
+                if not isinstance(value, (int, float)):
+                    raise _invalid(f"metrics.{i}.values.{name}", "must be a number")
+                rows.append((run_id, name, step, t, stamp, _nan_safe(float(value))))
+        with self._tx() as db:
+            self._run_for_write(db, who, run_id)
+            db.executemany(
+                "INSERT INTO metrics (run_id, name, step, time, timestamp, value) "
+                "VALUES (?,?,?,?,?,?)",
+                rows,
+            )
+        return len(rows)
+
+    def add_events(self, who: Identity, run_id: Any, entries: Any) -> int:
+        if not isinstance(entries, list):
+            raise _invalid("events", "must be a list of {message, timestamp, log_level}")
+        rows: list[tuple[Any, ...]] = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("message"), str):
+                raise _invalid(f"events.{i}.message", "must be a string")
+            stamp = entry.get("timestamp") or format_time(time.time())
+            if not isinstance(stamp, str):
+                raise _invalid(f"events.{i}.timestamp", "must be a timestamp string")
+            level = entry.get("log_level") or "info"
+            if level not in ("debug", "info", "warning", "error", "critical"):
+                raise _invalid(f"events.{i}.log_level", "must be debug|info|warning|error|critical")
+            rows.append((run_id, entry["message"], level, stamp))
+        with self._tx() as db:
+            self._run_for_write(db, who, run_id)
+            db.executemany(
+                "INSERT INTO events (run_id, message, log_level, timestamp) VALUES (?,?,?,?)", rows
+            )
+        return len(rows)
+
+    def _visible_runs(self, db: sqlite3.Connection, who: Identity, run_ids: Sequence[str]) -> list[str]:
+        visible = []
+        for run_id in run_ids:
+            try:
+                self._load_run(db, who, run_id)
+            except NotFound:
+                continue
+            visible.append(run_id)
+        return visible
+
+    def get_metrics(
+        self, who: Identity, run_ids: Sequence[str], names: Sequence[str], xaxis: str
+    ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Points per run and metric, ordered by step (then arrival)."""
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        with self._tx() as db:
+            for run_id in self._visible_runs(db, who, run_ids):
+                per_metric: dict[str, list[dict[str, Any]]] = {}
+                for name in names:
+                    rows = db.execute(
+                        "SELECT step, time, timestamp, value FROM metrics "
+                        "WHERE run_id = ? AND name = ? ORDER BY step, rowid",
+                        (run_id, name),
+                    ).fetchall()
+                    if rows:
+                        per_metric[name] = [
+                            {
+                                "step": r["step"],
+                                "time": r["time"],
+                                "timestamp": r["timestamp"],
+                                "value": _nan_back(r["value"]),
+                            }
+                            for r in rows
+                        ]
+                out[run_id] = per_metric
+        return out
+
+    def metric_names(self, who: Identity, run_ids: Sequence[str]) -> list[str]:
+        with self._tx() as db:
+            visible = self._visible_runs(db, who, run_ids)
+            names: dict[str, None] = {}
+            for run_id in visible:
+                for r in db.execute(
+                    "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,)
+                ):
+                    names[str(r["name"])] = None
+        return list(names)
+
+    def get_events(
+        self, who: Identity, run_id: str, predicate: Predicate, start: int, count: int | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self._tx() as db:
+            self._load_run(db, who, run_id)
+            rows = db.execute(
+                "SELECT message, log_level, timestamp FROM events WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+        events = [
+            {"message": r["message"], "log_level": r["log_level"], "timestamp": r["timestamp"]}
+            for r in rows
+        ]
+        found = [e for e in events if predicate({"event": e, **e}, who.user)]
+        return _page(found, start, count), len(found)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def sweep(self, *, force: bool = False) -> None:
+        """Mark silent running runs ``lost`` and remove runs past their retention period.
+
+        Called by a background thread and lazily before reads (at most 4 times a second), so
+        reads see lost runs promptly whatever the thread's period.
+        """
+        now = time.time()
+        if not force and now - self._last_sweep < 0.25:
+            return
+        self._last_sweep = now
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status = 'lost', modified = :now WHERE status = 'running' "
+                "AND heartbeat_timeout IS NOT NULL "
+                "AND COALESCE(last_heartbeat, created) + heartbeat_timeout < :now",
+                {"now": now},
+            )
+            expired = db.execute(
+                "SELECT id FROM runs WHERE ttl IS NOT NULL AND created + ttl < ?", (now,)
+            ).fetchall()
+            if expired:
+                self._delete_runs(db, [str(r["id"]) for r in expired])
+
+
+class _Transaction:
+    """``with store._tx() as db``: holds the store lock and wraps one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._conn = conn
+        self._lock = lock
+        self._depth_owner = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth_owner = True
+        return self._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if self._depth_owner:
+                self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._lock.release()
+
+
+def _page(items: list[dict[str, Any]], start: int, count: int | None) -> list[dict[str, Any]]:
+    start = max(0, start)
+    if count is None or count <= 0:
+        return items[start:]
+    return items[start : start + count]
+
+
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if not k.startswith("_")}
+
+
+def _dig(obj: Mapping[str, Any], dotted: str) -> Any:
+    current: Any = obj
+    for part in dotted.split("."):
+        if not isinstance(current, Mapping):
+            return None
+        current = current.get(part)
+    return current
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (2, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value)
+    return (1, str(value))
+
+
+def _format_duration(seconds: float) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{int(hours):02d}:{int(minutes):02d}:{secs:09.6f}"
+
+
+# SQLite stores NaN as NULL. Every point has a value, so NULL can only mean NaN; aggregates
+# (min, max, average) then skip NaN points, which is what a plot of them wants anyway.
+def _nan_safe(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _nan_back(value: float | None) -> float:
+    return math.nan if value is None else value

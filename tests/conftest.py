@@ -1,0 +1,123 @@
+"""Shared fixtures: a real `simvue-otel server` on a free loopback port, started as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+
+def free_port() -> int:
+    """Ask the kernel for a free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalServer:
+    """A running `simvue-otel server` subprocess and the means to mint tokens for it."""
+
+    url: str
+    db: Path
+    token: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    _tokens: dict[tuple[str, str | None], str] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api"
+
+    def token_for(self, user: str, tenant: str | None = None) -> str:
+        """A bearer token for `user` (created if needed), minted by the CLI as a user would."""
+        key = (user, tenant)
+        if key not in self._tokens:
+            cmd = [*SERVER_CMD, "token", "--db", str(self.db), "--user", user]
+            if tenant:
+                cmd += ["--tenant", tenant]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+            self._tokens[key] = out.stdout.strip().splitlines()[-1]
+        return self._tokens[key]
+
+    def headers(self, user: str = "", tenant: str | None = None) -> dict[str, str]:
+        token = self.token_for(user, tenant) if user else self.token
+        return {"Authorization": f"Bearer {token}"}
+
+
+SERVER_CMD = [sys.executable, "-m", "simvue_otel", "server"]
+
+
+def start_server(
+    tmp: Path, *, port: int | None = None, db: Path | None = None, extra: list[str] | None = None
+) -> LocalServer:
+    """Start a server and wait until it answers `/api/version`; the first user's token is read
+    from its own startup output, exactly as a person would copy it."""
+    port = port or free_port()
+    db = db or tmp / "simvue.db"
+    log = tmp / f"server-{port}.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [*SERVER_CMD, "--host", "127.0.0.1", "--port", str(port), "--db", str(db), *(extra or [])]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        try:
+            if requests.get(url + "/api/version", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    token = token_from_output(log)
+    return LocalServer(url=url, db=db, token=token, process=proc, log=log)
+
+
+def token_from_output(log: Path) -> str:
+    """The token the server prints on its first start (`export SIMVUE_TOKEN=...`)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            text = line.strip().removeprefix("export ").strip()
+            if text.startswith("SIMVUE_TOKEN="):
+                return text.split("=", 1)[1]
+        time.sleep(0.05)
+    raise RuntimeError(f"server printed no token:\n{log.read_text()}")
+
+
+def stop_server(server: LocalServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """One server for the whole session; tests isolate themselves by unique names/folders."""
+    server = start_server(tmp_path_factory.mktemp("server"))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[LocalServer]:
+    """A server of its own, for tests that need an empty database or stop/restart it."""
+    server = start_server(tmp_path)
+    yield server
+    stop_server(server)
