@@ -57,10 +57,16 @@ SERVER_CMD = [sys.executable, "-m", "simvue_otel", "server"]
 
 
 def start_server(
-    tmp: Path, *, port: int | None = None, db: Path | None = None, extra: list[str] | None = None
+    tmp: Path,
+    *,
+    port: int | None = None,
+    db: Path | None = None,
+    extra: list[str] | None = None,
+    first_token: str | None = None,
 ) -> LocalServer:
-    """Start a server and wait until it answers `/api/version`; the first user's token is read
-    from its own startup output, exactly as a person would copy it."""
+    """Start a server and wait until it answers `/health`; on a new database the first user's
+    token is read from the server's own startup output, exactly as a person would copy it
+    (a restarted server prints none: pass the token it printed before as `first_token`)."""
     port = port or free_port()
     db = db or tmp / "simvue.db"
     log = tmp / f"server-{port}.log"
@@ -74,7 +80,7 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
         try:
-            if requests.get(url + "/api/version", timeout=1).status_code == 200:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
                 break
         except requests.ConnectionError:
             pass
@@ -82,7 +88,7 @@ def start_server(
             proc.kill()
             raise RuntimeError(f"server did not start:\n{log.read_text()}")
         time.sleep(0.1)
-    token = token_from_output(log)
+    token = first_token or token_from_output(log)
     return LocalServer(url=url, db=db, token=token, process=proc, log=log)
 
 

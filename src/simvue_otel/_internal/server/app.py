@@ -101,6 +101,10 @@ class _API:
                 return _error(exc.status, exc.detail, **exc.extra)
             except FilterError as exc:
                 return _error(400, str(exc))
+            except Exception:
+                # A bug, not the client's fault: log it in full, answer JSON the client can read.
+                _LOG.exception("%s %s failed", request.method, request.url.path)
+                return _error(500, "internal server error; see the server log")
             if isinstance(result, Response):
                 return result
             return JSONReply(result)
@@ -196,7 +200,9 @@ class _API:
         return self.store.create_run(who, body)
 
     async def runs_get(self, request: Request, who: Identity) -> Any:
-        predicate = parse_filters(request.query_params.get("filters"), _RUN_TIMES)
+        predicate = parse_filters(
+            request.query_params.get("filters"), _RUN_TIMES, {"folder.path": "folder"}
+        )
         sorting = _json_param(request, "sorting") or []
         if not isinstance(sorting, list) or not all(isinstance(s, dict) for s in sorting):
             raise StoreError("sorting must be a JSON list of {id, desc}")

@@ -109,7 +109,7 @@ class _Parsed:
     predicate: Predicate
 
 
-def _parse_one(text: str, timestamps: Mapping[str, str]) -> Predicate:
+def _parse_one(text: str, timestamps: Mapping[str, str], aliases: Mapping[str, str]) -> Predicate:
     stripped = text.strip()
     if stripped == "starred":
         return lambda obj, user: bool(obj.get("starred"))
@@ -117,10 +117,10 @@ def _parse_one(text: str, timestamps: Mapping[str, str]) -> Predicate:
         tag = m["tag"]
         return lambda obj, user: tag in (obj.get("tags") or [])
     if m := _EXISTS.match(stripped):
-        field, negate = m["field"], bool(m["neg"])
+        field, negate = aliases.get(m["field"], m["field"]), bool(m["neg"])
         return lambda obj, user: (_lookup(obj, field) is _MISSING) == negate
     if m := _BINARY.match(stripped):
-        field, op, raw = m["field"], m["op"], m["value"]
+        field, op, raw = aliases.get(m["field"], m["field"]), m["op"], m["value"]
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
             raw = raw[1:-1]
         if field == "user" and raw == "self":
@@ -147,11 +147,16 @@ def _parse_one(text: str, timestamps: Mapping[str, str]) -> Predicate:
     )
 
 
-def parse_filters(raw: str | None, timestamps: Mapping[str, str] | None = None) -> Predicate:
+def parse_filters(
+    raw: str | None,
+    timestamps: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> Predicate:
     """Parse the ``filters`` query parameter into one predicate (all filters ANDed).
 
     ``timestamps`` maps time fields to keys of numeric epoch values in the object, for the
-    age-window form (``created < 5h``).
+    age-window form (``created < 5h``); ``aliases`` maps filter fields to object fields
+    (``folder.path`` → ``folder`` for runs).
     """
     if raw is None or raw.strip() in ("", "null", "[]"):
         return lambda obj, user: True
@@ -163,5 +168,5 @@ def parse_filters(raw: str | None, timestamps: Mapping[str, str] | None = None) 
         items = [items]
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise FilterError("filters must be a JSON list of strings")
-    predicates = [_parse_one(item, timestamps or {}) for item in items]
+    predicates = [_parse_one(item, timestamps or {}, aliases or {}) for item in items]
     return lambda obj, user: all(p(obj, user) for p in predicates)

@@ -471,7 +471,7 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM tags WHERE id = ?", (tag_id,))
             rows = db.execute(
-                "SELECT id, doc FROM runs r, json_each(json_extract(r.doc, '$.tags')) t "
+                "SELECT r.id AS id, r.doc AS doc FROM runs r, json_each(json_extract(r.doc, '$.tags')) t "
                 "WHERE r.owner = ? AND t.value = ?",
                 (who.user, tag["name"]),
             ).fetchall()
