@@ -69,9 +69,7 @@ def serve(
             file=out,
         )
     else:
-        print(
-            f"Tokens: simvue-otel server token --db {db} --user NAME [--tenant NAME]", file=out
-        )
+        print(f"Tokens: simvue-otel server token --db {db} --user NAME [--tenant NAME]", file=out)
     out.flush()
     app = create_app(store, max_body=max_body, sweep_interval=sweep_interval)
     try:

@@ -32,8 +32,12 @@ API_VERSION = "1.2.16"
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _LOG = logging.getLogger("simvue_otel.server")
-_RUN_TIMES = {"created": "_created", "started": "_started", "endtime": "_endtime",
-              "modified": "_modified"}
+_RUN_TIMES = {
+    "created": "_created",
+    "started": "_started",
+    "endtime": "_endtime",
+    "modified": "_modified",
+}
 
 Handler = Callable[[Request, Identity], Awaitable[Any]]
 
@@ -63,7 +67,7 @@ def _int(request: Request, name: str, default: int | None) -> int | None:
     if raw in (None, "", "null"):
         return default
     try:
-        return int(raw)  # type: ignore[arg-type]
+        return int(raw)
     except ValueError:
         raise StoreError(f"query parameter {name!r} must be an integer, not {raw!r}") from None
 
@@ -73,7 +77,7 @@ def _json_param(request: Request, name: str) -> Any:
     if raw in (None, "", "null"):
         return None
     try:
-        return json.loads(raw)  # type: ignore[arg-type]
+        return json.loads(raw)
     except json.JSONDecodeError:
         # A bare run id or name is tolerated where a JSON list is expected.
         return [raw]
@@ -153,6 +157,8 @@ class _API:
     async def folders_post(self, request: Request, who: Identity) -> Any:
         body = await self.body(request)
         path = body.get("path") if isinstance(body, dict) else None
+        if not isinstance(path, str):
+            raise Invalid([{"loc": ["body", "path"], "msg": "a folder path string is required"}])
         folder_id, created = self.store.create_folder(who, path)
         if not created:
             return JSONReply({"id": folder_id, "detail": "folder already exists"}, status_code=409)
@@ -243,9 +249,7 @@ class _API:
 
     async def run_starred(self, request: Request, who: Identity) -> Any:
         body = await self.body(request)
-        self.store.set_starred(
-            who, request.path_params["run_id"], bool(body.get("starred", True))
-        )
+        self.store.set_starred(who, request.path_params["run_id"], bool(body.get("starred", True)))
         return {}
 
     # -- tags -----------------------------------------------------------------------------

@@ -25,8 +25,10 @@ class FilterError(ValueError):
     """A filter string the grammar does not accept; the server answers 400 with this text."""
 
 
-_BINARY = re.compile(r"^\s*(?P<field>[^\s]+)\s+(?P<op>==|!=|<=|>=|<|>|not contains|contains)\s+"
-                     r"(?P<value>.*?)\s*$")
+_BINARY = re.compile(
+    r"^\s*(?P<field>[^\s]+)\s+(?P<op>==|!=|<=|>=|<|>|not contains|contains)\s+"
+    r"(?P<value>.*?)\s*$"
+)
 _EXISTS = re.compile(r"^\s*(?P<field>[^\s]+)\s+(?P<neg>not\s+)?exists\s*$")
 _HAS_TAG = re.compile(r"^\s*has\s+tag\.(?P<tag>.+?)\s*$")
 _AGE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[smhdwy])$")
@@ -81,8 +83,10 @@ def _compare(op: str, actual: Any, raw: str) -> bool:
         return found if op == "contains" else not found
     expected = _coerce(raw, actual)
     left: Any = actual
-    if isinstance(expected, float) and isinstance(actual, (int, float)) and not isinstance(
-        actual, bool
+    if (
+        isinstance(expected, float)
+        and isinstance(actual, (int, float))
+        and not isinstance(actual, bool)
     ):
         left = float(actual)
     elif isinstance(expected, str) and not isinstance(actual, str):

@@ -155,12 +155,12 @@ def _check_tags(value: Any) -> list[str]:
     return list(dict.fromkeys(value))
 
 
-def _check_folder(value: Any) -> str:
+def _check_folder(value: Any, field: str = "folder") -> str:
     if not isinstance(value, str) or not value.startswith("/"):
-        raise _invalid("folder", "must be a path starting with '/'")
+        raise _invalid(field, "must be a path starting with '/'")
     if value != "/" and value.endswith("/"):
         value = value.rstrip("/") or "/"
-    return value
+    return str(value)
 
 
 _SCHEMA = """
@@ -256,8 +256,7 @@ class Store:
             if row:
                 if tenant and tenant != row["tenant"]:
                     raise Conflict(
-                        f"user {name!r} already belongs to tenant {row['tenant']!r}, "
-                        f"not {tenant!r}"
+                        f"user {name!r} already belongs to tenant {row['tenant']!r}, not {tenant!r}"
                     )
                 return Identity(name, str(row["tenant"])), False
             tenant = tenant or "default"
@@ -279,7 +278,7 @@ class Store:
 
     def create_folder(self, who: Identity, path: str) -> tuple[str, bool]:
         """Create ``path`` and its missing parents; returns (id, created)."""
-        path = _check_folder(path)
+        path = _check_folder(path, "path")
         with self._tx() as db:
             return self._ensure_folder(db, who, path)
 
@@ -294,8 +293,14 @@ class Store:
             self._ensure_folder(db, who, parent)
         folder_id = new_id()
         now = time.time()
-        doc = {"description": None, "tags": [], "metadata": {}, "starred": False, "ttl": None,
-               "name": path.rsplit("/", 1)[-1] or "/"}
+        doc: dict[str, Any] = {
+            "description": None,
+            "tags": [],
+            "metadata": {},
+            "starred": False,
+            "ttl": None,
+            "name": path.rsplit("/", 1)[-1] or "/",
+        }
         db.execute(
             "INSERT INTO folders (id, owner, tenant, path, doc, created) VALUES (?,?,?,?,?,?)",
             (folder_id, who.user, who.tenant, path, json.dumps(doc), now),
@@ -374,10 +379,13 @@ class Store:
                 "(? AND substr(path, 1, ?) = ?))",
                 (who.user, path, recursive, len(prefix), prefix),
             ).fetchall()
-            if not recursive and db.execute(
-                "SELECT 1 FROM folders WHERE owner = ? AND substr(path, 1, ?) = ? LIMIT 1",
-                (who.user, len(prefix), prefix),
-            ).fetchone():
+            if (
+                not recursive
+                and db.execute(
+                    "SELECT 1 FROM folders WHERE owner = ? AND substr(path, 1, ?) = ? LIMIT 1",
+                    (who.user, len(prefix), prefix),
+                ).fetchone()
+            ):
                 raise Conflict(f"folder {path!r} has subfolders: delete with recursive=True")
             paths = [str(t["path"]) for t in targets]
             marks = ",".join("?" * len(paths))
@@ -471,7 +479,8 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM tags WHERE id = ?", (tag_id,))
             rows = db.execute(
-                "SELECT r.id AS id, r.doc AS doc FROM runs r, json_each(json_extract(r.doc, '$.tags')) t "
+                "SELECT r.id AS id, r.doc AS doc "
+                "FROM runs r, json_each(json_extract(r.doc, '$.tags')) t "
                 "WHERE r.owner = ? AND t.value = ?",
                 (who.user, tag["name"]),
             ).fetchall()
@@ -540,10 +549,21 @@ class Store:
                 "vis_tenant, vis_users, created, modified, last_heartbeat, heartbeat_timeout, "
                 "ttl, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    run_id, who.user, who.tenant, name, folder, status, run_key,
-                    int(visibility["public"]), int(visibility["tenant"]),
-                    json.dumps(visibility["users"]), now, now,
-                    now if status == "running" else None, heartbeat_timeout, ttl,
+                    run_id,
+                    who.user,
+                    who.tenant,
+                    name,
+                    folder,
+                    status,
+                    run_key,
+                    int(visibility["public"]),
+                    int(visibility["tenant"]),
+                    json.dumps(visibility["users"]),
+                    now,
+                    now,
+                    now if status == "running" else None,
+                    heartbeat_timeout,
+                    ttl,
                     json.dumps(doc),
                 ),
             )
@@ -566,7 +586,7 @@ class Store:
         if row is None:
             # Another user's private run reads exactly like a missing one.
             raise NotFound(f"run {run_id!r} not found")
-        return row
+        return row  # type: ignore[no-any-return]
 
     def _writable_run(self, db: sqlite3.Connection, who: Identity, run_id: str) -> sqlite3.Row:
         row = self._load_run(db, who, run_id)
@@ -657,12 +677,17 @@ class Store:
         found = [r for r in runs if predicate(r, who.user)]
         for spec in reversed(list(sorting)):
             key = str(spec.get("id", "created"))
-            numeric = {"created": "_created", "started": "_started", "endtime": "_endtime",
-                       "modified": "_modified"}.get(key)
-            found.sort(
-                key=lambda r, k=key, n=numeric: _sort_key(r[n] if n else _dig(r, k)),
-                reverse=bool(spec.get("desc", False)),
-            )
+            numeric = {
+                "created": "_created",
+                "started": "_started",
+                "endtime": "_endtime",
+                "modified": "_modified",
+            }.get(key)
+
+            def sort_key(run: dict[str, Any], k: str = key, n: str | None = numeric) -> Any:
+                return _sort_key(run[n] if n else _dig(run, k))
+
+            found.sort(key=sort_key, reverse=bool(spec.get("desc", False)))
         return [_public(r) for r in _page(found, start, count)], len(found)
 
     def update_run(self, who: Identity, run_id: str, changes: Mapping[str, Any]) -> None:
@@ -693,7 +718,9 @@ class Store:
                         doc["started"] = doc.get("started") or now
                         doc["endtime"] = None
                         cols["last_heartbeat"] = now
-                    elif value in ("completed", "failed", "terminated") and "endtime" not in changes:
+                    elif (
+                        value in ("completed", "failed", "terminated") and "endtime" not in changes
+                    ):
                         doc["endtime"] = now
                 elif key in ("endtime", "started"):
                     doc[key] = parse_time(value, key)
@@ -835,7 +862,9 @@ class Store:
             )
         return len(rows)
 
-    def _visible_runs(self, db: sqlite3.Connection, who: Identity, run_ids: Sequence[str]) -> list[str]:
+    def _visible_runs(
+        self, db: sqlite3.Connection, who: Identity, run_ids: Sequence[str]
+    ) -> list[str]:
         visible = []
         for run_id in run_ids:
             try:
