@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from simvue_otel._internal.client import SimvueClient
 
 pytestmark = pytest.mark.compat

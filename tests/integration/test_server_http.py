@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 import requests
+
 from tests.conftest import LocalServer, start_server, stop_server
 
 

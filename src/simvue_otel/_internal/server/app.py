@@ -367,6 +367,8 @@ def create_app(
     routes = [
         Route("/health", _health, methods=["GET"]),
         Route("/api/version", r(api.version), methods=["GET"]),
+        # Simvue 2.6 clients also probe this companion-service version; same answer.
+        Route("/api/nosim/version", r(api.version), methods=["GET"]),
         Route("/api/whoami", r(api.whoami), methods=["GET"]),
         Route("/api/alerts", r(api.alerts), methods=["GET"]),
         Route("/api/folders", r(api.folders_post), methods=["POST"]),
