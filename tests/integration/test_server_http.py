@@ -627,3 +627,23 @@ def test_data_survives_a_server_restart(tmp_path: Path) -> None:
         assert _get(again, f"/runs/{run_id}", h).json()["tags"] == ["t"]
     finally:
         stop_server(again)
+
+
+def test_batches_with_the_same_idempotency_key_are_stored_once(local_server: LocalServer) -> None:
+    h = {**local_server.headers(), "Content-Type": "application/msgpack"}
+    run_id = _post_run(local_server, local_server.headers(), name=_unique("idem"))["id"]
+    metrics = msgpack.packb({"run": run_id, "metrics": [{"values": {"v": 1.0}, "step": 0}]})
+    events = msgpack.packb({"run": run_id, "events": [{"message": "once"}]})
+    for key in ["batch-1", "batch-1", "batch-2"]:
+        for path, body in [("/metrics", metrics), ("/events", events)]:
+            reply = requests.post(
+                f"{local_server.api}{path}",
+                data=body,
+                headers={**h, "Idempotency-Key": key},
+                timeout=10,
+            )
+            assert reply.status_code == 200
+    run = _get(local_server, f"/runs/{run_id}", local_server.headers()).json()
+    assert run["metrics"]["v"]["count"] == 2
+    events_seen = _get(local_server, "/events", local_server.headers(), run=run_id, count=0)
+    assert events_seen.json()["count"] == 2

@@ -284,7 +284,9 @@ class _API:
         body = await self.body(request)
         if not isinstance(body, dict):
             raise Invalid("the body must be {run, metrics: [...]}")
-        self.store.add_metrics(who, body.get("run"), body.get("metrics"))
+        self.store.add_metrics(
+            who, body.get("run"), body.get("metrics"), request.headers.get("idempotency-key")
+        )
         return {}
 
     async def metrics_get(self, request: Request, who: Identity) -> Any:
@@ -306,7 +308,9 @@ class _API:
         body = await self.body(request)
         if not isinstance(body, dict):
             raise Invalid("the body must be {run, events: [...]}")
-        self.store.add_events(who, body.get("run"), body.get("events"))
+        self.store.add_events(
+            who, body.get("run"), body.get("events"), request.headers.get("idempotency-key")
+        )
         return {}
 
     async def events_get(self, request: Request, who: Identity) -> Any:

@@ -187,6 +187,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, message TEXT NOT NULL,
     log_level TEXT NOT NULL, timestamp TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id TEXT NOT NULL, batch_key TEXT NOT NULL, PRIMARY KEY (run_id, batch_key));
 CREATE TABLE IF NOT EXISTS tags (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, colour TEXT,
     description TEXT, created REAL NOT NULL, UNIQUE (owner, name));
@@ -764,6 +766,7 @@ class Store:
         rows = [(r,) for r in run_ids]
         db.executemany("DELETE FROM metrics WHERE run_id = ?", rows)
         db.executemany("DELETE FROM events WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM batches WHERE run_id = ?", rows)
         db.executemany("DELETE FROM runs WHERE id = ?", rows)
 
     def heartbeat(self, who: Identity, run_id: str) -> None:
@@ -806,8 +809,28 @@ class Store:
             # The official client expects 422 (a ValueError) for data posted to an unknown run.
             raise _invalid("run", f"no run {run_id!r} you can write to") from None
 
-    def add_metrics(self, who: Identity, run_id: Any, entries: Any) -> int:
-        """Store a batch of ``{values, step, time, timestamp}`` entries; all or nothing."""
+    @staticmethod
+    def _first_delivery(
+        db: sqlite3.Connection, run_id: str, kind: str, batch_key: str | None
+    ) -> bool:
+        """Record ``batch_key`` for the run; False when that batch was stored before.
+
+        Clients that retry a batch whose reply they never saw send the same key again, and
+        the batch is stored exactly once.
+        """
+        if not batch_key:
+            return True
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO batches (run_id, batch_key) VALUES (?, ?)",
+            (run_id, f"{kind}:{batch_key}"),
+        )
+        return cursor.rowcount == 1
+
+    def add_metrics(
+        self, who: Identity, run_id: Any, entries: Any, batch_key: str | None = None
+    ) -> int:
+        """Store a batch of ``{values, step, time, timestamp}`` entries; all or nothing, and
+        once per ``batch_key``."""
         if not isinstance(entries, list):
             raise _invalid("metrics", "must be a list of {values, step, time, timestamp}")
         rows: list[tuple[Any, ...]] = []
@@ -834,6 +857,8 @@ class Store:
                 rows.append((run_id, name, step, t, stamp, _nan_safe(float(value))))
         with self._tx() as db:
             self._run_for_write(db, who, run_id)
+            if not self._first_delivery(db, run_id, "metrics", batch_key):
+                return 0
             db.executemany(
                 "INSERT INTO metrics (run_id, name, step, time, timestamp, value) "
                 "VALUES (?,?,?,?,?,?)",
@@ -841,7 +866,9 @@ class Store:
             )
         return len(rows)
 
-    def add_events(self, who: Identity, run_id: Any, entries: Any) -> int:
+    def add_events(
+        self, who: Identity, run_id: Any, entries: Any, batch_key: str | None = None
+    ) -> int:
         if not isinstance(entries, list):
             raise _invalid("events", "must be a list of {message, timestamp, log_level}")
         rows: list[tuple[Any, ...]] = []
@@ -857,6 +884,8 @@ class Store:
             rows.append((run_id, entry["message"], level, stamp))
         with self._tx() as db:
             self._run_for_write(db, who, run_id)
+            if not self._first_delivery(db, run_id, "events", batch_key):
+                return 0
             db.executemany(
                 "INSERT INTO events (run_id, message, log_level, timestamp) VALUES (?,?,?,?)", rows
             )
