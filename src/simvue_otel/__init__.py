@@ -18,8 +18,7 @@ from ._internal.errors import (
     SimvueValidationError,
     TransportError,
 )
-
-__version__ = "0.1.0"
+from ._internal.version import VERSION as __version__
 
 __all__ = [
     "AuthenticationError",

@@ -1,0 +1,469 @@
+"""A small client for the Simvue v3 REST API, on one ``requests.Session``.
+
+It speaks the subset tracking needs (version, whoami, folders, runs, tags and metadata,
+metrics and events in msgpack batches, heartbeats) and turns every HTTP failure into an
+exception from :mod:`simvue_otel._internal.errors`. Connection errors, timeouts, 429 (honouring
+``Retry-After``), 502, 503 and 504 are retried with exponential backoff and full jitter; no
+other 4xx is ever retried, since sending the same request again cannot change the answer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import msgpack
+import requests
+
+from .config import Secret, SimvueConfig
+from .errors import (
+    AuthenticationError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
+    ServerUnreachableError,
+    SimvueHTTPError,
+)
+from .version import VERSION as _version
+
+__all__ = ["SimvueClient", "format_timestamp", "parse_timestamp"]
+
+_LOG = logging.getLogger("simvue_otel.client")
+
+_RETRY_STATUS = frozenset({429, 502, 503, 504})
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+def format_timestamp(epoch_seconds: float) -> str:
+    """Simvue's timestamp text: UTC, microseconds, no zone suffix."""
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.timezone.utc)
+    return moment.strftime(_TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> float:
+    """Epoch seconds from Simvue's timestamp text (UTC assumed when no zone is given)."""
+    moment = datetime.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), if any."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _detail(response: requests.Response) -> str:
+    """The server's explanation: ``detail`` of a JSON body, else the start of the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:300] if text else response.reason or "no detail"
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else json.dumps(detail)[:500]
+    return json.dumps(body)[:300]
+
+
+class SimvueClient:
+    """Talks to one Simvue server as one user.
+
+    ``retries`` is how many times a retryable failure is tried again (so ``retries + 1``
+    attempts); waits grow from ``backoff`` seconds, doubling up to ``max_backoff``, each drawn
+    uniformly below its bound (full jitter) so many clients do not retry in lockstep.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | Secret,
+        *,
+        timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.api = self.url + "/api"
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        secret = token if isinstance(token, Secret) else Secret(token)
+        self._session = session or requests.Session()
+        self._session.headers.update(
+            {
+                "Authorization": f"Bearer {secret.reveal()}",
+                "User-Agent": f"simvue-otel/{_version}",
+                "Accept": "application/json",
+            }
+        )
+        self._folders: set[str] = {"/"}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: SimvueConfig, **options: Any) -> SimvueClient:
+        """A client for the server and token of ``config`` (which must name both)."""
+        config.require_online()
+        assert config.url is not None and config.token is not None  # require_online checked
+        return cls(config.url, config.token, **options)
+
+    def __repr__(self) -> str:
+        return f"SimvueClient(url={self.url!r})"
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._session.close()
+
+    def __enter__(self) -> SimvueClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        msgpack_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        accept: Iterable[int] = (200,),
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        """Send one request (retrying what may succeed later); returns (status, JSON body).
+
+        Statuses in ``accept`` are answers; any other raises the matching error.
+        """
+        url = f"{self.api}/{path.lstrip('/')}"
+        data: bytes | None = None
+        send_headers = dict(headers or {})
+        if msgpack_body is not None:
+            data = msgpack.packb(msgpack_body, use_bin_type=True)
+            send_headers["Content-Type"] = "application/msgpack"
+        elif json_body is not None:
+            data = json.dumps(json_body).encode()
+            send_headers["Content-Type"] = "application/json"
+        accepted = frozenset(accept)
+        attempt = 0
+        while True:
+            wait: float | None = None
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers=send_headers,
+                    timeout=timeout or self.timeout,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.retries:
+                    raise ServerUnreachableError(method, url, type(exc).__name__) from exc
+                _LOG.debug("%s %s: %s; retrying", method, url, type(exc).__name__)
+            else:
+                status = response.status_code
+                if status in accepted:
+                    return status, self._body(response)
+                if status not in _RETRY_STATUS or attempt >= self.retries:
+                    raise self._error(method, url, response)
+                wait = _retry_after(response)
+                _LOG.debug("%s %s: HTTP %d; retrying", method, url, status)
+            bound = min(self.max_backoff, self.backoff * (2**attempt))
+            delay = random.uniform(0, bound)
+            if wait is not None:
+                delay = max(delay, min(wait, max(self.max_backoff, 60.0)))
+            time.sleep(delay)
+            attempt += 1
+
+    @staticmethod
+    def _body(response: requests.Response) -> Any:
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _error(method: str, url: str, response: requests.Response) -> SimvueHTTPError:
+        status = response.status_code
+        detail = _detail(response)
+        if status == 401:
+            return AuthenticationError(method, url, status, detail)
+        if status == 403:
+            return PermissionDeniedError(method, url, status, detail)
+        if status == 404:
+            return NotFoundError(method, url, status, detail)
+        if status >= 500 or status == 429:
+            return ServerError(method, url, status, detail)
+        return SimvueHTTPError(method, url, status, detail)
+
+    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self.request("GET", path, params=params)[1]
+
+    # -- server ---------------------------------------------------------------------------
+
+    def version(self) -> str:
+        """The server's API version (``GET /api/version``)."""
+        body = self._get("version")
+        return str(body.get("version")) if isinstance(body, dict) else str(body)
+
+    def whoami(self) -> dict[str, Any]:
+        """The user the token belongs to."""
+        body = self._get("whoami")
+        return dict(body) if isinstance(body, dict) else {}
+
+    # -- folders --------------------------------------------------------------------------
+
+    def create_folder(self, path: str) -> str | None:
+        """Make sure the folder exists; returns its id (an existing one answers 409 + id)."""
+        _, body = self.request("POST", "folders", json_body={"path": path}, accept=(200, 409))
+        with self._lock:
+            self._folders.add(path)
+        return str(body["id"]) if isinstance(body, dict) and "id" in body else None
+
+    def find_folder(self, path: str) -> dict[str, Any] | None:
+        """The folder at ``path``, or None."""
+        found = self._list("folders", [f"path == {path}"], count=1)
+        return found[0] if found else None
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        name: str | None = None,
+        folder: str = "/",
+        description: str | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        status: str = "running",
+        visibility: Mapping[str, Any] | None = None,
+        ttl: int | None = None,
+        heartbeat_timeout: int | None = None,
+    ) -> dict[str, Any]:
+        """Create a run (``created`` = queued, ``running`` = live); returns at least its id.
+
+        When the metadata holds a run key that the server already knows, the server answers
+        409 with the existing run's id, and that is returned (``"existing": True``), so
+        creating by run key is idempotent.
+        """
+        with self._lock:
+            known = folder in self._folders
+        if not known:
+            self.create_folder(folder)
+        body: dict[str, Any] = {
+            "folder": folder,
+            "status": status,
+            "tags": list(tags or ()),
+            "metadata": dict(metadata or {}),
+            "visibility": dict(visibility or {"public": False, "tenant": False, "users": []}),
+        }
+        if name is not None:
+            body["name"] = name
+        if description is not None:
+            body["description"] = description
+        if ttl is not None:
+            body["ttl"] = ttl
+        if heartbeat_timeout is not None:
+            body["heartbeat_timeout"] = heartbeat_timeout
+        code, reply = self.request("POST", "runs", json_body=body, accept=(200, 409))
+        result = dict(reply) if isinstance(reply, dict) else {}
+        if "id" not in result:
+            raise SimvueHTTPError("POST", f"{self.api}/runs", code, "the reply carried no run id")
+        result["existing"] = code == 409
+        return result
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run with this id (NotFoundError when missing or not visible)."""
+        return dict(self._get(f"runs/{run_id}"))
+
+    def find_runs(
+        self,
+        filters: Sequence[str] = (),
+        *,
+        count: int | None = None,
+        sorting: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Runs matching every filter (Simvue's filter grammar), all pages."""
+        return self._list("runs", filters, count=count, sorting=sorting)
+
+    def find_run_by_name(self, name: str, folder: str | None = None) -> dict[str, Any] | None:
+        """The most recently created visible run with this name (in ``folder`` if given)."""
+        filters = [f"name == {name}"]
+        if folder is not None:
+            filters.append(f"folder.path == {folder}")
+        found = self.find_runs(filters, count=1, sorting=[{"id": "created", "desc": True}])
+        return found[0] if found else None
+
+    def find_run_by_key(self, run_key: str) -> dict[str, Any] | None:
+        """The run that carries this simvue-otel run key in its metadata, or None."""
+        found = self.find_runs([f"metadata.simvue_otel.run_key == {run_key}"], count=1)
+        return found[0] if found else None
+
+    def update_run(self, run_id: str, **changes: Any) -> None:
+        """Change some fields of a run (``PUT``: only the keys given; metadata is merged)."""
+        if changes:
+            self.request("PUT", f"runs/{run_id}", json_body=changes)
+
+    def set_status(self, run_id: str, status: str, *, endtime: float | None = None) -> None:
+        """Set the status; a final status also records the end time."""
+        changes: dict[str, Any] = {"status": status}
+        if status in ("completed", "failed", "terminated", "lost"):
+            changes["endtime"] = format_timestamp(endtime if endtime is not None else time.time())
+        self.update_run(run_id, **changes)
+
+    def update_tags(self, run_id: str, tags: Iterable[str]) -> list[str]:
+        """Add tags to those the run has; returns the new list."""
+        current = list(self.get_run(run_id).get("tags") or [])
+        merged = current + [t for t in tags if t not in current]
+        self.update_run(run_id, tags=merged)
+        return merged
+
+    def set_tags(self, run_id: str, tags: Iterable[str]) -> None:
+        """Replace the run's tags."""
+        self.update_run(run_id, tags=list(tags))
+
+    def update_metadata(self, run_id: str, metadata: Mapping[str, Any]) -> None:
+        """Merge metadata into the run's (existing keys replaced, others kept)."""
+        self.update_run(run_id, metadata=dict(metadata))
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run and its data."""
+        self.request("DELETE", f"runs/{run_id}", accept=(200, 204))
+
+    def heartbeat(self, run_id: str) -> None:
+        """Tell the server the run is alive (keeps it from turning ``lost``)."""
+        self.request("PUT", f"runs/{run_id}/heartbeat")
+
+    def abort_requested(self, run_id: str) -> bool:
+        """Whether someone asked the server to abort this run."""
+        body = self._get(f"runs/{run_id}/abort")
+        return bool(body.get("status")) if isinstance(body, dict) else False
+
+    # -- metrics and events ---------------------------------------------------------------
+
+    def post_metrics(
+        self,
+        run_id: str,
+        points: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Post metric points ``{values, step, time, timestamp}`` in one msgpack batch.
+
+        With an ``idempotency_key``, the server stores the batch once however often it is sent.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        self.request(
+            "POST",
+            "metrics",
+            msgpack_body={"run": run_id, "metrics": list(points)},
+            headers=headers,
+        )
+
+    def post_events(
+        self,
+        run_id: str,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Post events ``{message, log_level?, timestamp}`` in one msgpack batch."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        self.request(
+            "POST",
+            "events",
+            msgpack_body={"run": run_id, "events": list(events)},
+            headers=headers,
+        )
+
+    def metric_names(self, run_id: str) -> list[str]:
+        """Names of the run's metrics."""
+        body = self._get("metrics/names", {"runs": json.dumps([run_id])})
+        return [str(n) for n in body or []]
+
+    def get_metrics(
+        self, run_id: str, names: Sequence[str] | None = None, xaxis: str = "step"
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Every point of the named metrics (all when None): ``{name: [{step, time,
+        timestamp, value}, ...]}``."""
+        wanted = list(names) if names is not None else self.metric_names(run_id)
+        if not wanted:
+            return {}
+        body = self._get(
+            "metrics",
+            {
+                "runs": json.dumps([run_id]),
+                "metrics": json.dumps(wanted),
+                "xaxis": xaxis,
+                "aggregate": "False",
+            },
+        )
+        per_run = body.get(run_id, {}) if isinstance(body, dict) else {}
+        return {str(k): list(v) for k, v in per_run.items()}
+
+    def get_events(self, run_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
+        """Every event of the run, oldest first."""
+        events: list[dict[str, Any]] = []
+        while True:
+            body = self._get(
+                "events", {"run": run_id, "filters": "", "start": len(events), "count": page}
+            )
+            data = list(body.get("data") or []) if isinstance(body, dict) else []
+            events.extend(data)
+            if len(data) < page:
+                return events
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _list(
+        self,
+        path: str,
+        filters: Sequence[str],
+        *,
+        count: int | None = None,
+        sorting: Sequence[Mapping[str, Any]] | None = None,
+        page: int = 100,
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while count is None or len(items) < count:
+            size = page if count is None else min(page, count - len(items))
+            params: dict[str, Any] = {
+                "filters": json.dumps(list(filters)),
+                "start": len(items),
+                "count": size,
+            }
+            if sorting:
+                params["sorting"] = json.dumps(list(sorting))
+            body = self._get(path, params)
+            data = list(body.get("data") or []) if isinstance(body, dict) else []
+            items.extend(data)
+            if len(data) < size:
+                break
+        return items

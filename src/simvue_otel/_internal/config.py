@@ -1,0 +1,208 @@
+"""Where the Simvue server URL, token and offline directory come from.
+
+Resolution follows the official Simvue client: explicit arguments beat the environment
+(``SIMVUE_URL``, ``SIMVUE_TOKEN``, ``SIMVUE_OFFLINE_DIRECTORY``), which beats a
+``simvue.toml`` (or ``.simvue.toml``) file found from the working directory upwards or in the
+home directory. The token is held in a :class:`Secret` so it never shows in a repr or message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    # tomli is installed only on 3.10, so a 3.11+ environment checking for 3.10 lacks it.
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = [
+    "CONFIG_FILE_NAMES",
+    "Secret",
+    "SimvueConfig",
+    "find_config_file",
+    "resolve_config",
+]
+
+CONFIG_FILE_NAMES: tuple[str, ...] = ("simvue.toml", ".simvue.toml")
+
+_HOW_TO_CONFIGURE = (
+    "set SIMVUE_URL and SIMVUE_TOKEN, or [server] url and token in simvue.toml; "
+    "run `simvue-otel server` to get a local server with a ready token"
+)
+
+
+class Secret:
+    """A token that shows as ``Secret('********')``; call :meth:`reveal` to get the text."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"Secret wraps a str, not {type(value).__name__}")
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the wrapped token; use only where it is sent, never where it is shown."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return self._value == other._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class SimvueConfig:
+    """The resolved connection settings: server URL, token, offline directory, source file."""
+
+    url: str | None
+    token: Secret | None
+    offline_directory: Path
+    config_file: Path | None
+
+    def api_url(self) -> str:
+        """Return the REST API root: the URL without trailing slashes, plus ``/api``."""
+        if self.url is None:
+            raise ConfigurationError(f"no Simvue server URL configured; {_HOW_TO_CONFIGURE}")
+        return self.url.rstrip("/") + "/api"
+
+    def require_online(self) -> None:
+        """Raise :class:`ConfigurationError` unless a usable URL and a token are set."""
+        url = self.url
+        if not url or not self.token:
+            missing = " and ".join(
+                name
+                for name, present in (("SIMVUE_URL", url), ("SIMVUE_TOKEN", self.token))
+                if not present
+            )
+            raise ConfigurationError(
+                f"no Simvue server configured ({missing} missing); {_HOW_TO_CONFIGURE}"
+            )
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"the Simvue server URL must start with http:// or https:// "
+                f"(given: {url!r}); {_HOW_TO_CONFIGURE}"
+            )
+
+
+def find_config_file(cwd: Path, home: Path) -> Path | None:
+    """Return the Simvue config file that applies in ``cwd``, or ``None``.
+
+    For ``simvue.toml`` and then ``.simvue.toml``, look in ``cwd`` and each parent up to the
+    filesystem root, then in ``home``; the first file found wins.
+    """
+    start = cwd.absolute()
+    for name in CONFIG_FILE_NAMES:
+        for directory in (start, *start.parents):
+            candidate = directory / name
+            if candidate.is_file():
+                return candidate
+        candidate = home / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    """Parse a config file, turning read and TOML errors into ConfigurationError."""
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return data
+
+
+def _file_string(data: dict[str, Any], table: str, key: str, path: Path) -> str | None:
+    """Return ``[table] key`` from a parsed file if it is a string; refuse other types."""
+    section = data.get(table)
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigurationError(f"[{table}] in {path} must be a table")
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"[{table}] {key} in {path} must be a string, not {type(value).__name__}"
+        )
+    return value or None
+
+
+def _expand_home(value: str, home: Path) -> Path:
+    """Expand a leading ``~`` against ``home`` (``~user`` as the OS does)."""
+    if value == "~" or value.startswith(("~/", "~" + os.sep)):
+        return home / value[2:] if len(value) > 1 else home
+    return Path(os.path.expanduser(value))
+
+
+def resolve_config(
+    url: str | None = None,
+    token: str | Secret | None = None,
+    offline_directory: str | Path | None = None,
+    *,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> SimvueConfig:
+    """Resolve the connection settings: arguments, then environment, then config file.
+
+    Empty strings count as unset. The offline directory defaults to ``home/.simvue`` and has
+    ``~`` expanded. A config file that is unreadable, not TOML, or has a non-string value
+    raises :class:`ConfigurationError` naming the file.
+    """
+    cwd = Path.cwd() if cwd is None else cwd
+    environ = os.environ if environ is None else environ
+    home = Path.home() if home is None else home
+
+    config_file = find_config_file(cwd, home)
+    data = _load_file(config_file) if config_file is not None else {}
+
+    def pick(explicit: str | None, env_name: str, table: str, key: str) -> str | None:
+        if explicit:
+            return explicit
+        from_env = environ.get(env_name)
+        if from_env:
+            return from_env
+        if config_file is None:
+            return None
+        return _file_string(data, table, key, config_file)
+
+    if isinstance(token, Secret):
+        token = token.reveal()
+    resolved_url = pick(url, "SIMVUE_URL", "server", "url")
+    resolved_token = pick(token, "SIMVUE_TOKEN", "server", "token")
+    offline = pick(
+        None if offline_directory is None else str(offline_directory),
+        "SIMVUE_OFFLINE_DIRECTORY",
+        "offline",
+        "cache",
+    )
+    return SimvueConfig(
+        url=resolved_url,
+        token=Secret(resolved_token) if resolved_token is not None else None,
+        offline_directory=_expand_home(offline, home) if offline else home / ".simvue",
+        config_file=config_file,
+    )

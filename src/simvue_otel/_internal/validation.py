@@ -1,0 +1,317 @@
+"""Validation rules shared by the ``Run`` API and the OTel-to-Simvue mapping.
+
+Each function checks one kind of user-supplied value and returns it in normalised form, or
+raises :class:`~simvue_otel._internal.errors.SimvueValidationError` naming the argument
+(``field``), the rule in plain words, and the value that broke it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import SimvueValidationError
+
+__all__ = [
+    "LOG_LEVELS",
+    "RUN_STATUSES",
+    "parse_retention",
+    "validate_folder",
+    "validate_interval",
+    "validate_log_level",
+    "validate_metadata",
+    "validate_metric_name",
+    "validate_metric_values",
+    "validate_name",
+    "validate_status",
+    "validate_step",
+    "validate_tags",
+    "validate_visibility",
+]
+
+MetadataValue = int | float | str | bool
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_METRIC_NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:=><+\(\)]+$")
+_MAX_NAME = 255
+_MAX_FOLDER = 1024
+_MAX_TAG = 255
+_MAX_METRIC_NAME = 255
+
+RUN_STATUSES: tuple[str, ...] = ("created", "running", "completed", "failed", "terminated")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+
+_NAME_RULE = (
+    "must be a non-empty string of at most 255 letters, digits, '-', '_' or '.', and not only dots"
+)
+
+
+def validate_name(name: str, field: str = "name") -> str:
+    """Check a run or object name and return it unchanged.
+
+    Allowed: 1 to 255 characters, each a letter, digit, ``-``, ``_`` or ``.``; a name made
+    only of dots is refused.
+    """
+    if (
+        not isinstance(name, str)
+        or len(name) > _MAX_NAME
+        or not _NAME_RE.fullmatch(name)
+        or set(name) == {"."}
+    ):
+        raise SimvueValidationError(field, _NAME_RULE, name)
+    return name
+
+
+_FOLDER_RULE = (
+    "must be a string starting with '/' whose parts, separated by single '/', use only "
+    "letters, digits, '-', '_' or '.' (no '.' or '..' parts), at most 1024 characters"
+)
+
+
+def validate_folder(path: str, field: str = "folder") -> str:
+    """Check a folder path and return it normalised.
+
+    ``/`` is the root; one trailing slash is stripped (``/a/b/`` becomes ``/a/b``). Empty,
+    ``.`` and ``..`` parts are refused, as are characters other than letters, digits,
+    ``-``, ``_`` and ``.``.
+    """
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > _MAX_FOLDER:
+        raise SimvueValidationError(field, _FOLDER_RULE, path)
+    if path == "/":
+        return path
+    normalised = path[:-1] if path.endswith("/") else path
+    for part in normalised[1:].split("/"):
+        if part in ("", ".", "..") or not _NAME_RE.fullmatch(part):
+            raise SimvueValidationError(field, _FOLDER_RULE, path)
+    return normalised
+
+
+def validate_tags(tags: Any, field: str = "tags") -> tuple[str, ...]:
+    """Check a collection of tags; return them as a tuple without duplicates.
+
+    ``tags`` must be a list, tuple or set (a single string is refused); each tag a non-empty
+    string of at most 255 characters with no line breaks. First-seen order is kept.
+    """
+    if not isinstance(tags, (list, tuple, set, frozenset)):
+        raise SimvueValidationError(field, "must be a list, tuple or set of strings", tags)
+    seen: dict[str, None] = {}
+    for index, tag in enumerate(tags):
+        if not isinstance(tag, str) or not tag or len(tag) > _MAX_TAG or tag.splitlines() != [tag]:
+            raise SimvueValidationError(
+                f"{field}[{index}]",
+                "must be a non-empty string of at most 255 characters without line breaks",
+                tag,
+            )
+        seen.setdefault(tag, None)
+    return tuple(seen)
+
+
+_METADATA_KEY_RULE = (
+    "keys must be non-empty strings without leading or trailing whitespace and without '..'"
+)
+_METADATA_VALUE_RULE = "values must be int, float, str, bool or a nested mapping of those"
+
+
+def validate_metadata(metadata: Any, field: str = "metadata") -> dict[str, MetadataValue]:
+    """Check run metadata and return it flattened.
+
+    Keys are non-empty strings; values are int, float (NaN and infinities included), str,
+    bool, or nested mappings, which are flattened with dots: ``{"solver": {"tol": 1e-6}}``
+    becomes ``{"solver.tol": 1e-6}``. A flattened key that collides with another is refused.
+    """
+    if not isinstance(metadata, Mapping):
+        raise SimvueValidationError(field, "must be a mapping of string keys to values", metadata)
+    flat: dict[str, MetadataValue] = {}
+    _flatten_metadata(metadata, (), field, flat)
+    return flat
+
+
+def _flatten_metadata(
+    mapping: Mapping[Any, Any],
+    prefix: tuple[str, ...],
+    field: str,
+    out: dict[str, MetadataValue],
+) -> None:
+    """Add ``mapping``'s entries to ``out`` under dotted keys starting with ``prefix``."""
+    parent_field = ".".join((field, *prefix))
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not key or key != key.strip() or ".." in key:
+            raise SimvueValidationError(parent_field, _METADATA_KEY_RULE, key)
+        path = (*prefix, key)
+        dotted = ".".join(path)
+        item_field = f"{field}.{dotted}"
+        if ".." in dotted:
+            raise SimvueValidationError(item_field, _METADATA_KEY_RULE, dotted)
+        if isinstance(value, Mapping):
+            _flatten_metadata(value, path, field, out)
+        elif isinstance(value, (bool, int, float, str)):
+            if dotted in out:
+                raise SimvueValidationError(
+                    item_field,
+                    "flattened key collides with another key of the same name",
+                    value,
+                )
+            out[dotted] = value
+        else:
+            raise SimvueValidationError(item_field, _METADATA_VALUE_RULE, value)
+
+
+_RETENTION_UNITS: dict[str, int] = {
+    name: seconds
+    for names, seconds in (
+        (("s", "sec", "secs", "second", "seconds"), 1),
+        (("m", "min", "mins", "minute", "minutes"), 60),
+        (("h", "hr", "hrs", "hour", "hours"), 3600),
+        (("d", "day", "days"), 86400),
+        (("w", "week", "weeks"), 604800),
+    )
+    for name in names
+}
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_RETENTION_PART_RE = re.compile(rf"({_NUMBER})\s*([a-z]+)")
+_RETENTION_RE = re.compile(rf"\s*(?:{_NUMBER}\s*[a-z]+\s*)+")
+_RETENTION_RULE = (
+    "must be a positive whole number of seconds or a positive duration such as '45 seconds', "
+    "'30 min', '1.5 hours', '5 days', '2 weeks', '10s', '3d' or '1 hour 30 min' "
+    "(units: s/sec/second, m/min/minute, h/hr/hour, d/day, w/week)"
+)
+
+
+def parse_retention(value: Any, field: str = "retention_period") -> int | None:
+    """Turn a retention period into whole seconds; ``None`` means keep forever.
+
+    Accepts a positive int (seconds) or a duration string of one or more number-unit parts
+    (``"30 min"``, ``"2w"``, ``"1 hour 30 min"``), case-insensitive, rounded to seconds.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise SimvueValidationError(field, _RETENTION_RULE, value)
+    if isinstance(value, int):
+        if value <= 0:
+            raise SimvueValidationError(field, _RETENTION_RULE, value)
+        return value
+    if not isinstance(value, str):
+        raise SimvueValidationError(field, _RETENTION_RULE, value)
+    text = value.lower()
+    if not _RETENTION_RE.fullmatch(text):
+        raise SimvueValidationError(field, _RETENTION_RULE, value)
+    total = 0.0
+    for number, unit in _RETENTION_PART_RE.findall(text):
+        if unit not in _RETENTION_UNITS:
+            raise SimvueValidationError(field, _RETENTION_RULE, value)
+        total += float(number) * _RETENTION_UNITS[unit]
+    seconds = round(total)
+    if seconds <= 0:
+        raise SimvueValidationError(field, _RETENTION_RULE, value)
+    return seconds
+
+
+_VISIBILITY_RULE = "must be None, 'private', 'tenant', 'public', or a non-empty list of user names"
+
+
+def validate_visibility(value: Any, field: str = "visibility") -> dict[str, Any] | None:
+    """Turn a visibility choice into the server's ``visibility`` object.
+
+    ``None`` or ``"private"`` give ``None`` (only the owner sees the run); ``"tenant"`` and
+    ``"public"`` open it to the tenant or everyone; a list of user names shares it with them.
+    """
+    if value is None or value == "private":
+        return None
+    if value == "tenant":
+        return {"public": False, "tenant": True, "users": []}
+    if value == "public":
+        return {"public": True, "tenant": False, "users": []}
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SimvueValidationError(field, _VISIBILITY_RULE, value)
+    users: list[str] = []
+    for index, user in enumerate(value):
+        if not isinstance(user, str) or not user.strip():
+            raise SimvueValidationError(
+                f"{field}[{index}]", "user names must be non-empty strings", user
+            )
+        users.append(user)
+    return {"public": False, "tenant": False, "users": users}
+
+
+def validate_interval(value: Any, field: str = "resources_metrics_interval") -> float | None:
+    """Check a sampling interval in seconds; ``None`` means sampling is off.
+
+    Must be a finite int or float greater than zero; returned as a float.
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise SimvueValidationError(
+            field, "must be None or a finite number of seconds greater than zero", value
+        )
+    return float(value)
+
+
+_METRIC_NAME_RULE = (
+    "must be a non-empty string of at most 255 letters, digits, spaces or any of "
+    "- _ / . : = > < + ( )"
+)
+
+
+def validate_metric_name(name: Any, field: str = "metrics") -> str:
+    """Check a metric name and return it unchanged.
+
+    Allowed: 1 to 255 characters, each a letter, digit, whitespace or one of
+    ``- _ / . : = > < + ( )``.
+    """
+    if (
+        not isinstance(name, str)
+        or len(name) > _MAX_METRIC_NAME
+        or not _METRIC_NAME_RE.fullmatch(name)
+    ):
+        raise SimvueValidationError(field, _METRIC_NAME_RULE, name)
+    return name
+
+
+def validate_metric_values(values: Any, field: str = "metrics") -> dict[str, float]:
+    """Check a mapping of metric names to numbers; return the values as floats.
+
+    Values may be int, float (NaN and infinities included) or bool (as 0.0 or 1.0). An error
+    names the entry, e.g. ``metrics['loss']``.
+    """
+    if not isinstance(values, Mapping):
+        raise SimvueValidationError(field, "must be a mapping of metric names to numbers", values)
+    result: dict[str, float] = {}
+    for name, value in values.items():
+        item_field = f"{field}[{name!r}]"
+        validate_metric_name(name, item_field)
+        if not isinstance(value, numbers.Real):
+            raise SimvueValidationError(item_field, "must be an int, float or bool", value)
+        result[name] = float(value)
+    return result
+
+
+def validate_step(step: Any, field: str = "step") -> int:
+    """Check a metric step: an int (not a bool) of zero or more."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise SimvueValidationError(field, "must be an int of zero or more", step)
+    return int(step)
+
+
+def validate_status(status: Any, field: str = "status") -> str:
+    """Check a run status: one of created, running, completed, failed, terminated."""
+    if not isinstance(status, str) or status not in RUN_STATUSES:
+        raise SimvueValidationError(field, f"must be one of {', '.join(RUN_STATUSES)}", status)
+    return status
+
+
+def validate_log_level(level: Any, field: str = "level") -> str:
+    """Check an event log level: one of debug, info, warning, error, critical."""
+    if not isinstance(level, str) or level not in LOG_LEVELS:
+        raise SimvueValidationError(field, f"must be one of {', '.join(LOG_LEVELS)}", level)
+    return level
