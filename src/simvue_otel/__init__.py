@@ -19,6 +19,13 @@ from ._internal.errors import (
     TransportError,
 )
 from ._internal.version import VERSION as __version__
+from .exporters import (
+    SimvueLogExporter,
+    SimvueLogRecordProcessor,
+    SimvueMetricExporter,
+    SimvueSpanExporter,
+    SimvueSpanProcessor,
+)
 
 __all__ = [
     "AuthenticationError",
@@ -28,7 +35,12 @@ __all__ = [
     "ServerError",
     "ServerUnreachableError",
     "SimvueHTTPError",
+    "SimvueLogExporter",
+    "SimvueLogRecordProcessor",
+    "SimvueMetricExporter",
     "SimvueOtelError",
+    "SimvueSpanExporter",
+    "SimvueSpanProcessor",
     "SimvueValidationError",
     "TransportError",
     "__version__",

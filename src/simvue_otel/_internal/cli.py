@@ -60,6 +60,44 @@ def _cmd_server_token(args: argparse.Namespace, parser: argparse.ArgumentParser)
     return 0
 
 
+def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .client import SimvueClient
+    from .config import resolve_config
+    from .errors import ConfigurationError, TransportError
+    from .sink import spool_directory
+    from .sink.send import send_spool
+    from .sink.spool import SpoolBusyError
+
+    try:
+        config = resolve_config(offline_directory=args.cache)
+        client = SimvueClient.from_config(config)
+    except ConfigurationError as exc:
+        print(f"simvue-otel send: {exc}", file=sys.stderr)
+        return 2
+    spool = spool_directory(config)
+    try:
+        result = send_spool(spool, client, progress=None if args.quiet else sys.stderr)
+    except SpoolBusyError as exc:
+        print(f"simvue-otel send: {exc}", file=sys.stderr)
+        return 1
+    except TransportError as exc:
+        print(f"simvue-otel send: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    stats = result.stats
+    refused = f", {stats.rejected} refused (see {spool / 'rejected'})" if stats.rejected else ""
+    print(
+        f"sent {result.frames} batch(es) from {spool}: {stats.runs_created} run(s) created, "
+        f"{stats.points} metric value(s), {stats.events} event(s), "
+        f"{stats.states} state update(s){refused}"
+    )
+    if not result.complete:
+        print(f"simvue-otel send: {result.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .server import DEFAULT_DB
 
@@ -103,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--tenant", default=None, help="tenant of a new user")
     token.add_argument("--days", type=float, default=365.0, help="token lifetime in days")
     token.set_defaults(handler=_cmd_server_token)
+
+    send = commands.add_parser(
+        "send",
+        help="upload spooled data (offline runs, or what an exporter left on disk)",
+        description="Upload everything spooled under the offline directory to the Simvue "
+        "server named by SIMVUE_URL/SIMVUE_TOKEN (or simvue.toml). Safe to interrupt and to "
+        "run again: it resumes where it stopped and never stores anything twice.",
+    )
+    send.add_argument(
+        "--cache",
+        default=None,
+        help="offline directory (default: SIMVUE_OFFLINE_DIRECTORY, [offline] cache in "
+        "simvue.toml, or ~/.simvue)",
+    )
+    send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.set_defaults(handler=_cmd_send)
     return parser
 
 

@@ -266,6 +266,7 @@ class SimvueClient:
         visibility: Mapping[str, Any] | None = None,
         ttl: int | None = None,
         heartbeat_timeout: int | None = None,
+        started: float | None = None,
     ) -> dict[str, Any]:
         """Create a run (``created`` = queued, ``running`` = live); returns at least its id.
 
@@ -292,6 +293,8 @@ class SimvueClient:
             body["ttl"] = ttl
         if heartbeat_timeout is not None:
             body["heartbeat_timeout"] = heartbeat_timeout
+        if started is not None and status == "running":
+            body["started"] = format_timestamp(started)
         code, reply = self.request("POST", "runs", json_body=body, accept=(200, 409))
         result = dict(reply) if isinstance(reply, dict) else {}
         if "id" not in result:

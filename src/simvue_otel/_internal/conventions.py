@@ -1,0 +1,112 @@
+"""The simvue-otel semantic conventions: every OpenTelemetry name that carries Simvue meaning.
+
+This module and ``docs/conventions.md`` are the one statement of how a Simvue run is carried
+by OTel signals; the Run layer writes these names, the mapping reads them, and collector
+operators can route and filter on them. Change both together.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- Run identity: Resource attributes (never evicted, present on every signal) ---------------
+
+RUN_KEY: Final = "simvue.run.key"
+"""Client-made UUID identifying the run across signals, pipelines and bridge replicas."""
+RUN_NAME: Final = "simvue.run.name"
+RUN_FOLDER: Final = "simvue.run.folder"
+
+# -- The run's root span and its state snapshots ----------------------------------------------
+
+ROOT_SPAN: Final = "simvue.run"
+"""Name of the span that lasts as long as the run; its end carries the final state."""
+SNAPSHOT_SPAN: Final = "simvue.run.snapshot"
+"""Zero-length child of the root span exported at init and at each update, carrying the full
+current state, so a run shows up live before its root span ends (spans export only on end)."""
+
+RUN_DESCRIPTION: Final = "simvue.run.description"
+RUN_TAGS: Final = "simvue.run.tags"
+"""String array."""
+RUN_METADATA_PREFIX: Final = "simvue.run.metadata."
+"""One attribute per metadata leaf, nested keys joined with dots:
+``simvue.run.metadata.solver.tol``. The bridge also accepts a JSON string or a map value."""
+RUN_VISIBILITY: Final = "simvue.run.visibility"
+"""``"private"`` (default), ``"tenant"`` or ``"public"``."""
+RUN_VISIBILITY_USERS: Final = "simvue.run.visibility.users"
+"""String array of user names the run is shared with."""
+RUN_RETENTION: Final = "simvue.run.retention_seconds"
+RUN_HEARTBEAT_TIMEOUT: Final = "simvue.run.heartbeat_timeout_seconds"
+RUN_STATUS: Final = "simvue.run.status"
+"""Explicit status on a snapshot or the root span: ``created``, ``running``, ``completed``,
+``failed`` or ``terminated``. When absent on the ended root span, its OTel status decides:
+ERROR → ``failed``, OK/UNSET → ``completed``."""
+
+RUN_STATUSES: Final = ("created", "running", "completed", "failed", "terminated", "lost")
+FINAL_STATUSES: Final = ("completed", "failed", "terminated")
+
+VISIBILITY_VALUES: Final = ("private", "tenant", "public")
+
+# -- Exact metric points and events: log records -----------------------------------------------
+
+METRICS_EVENT: Final = "simvue.metrics"
+"""``event_name`` of a log record whose body is a map ``{metric name: number}``: one
+``log_metrics`` call, all points exact (OTel metric instruments would aggregate them)."""
+METRICS_STEP: Final = "simvue.metrics.step"
+METRICS_TIME: Final = "simvue.metrics.time"
+"""Seconds since the run started (Simvue's ``time``); the record's timestamp is Simvue's
+``timestamp``."""
+
+EVENT_EVENT: Final = "simvue.event"
+"""``event_name`` of a log record whose body is an event message."""
+
+EXCEPTION_EVENT: Final = "exception"
+"""OTel's span event for a recorded exception; becomes a Simvue event with its traceback."""
+
+# -- Resource metrics, named as Simvue names them ----------------------------------------------
+
+RESOURCE_CPU_PERCENT: Final = "resources/cpu.usage.percentage"
+RESOURCE_MEMORY_MB: Final = "resources/cpu.usage.memory"
+RESOURCE_GPU_PERCENT: Final = "resources/gpu.utilisation.percent.{index}"
+RESOURCE_GPU_MEMORY: Final = "resources/gpu.utilisation.memory.{index}"
+
+# -- Foreign telemetry (no simvue.run.* on its Resource) ---------------------------------------
+
+SERVICE_NAME: Final = "service.name"
+SERVICE_INSTANCE_ID: Final = "service.instance.id"
+SERVICE_NAMESPACE: Final = "service.namespace"
+FOREIGN_FOLDER: Final = "/otel"
+"""Folder of runs made for telemetry that names no ``simvue.run.folder``."""
+FOREIGN_RUN_KEY_ATTRIBUTES: Final = (
+    "service.namespace",
+    "service.name",
+    "service.instance.id",
+    "host.name",
+    "process.pid",
+)
+"""Resource attributes that identify one service instance: one run each, never one per
+request. When none but ``service.name`` is present, every attribute of the Resource is used."""
+
+# -- Server-side bookkeeping -------------------------------------------------------------------
+
+SERVER_RUN_KEY_METADATA: Final = ("simvue_otel", "run_key")
+"""Where the run key is kept in the Simvue run's metadata (``metadata.simvue_otel.run_key``),
+so any exporter or bridge replica finds the same run again instead of making a second one."""
+
+# -- Log levels --------------------------------------------------------------------------------
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level_for(severity_number: int | None) -> str:
+    """Simvue log level for an OTel severity number (1-24; 0/None = unspecified → info)."""
+    if not severity_number:
+        return "info"
+    if severity_number <= 8:  # TRACE*, DEBUG*
+        return "debug"
+    if severity_number <= 12:  # INFO*
+        return "info"
+    if severity_number <= 16:  # WARN*
+        return "warning"
+    if severity_number <= 20:  # ERROR*
+        return "error"
+    return "critical"  # FATAL*

@@ -1,0 +1,203 @@
+"""OpenTelemetry SDK exporters and processors that write to Simvue.
+
+One exporter per signal, as the OTel SDK expects; all of them feed a :class:`Pipeline`
+(mapping + sink). They never raise into the application: ``export`` returns the SDK's result
+code, and ``force_flush``/``shutdown`` honour their timeouts. Built with no arguments (as
+``OTEL_TRACES_EXPORTER=simvue`` builds them) they share one process-wide pipeline configured
+from ``SIMVUE_*`` environment variables or ``simvue.toml``.
+
+The SDK's batch processors drop data when their queue is full and ignore failed exports;
+:class:`SimvueSpanProcessor` and :class:`SimvueLogRecordProcessor` hand every item to the
+pipeline instead (which never drops), and the span processor shows a run live from the moment
+its root span starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .config import SimvueConfig
+from .conventions import ROOT_SPAN
+from .mapping.sdk import span_from_sdk
+from .pipeline import (
+    LOG,
+    METRICS,
+    PENDING,
+    SPAN,
+    Pipeline,
+    acquire_shared,
+    default_shutdown_timeout,
+    release_shared,
+)
+
+__all__ = [
+    "SimvueLogExporter",
+    "SimvueLogRecordProcessor",
+    "SimvueMetricExporter",
+    "SimvueSpanExporter",
+    "SimvueSpanProcessor",
+]
+
+_LOG = logging.getLogger("simvue_otel.exporters")
+
+
+class _PipelineUser:
+    """Holds a pipeline: its own (given) or the shared one (released on shutdown)."""
+
+    def __init__(
+        self, pipeline: Pipeline | None, mode: str | None, config: SimvueConfig | None
+    ) -> None:
+        self._owned = pipeline is None
+        self.pipeline = pipeline if pipeline is not None else acquire_shared(mode, config)
+        self._shut = False
+
+    def _flush(self, timeout_millis: float) -> bool:
+        try:
+            return self.pipeline.flush(timeout_millis / 1000.0)
+        except Exception:
+            _LOG.exception("flushing to Simvue failed")
+            return False
+
+    def _shutdown(self, timeout_millis: float | None) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        timeout = default_shutdown_timeout() if timeout_millis is None else timeout_millis / 1000
+        try:
+            if self._owned:
+                release_shared(self.pipeline, timeout)
+            else:
+                self.pipeline.flush(timeout)
+        except Exception:
+            _LOG.exception("shutting down the Simvue exporter failed")
+
+
+class SimvueSpanExporter(_PipelineUser, SpanExporter):
+    """Spans → Simvue: the ``simvue.run`` root span becomes the run's state and status, other
+    spans and span events become events (see ``docs/conventions.md``)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str | None = None,
+        config: SimvueConfig | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        _PipelineUser.__init__(self, pipeline, mode, config)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        ok = self.pipeline.put_many(SPAN, spans)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float | None = None, **_: Any) -> None:
+        self._shutdown(timeout_millis)
+
+
+class SimvueLogExporter(_PipelineUser, LogRecordExporter):
+    """Log records → Simvue: ``simvue.metrics`` records are exact metric points, every other
+    record an event."""
+
+    def __init__(
+        self,
+        *,
+        mode: str | None = None,
+        config: SimvueConfig | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        _PipelineUser.__init__(self, pipeline, mode, config)
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        ok = self.pipeline.put_many(LOG, batch)
+        return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float | None = None, **_: Any) -> None:
+        self._shutdown(timeout_millis)
+
+
+class SimvueMetricExporter(_PipelineUser, MetricExporter):
+    """The app's own instruments → Simvue metrics at each export (cumulative temporality, so
+    a failed or late export never loses a count)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str | None = None,
+        config: SimvueConfig | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        MetricExporter.__init__(self)
+        _PipelineUser.__init__(self, pipeline, mode, config)
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
+    ) -> MetricExportResult:
+        ok = self.pipeline.put(METRICS, metrics_data)
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float | None = None, **kwargs: Any) -> None:
+        # PeriodicExportingMetricReader passes ``timeout`` (milliseconds), not timeout_millis.
+        timeout = kwargs.get("timeout", timeout_millis)
+        self._shutdown(timeout)
+
+
+class SimvueSpanProcessor(SpanProcessor):
+    """Hands every ended span to the exporter's pipeline (never dropping), and a root span's
+    state at its start, so the run shows ``running`` at once instead of when it ends."""
+
+    def __init__(self, exporter: SimvueSpanExporter) -> None:
+        self.exporter = exporter
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.name == ROOT_SPAN:
+            try:
+                self.exporter.pipeline.put(PENDING, span_from_sdk(span))
+            except Exception:
+                _LOG.exception("could not record the start of run span")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.exporter.pipeline.put(SPAN, span)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+class SimvueLogRecordProcessor(LogRecordProcessor):
+    """Hands every log record to the exporter's pipeline as it is emitted (never dropping):
+    the cheapest path for metric points, and the one that keeps all 100,000 of a burst."""
+
+    def __init__(self, exporter: SimvueLogExporter) -> None:
+        self.exporter = exporter
+        self._put = exporter.pipeline.put
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        self._put(LOG, log_record)
+
+    def emit(self, log_record: ReadWriteLogRecord) -> None:
+        self._put(LOG, log_record)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)

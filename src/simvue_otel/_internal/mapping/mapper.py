@@ -1,0 +1,443 @@
+"""The one mapping from OpenTelemetry telemetry to Simvue records.
+
+Input is the neutral model (:mod:`.model`), so the in-process exporters and the OTLP bridge
+share this code unchanged. The rules are those of :mod:`..conventions` and
+``docs/conventions.md``:
+
+- the run is named by the Resource: ``simvue.run.key`` (+ name, folder); telemetry without a
+  key belongs to one run per service instance, keyed by a hash of its identifying attributes;
+- the ``simvue.run`` root span carries the run's state and final status, ``simvue.run.snapshot``
+  spans carry live state, and a root span seen at its start (through the span processor) shows
+  the run live at once;
+- ``simvue.metrics`` log records are exact metric points, ``simvue.event`` and every other log
+  record are events; span events and (by policy) other spans become events too;
+- the app's own instruments become metrics at each export (gauges and sums by value,
+  histograms as count/sum/mean/min/max; attribute sets as a name suffix).
+
+A Mapper keeps a little state per run (its time origin and step counters), bounded by
+``max_runs`` so a long-lived bridge does not grow without limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import conventions as cv
+from ..errors import SimvueValidationError
+from ..validation import validate_folder, validate_tags, validate_visibility
+from .model import STATUS_ERROR, HistogramValue, OtelLog, OtelMetric, OtelSpan
+from .records import EventRecord, MetricRecord, Record, RunRecord, RunRef
+
+__all__ = ["SPAN_EVENT_POLICIES", "Mapper"]
+
+_LOG = logging.getLogger("simvue_otel.mapping")
+
+SPAN_EVENT_POLICIES = ("all", "errors", "none")
+"""What becomes of spans other than the run's own: each one an event, only failed ones, none."""
+
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]+")
+_METRIC_BAD = re.compile(r"[^a-zA-Z0-9\-_\s/.:=><+()]+")
+_FOREIGN_NAMESPACE = uuid.UUID("6f1c3c8e-4d0b-5d8a-9a53-2b6f4c1e9a10")
+
+
+@dataclass
+class _RunState:
+    ref: RunRef
+    origin: float
+    foreign: bool
+    metric_step: int = 0
+    instrument_step: int = 0
+    last_seen: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return value
+    return None
+
+
+def _text(body: Any) -> str | None:
+    if body is None:
+        return None
+    if isinstance(body, str):
+        return body
+    if isinstance(body, bytes):
+        return body.decode("utf-8", "replace")
+    try:
+        return json.dumps(body, default=str, sort_keys=True)
+    except (TypeError, ValueError):
+        return str(body)
+
+
+def _exception_message(attributes: Mapping[str, Any]) -> str:
+    kind = attributes.get("exception.type") or "Exception"
+    message = attributes.get("exception.message") or ""
+    text = f"{kind}: {message}" if message else str(kind)
+    trace = attributes.get("exception.stacktrace")
+    return f"{text}\n{trace}" if trace else text
+
+
+class Mapper:
+    """Turns batches of neutral telemetry into Simvue records (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        span_events: str = "all",
+        max_runs: int = 10_000,
+        clock: Any = time.time,
+    ) -> None:
+        if span_events not in SPAN_EVENT_POLICIES:
+            raise SimvueValidationError(
+                "span_events", f"must be one of {', '.join(SPAN_EVENT_POLICIES)}", span_events
+            )
+        self.span_events = span_events
+        self.max_runs = max_runs
+        self._clock = clock
+        self._runs: OrderedDict[str, _RunState] = OrderedDict()
+        self._refs: dict[int, tuple[Mapping[str, Any], _RunState]] = {}
+        self._warned: set[str] = set()
+
+    # -- run identity ---------------------------------------------------------------------
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _LOG.warning(message, *args)
+
+    def _state(self, resource: Mapping[str, Any], when: float, out: list[Record]) -> _RunState:
+        """The run a Resource names (registering it, and announcing foreign runs, on first
+        sight). Resources are compared by identity first: adapters share one dict per batch."""
+        cached = self._refs.get(id(resource))
+        if cached is not None and cached[0] is resource:
+            state = cached[1]
+            state.last_seen = when
+            return state
+        key, foreign = self._run_key(resource)
+        state_or_none = self._runs.get(key)
+        if state_or_none is None:
+            state = _RunState(self._run_ref(key, resource, foreign), when, foreign, last_seen=when)
+            self._runs[key] = state
+            while len(self._runs) > self.max_runs:
+                self._runs.popitem(last=False)
+            if foreign:
+                announced = self._foreign_state(state, resource, when)
+                state.extra["record"] = announced
+                out.append(announced)
+        else:
+            state = state_or_none
+            self._runs.move_to_end(key)
+            state.last_seen = when
+        if len(self._refs) > 64:
+            self._refs.clear()
+        self._refs[id(resource)] = (resource, state)
+        return state
+
+    @staticmethod
+    def _run_key(resource: Mapping[str, Any]) -> tuple[str, bool]:
+        key = resource.get(cv.RUN_KEY)
+        if isinstance(key, str) and key.strip():
+            return key.strip()[:128], False
+        chosen = {k: resource[k] for k in cv.FOREIGN_RUN_KEY_ATTRIBUTES if k in resource}
+        if set(chosen) <= {cv.SERVICE_NAME}:
+            chosen = dict(resource)
+        canonical = json.dumps(chosen, sort_keys=True, default=str)
+        return str(uuid.uuid5(_FOREIGN_NAMESPACE, canonical)), True
+
+    def _run_ref(self, key: str, resource: Mapping[str, Any], foreign: bool) -> RunRef:
+        name = resource.get(cv.RUN_NAME)
+        if not isinstance(name, str) or not name:
+            name = resource.get(cv.SERVICE_NAME) if foreign else None
+        if isinstance(name, str):
+            name = _NAME_BAD.sub("-", name).strip("-.")[:255] or None
+        folder_attr = resource.get(cv.RUN_FOLDER)
+        folder = cv.FOREIGN_FOLDER if foreign and folder_attr is None else "/"
+        if folder_attr is not None:
+            try:
+                folder = validate_folder(folder_attr, field=cv.RUN_FOLDER)
+            except SimvueValidationError as exc:
+                self._warn_once(f"folder:{key}", "%s; using folder %r", exc, folder)
+        return RunRef(key=key, name=name, folder=folder)
+
+    def _foreign_state(
+        self, state: _RunState, resource: Mapping[str, Any], when: float
+    ) -> RunRecord:
+        metadata: dict[str, Any] = {}
+        for k, v in resource.items():
+            if isinstance(v, str | int | float | bool | list):
+                metadata[f"resource.{k}"] = v
+        service = resource.get(cv.SERVICE_NAME, "an OpenTelemetry service")
+        return RunRecord(
+            run=state.ref,
+            status="running",
+            observed=when,
+            description=f"Telemetry of {service}",
+            tags=("otel",),
+            metadata=metadata,
+            started=when,
+        )
+
+    # -- spans ----------------------------------------------------------------------------
+
+    def spans(self, spans: Iterable[OtelSpan]) -> list[Record]:
+        """Records for ended spans, in order."""
+        out: list[Record] = []
+        for span in spans:
+            when = span.end if span.end is not None else span.start
+            state = self._state(span.resource, span.start, out)
+            if span.name == cv.ROOT_SPAN:
+                out.append(self._run_record(state, span, final=span.end is not None))
+                out.extend(self._span_events(state, span))
+            elif span.name == cv.SNAPSHOT_SPAN:
+                out.append(self._run_record(state, span, final=False, observed=when))
+            else:
+                out.extend(self._foreign_span(state, span))
+        return out
+
+    def pending_span(self, span: OtelSpan) -> list[Record]:
+        """Records for a span that has just started: a root span shows its run live."""
+        out: list[Record] = []
+        state = self._state(span.resource, span.start, out)
+        if span.name == cv.ROOT_SPAN:
+            out.append(self._run_record(state, span, final=False, observed=span.start))
+        return out
+
+    def _run_record(
+        self, state: _RunState, span: OtelSpan, *, final: bool, observed: float | None = None
+    ) -> RunRecord:
+        attrs = span.attributes
+        status = attrs.get(cv.RUN_STATUS)
+        if final:
+            if status not in cv.FINAL_STATUSES:
+                status = "failed" if span.status == STATUS_ERROR else "completed"
+        elif status not in ("created", "running"):
+            status = "running"
+        state.origin = min(state.origin, span.start)
+        return RunRecord(
+            run=state.ref,
+            status=str(status),
+            observed=observed if observed is not None else (span.end or span.start),
+            description=self._str_attr(attrs, cv.RUN_DESCRIPTION),
+            tags=self._tags(state, attrs),
+            metadata=self._metadata(attrs),
+            visibility=self._visibility(state, attrs),
+            ttl=self._int_attr(attrs, cv.RUN_RETENTION),
+            heartbeat_timeout=self._int_attr(attrs, cv.RUN_HEARTBEAT_TIMEOUT),
+            started=span.start if status != "created" else None,
+            ended=span.end if final else None,
+        )
+
+    @staticmethod
+    def _str_attr(attrs: Mapping[str, Any], key: str) -> str | None:
+        value = attrs.get(key)
+        return value if isinstance(value, str) else None
+
+    @staticmethod
+    def _int_attr(attrs: Mapping[str, Any], key: str) -> int | None:
+        value = attrs.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            return None
+        return int(value)
+
+    def _tags(self, state: _RunState, attrs: Mapping[str, Any]) -> tuple[str, ...]:
+        value = attrs.get(cv.RUN_TAGS)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        try:
+            return validate_tags(value, field=cv.RUN_TAGS)
+        except SimvueValidationError as exc:
+            self._warn_once(f"tags:{state.ref.key}", "%s; invalid tags left out", exc)
+            return tuple(t for t in value if isinstance(t, str) and t and "\n" not in t)
+
+    @staticmethod
+    def _metadata(attrs: Mapping[str, Any]) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        whole = attrs.get(cv.RUN_METADATA_PREFIX.rstrip("."))
+        if isinstance(whole, str):
+            try:
+                whole = json.loads(whole)
+            except ValueError:
+                whole = None
+        if isinstance(whole, Mapping):
+            _flatten(whole, "", flat)
+        prefix = cv.RUN_METADATA_PREFIX
+        for key, value in attrs.items():
+            if key.startswith(prefix) and len(key) > len(prefix):
+                flat[key[len(prefix) :]] = value
+        return flat
+
+    def _visibility(self, state: _RunState, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+        users = attrs.get(cv.RUN_VISIBILITY_USERS)
+        value: Any = list(users) if users else attrs.get(cv.RUN_VISIBILITY)
+        try:
+            return validate_visibility(value, field=cv.RUN_VISIBILITY)
+        except SimvueValidationError as exc:
+            self._warn_once(f"vis:{state.ref.key}", "%s; the run stays private", exc)
+            return None
+
+    def _span_events(self, state: _RunState, span: OtelSpan) -> list[EventRecord]:
+        out = []
+        for event in span.events:
+            if event.name == cv.EXCEPTION_EVENT:
+                out.append(
+                    EventRecord(
+                        state.ref, _exception_message(event.attributes), event.timestamp, "error"
+                    )
+                )
+            else:
+                extra = " ".join(f"{k}={v}" for k, v in sorted(event.attributes.items()))
+                message = f"{event.name} {extra}".strip()
+                out.append(EventRecord(state.ref, message, event.timestamp, "info"))
+        return out
+
+    def _foreign_span(self, state: _RunState, span: OtelSpan) -> list[Record]:
+        """A span that is not the run's own: an event (by policy), plus its span events."""
+        failed = span.status == STATUS_ERROR
+        if self.span_events == "none" or (self.span_events == "errors" and not failed):
+            return []
+        end = span.end if span.end is not None else span.start
+        text = f"span {span.name!r} ended after {(end - span.start) * 1000:.1f} ms"
+        if failed:
+            text += f" with an error: {span.status_message}" if span.status_message else " in error"
+        out: list[Record] = [EventRecord(state.ref, text, end, "error" if failed else "info")]
+        out.extend(self._span_events(state, span))
+        return out
+
+    # -- logs -----------------------------------------------------------------------------
+
+    def logs(self, logs: Iterable[OtelLog]) -> list[Record]:
+        """Records for log records, in order: metric points and events."""
+        out: list[Record] = []
+        for log in logs:
+            state = self._state(log.resource, log.timestamp, out)
+            event_name = log.event_name or log.attributes.get("event.name")
+            if event_name == cv.METRICS_EVENT:
+                record = self._metric_record(state, log)
+                if record is not None:
+                    out.append(record)
+                continue
+            message = _text(log.body)
+            if not message:
+                continue
+            if "exception.type" in log.attributes and event_name != cv.EVENT_EVENT:
+                message = f"{message}\n{_exception_message(log.attributes)}"
+            level = cv.log_level_for(log.severity_number)
+            out.append(EventRecord(state.ref, message, log.timestamp, level))
+        return out
+
+    def _metric_record(self, state: _RunState, log: OtelLog) -> MetricRecord | None:
+        body = log.body
+        if not isinstance(body, Mapping):
+            self._warn_once(
+                f"mbody:{state.ref.key}",
+                "a %s log record's body must be a map of metric values, not %s; skipped",
+                cv.METRICS_EVENT,
+                type(body).__name__,
+            )
+            return None
+        values: dict[str, float] = {}
+        for name, raw in body.items():
+            number = _number(raw)
+            if number is None:
+                self._warn_once(
+                    f"mval:{state.ref.key}:{name}",
+                    "metric %r of run %s has a non-numeric value %r; left out",
+                    name,
+                    state.ref.key,
+                    raw,
+                )
+                continue
+            values[str(name)] = number
+        if not values:
+            return None
+        step_attr = log.attributes.get(cv.METRICS_STEP)
+        if isinstance(step_attr, int) and not isinstance(step_attr, bool) and step_attr >= 0:
+            step = step_attr
+            state.metric_step = max(state.metric_step, step + 1)
+        else:
+            step = state.metric_step
+            state.metric_step += 1
+        time_attr = _number(log.attributes.get(cv.METRICS_TIME))
+        elapsed = time_attr if time_attr is not None else max(0.0, log.timestamp - state.origin)
+        return MetricRecord(state.ref, values, step, elapsed, log.timestamp)
+
+    # -- metrics from the app's own instruments -------------------------------------------
+
+    def metrics(self, metrics: Iterable[OtelMetric]) -> list[Record]:
+        """One metric record per run and export time, holding every instrument's value."""
+        out: list[Record] = []
+        grouped: dict[tuple[str, int], tuple[_RunState, float, dict[str, float]]] = {}
+        for metric in metrics:
+            for point in metric.points:
+                state = self._state(metric.resource, point.timestamp, out)
+                slot = (state.ref.key, int(point.timestamp * 1000))
+                entry = grouped.get(slot)
+                if entry is None:
+                    entry = grouped[slot] = (state, point.timestamp, {})
+                name = metric.name + _suffix(point.attributes)
+                values = entry[2]
+                value = point.value
+                if isinstance(value, HistogramValue):
+                    values[f"{name}.count"] = value.count
+                    if value.sum is not None:
+                        values[f"{name}.sum"] = value.sum
+                        if value.count:
+                            values[f"{name}.mean"] = value.sum / value.count
+                    for part in ("min", "max"):
+                        extreme = getattr(value, part)
+                        if extreme is not None and math.isfinite(extreme) and value.count:
+                            values[f"{name}.{part}"] = extreme
+                else:
+                    values[name] = value
+        for (_key, _ms), (state, stamp, values) in sorted(grouped.items(), key=lambda i: i[0][1]):
+            if not values:
+                continue
+            step = state.instrument_step
+            state.instrument_step += 1
+            out.append(MetricRecord(state.ref, values, step, max(0.0, stamp - state.origin), stamp))
+        return out
+
+    # -- end of process -------------------------------------------------------------------
+
+    def finish_foreign(self, status: str = "completed", when: float | None = None) -> list[Record]:
+        """Final state for every foreign run seen (the exporting process is ending)."""
+        now = when if when is not None else self._clock()
+        return [
+            dataclasses.replace(s.extra["record"], status=status, observed=now, ended=now)
+            for s in self._runs.values()
+            if s.foreign and "record" in s.extra
+        ]
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _flatten(value, dotted + ".", out)
+        else:
+            out[dotted] = value
+
+
+def _suffix(attributes: Mapping[str, Any]) -> str:
+    """An attribute set as a metric-name suffix Simvue accepts: ``(k=v k2=v2)``."""
+    if not attributes:
+        return ""
+    parts = [
+        _METRIC_BAD.sub("_", f"{k}={v}") for k, v in sorted(attributes.items(), key=lambda i: i[0])
+    ]
+    return "(" + " ".join(parts) + ")"

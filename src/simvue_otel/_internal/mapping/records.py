@@ -1,0 +1,68 @@
+"""What the mapping produces and the sinks consume: Simvue records, free of OTel types.
+
+Every record names its run by :class:`RunRef` (the run key plus the name and folder from the
+Resource), so a sink can create the run from any record, whichever signal arrives first.
+Times are epoch seconds (floats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EventRecord", "MetricRecord", "Record", "RunRecord", "RunRef"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """Identity of a run as every signal carries it (Resource attributes)."""
+
+    key: str
+    name: str | None = None
+    folder: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """The full state of a run at ``observed`` (later states replace earlier ones).
+
+    ``metadata`` is flat (dotted keys); ``visibility`` is Simvue's wire shape
+    ``{"public": bool, "tenant": bool, "users": [...]}`` or None for private.
+    """
+
+    run: RunRef
+    status: str
+    observed: float
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    visibility: Mapping[str, Any] | None = None
+    ttl: int | None = None
+    heartbeat_timeout: int | None = None
+    started: float | None = None
+    ended: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRecord:
+    """One ``log_metrics`` call: exact values at one step."""
+
+    run: RunRef
+    values: Mapping[str, float]
+    step: int
+    time: float
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A timestamped message."""
+
+    run: RunRef
+    message: str
+    timestamp: float
+    level: str = "info"
+
+
+Record = RunRecord | MetricRecord | EventRecord

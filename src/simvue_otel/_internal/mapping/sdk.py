@@ -1,0 +1,153 @@
+"""Adapters from OpenTelemetry SDK objects to the neutral model.
+
+Kept apart from the mapping so that the bridge (OTLP protobuf in) never imports SDK export
+types, and so the SDK's shapes are read in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .model import (
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    HistogramValue,
+    OtelEvent,
+    OtelLog,
+    OtelMetric,
+    OtelPoint,
+    OtelSpan,
+)
+
+__all__ = ["logs_from_sdk", "metrics_from_sdk", "span_from_sdk", "spans_from_sdk"]
+
+_NS = 1e-9
+
+
+def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not attributes:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _status(span: Any) -> tuple[str, str]:
+    status = getattr(span, "status", None)
+    if status is None:
+        return STATUS_UNSET, ""
+    name = getattr(status.status_code, "name", "UNSET")
+    code = {"OK": STATUS_OK, "ERROR": STATUS_ERROR}.get(name, STATUS_UNSET)
+    return code, status.description or ""
+
+
+def span_from_sdk(span: Any, resource_cache: dict[int, dict[str, Any]] | None = None) -> OtelSpan:
+    """One SDK span (``ReadableSpan``, or a live ``Span`` seen at start) in the neutral model."""
+    resource = span.resource
+    if resource_cache is not None:
+        attrs = resource_cache.get(id(resource))
+        if attrs is None:
+            attrs = resource_cache[id(resource)] = _attrs(resource.attributes)
+    else:
+        attrs = _attrs(resource.attributes)
+    code, message = _status(span)
+    parent = span.parent
+    end = span.end_time
+    return OtelSpan(
+        resource=attrs,
+        name=span.name,
+        trace_id=span.context.trace_id,
+        span_id=span.context.span_id,
+        parent_span_id=parent.span_id if parent is not None else None,
+        start=(span.start_time or 0) * _NS,
+        end=end * _NS if end is not None else None,
+        attributes=_attrs(span.attributes),
+        status=code,
+        status_message=message,
+        events=tuple(
+            OtelEvent(e.name, e.timestamp * _NS, _attrs(e.attributes)) for e in span.events
+        ),
+    )
+
+
+def spans_from_sdk(spans: Iterable[Any]) -> list[OtelSpan]:
+    """SDK ``ReadableSpan`` objects in the neutral model (resources converted once each)."""
+    cache: dict[int, dict[str, Any]] = {}
+    return [span_from_sdk(s, cache) for s in spans]
+
+
+def logs_from_sdk(records: Iterable[Any]) -> list[OtelLog]:
+    """SDK ``ReadableLogRecord``/``ReadWriteLogRecord`` objects in the neutral model."""
+    cache: dict[int, dict[str, Any]] = {}
+    out: list[OtelLog] = []
+    for item in records:
+        record = item.log_record
+        resource = item.resource
+        attrs = cache.get(id(resource))
+        if attrs is None:
+            attrs = cache[id(resource)] = _attrs(resource.attributes if resource else None)
+        stamp = record.timestamp or record.observed_timestamp or 0
+        severity = record.severity_number
+        out.append(
+            OtelLog(
+                resource=attrs,
+                body=record.body,
+                timestamp=stamp * _NS,
+                attributes=record.attributes or {},
+                event_name=getattr(record, "event_name", None),
+                severity_number=severity.value if severity is not None else None,
+                severity_text=record.severity_text,
+                trace_id=record.trace_id or None,
+            )
+        )
+    return out
+
+
+def _points(data: Any) -> Iterator[OtelPoint]:
+    for point in data.data_points:
+        start = point.start_time_unix_nano * _NS if point.start_time_unix_nano else None
+        value: float | HistogramValue
+        if hasattr(point, "value"):
+            value = point.value
+        else:
+            value = HistogramValue(
+                count=int(point.count),
+                sum=point.sum,
+                min=getattr(point, "min", None),
+                max=getattr(point, "max", None),
+            )
+        yield OtelPoint(_attrs(point.attributes), point.time_unix_nano * _NS, start, value)
+
+
+def metrics_from_sdk(metrics_data: Any) -> list[OtelMetric]:
+    """An SDK ``MetricsData`` in the neutral model: one entry per instrument and Resource."""
+    out: list[OtelMetric] = []
+    for resource_metrics in metrics_data.resource_metrics:
+        resource = _attrs(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                data = metric.data
+                kind_name = type(data).__name__
+                if kind_name == "Gauge":
+                    kind = "gauge"
+                elif kind_name == "Sum":
+                    kind = "sum"
+                elif kind_name in ("Histogram", "ExponentialHistogram"):
+                    kind = "histogram"
+                else:
+                    continue
+                temporality = getattr(data, "aggregation_temporality", None)
+                out.append(
+                    OtelMetric(
+                        resource=resource,
+                        name=metric.name,
+                        kind=kind,
+                        points=tuple(_points(data)),
+                        monotonic=bool(getattr(data, "is_monotonic", False)),
+                        cumulative=getattr(temporality, "name", "CUMULATIVE") == "CUMULATIVE",
+                    )
+                )
+    return out

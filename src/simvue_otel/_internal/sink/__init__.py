@@ -1,0 +1,58 @@
+"""Sinks: where Simvue records go (a server, a spool on disk, or nowhere), and the sender.
+
+Nothing here knows about OpenTelemetry: sinks take records from the mapping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import SimvueConfig, resolve_config
+from ..errors import SimvueValidationError
+from .base import NullSink, Sink
+
+__all__ = ["MODES", "NullSink", "Sink", "create_sink", "resolve_mode", "spool_directory"]
+
+MODES = ("online", "offline", "disabled")
+MODE_ENV = "SIMVUE_OTEL_MODE"
+
+
+def resolve_mode(mode: str | None = None, environ: Any = None) -> str:
+    """The mode given, else ``SIMVUE_OTEL_MODE``, else ``online``; checked."""
+    env = os.environ if environ is None else environ
+    chosen = mode or env.get(MODE_ENV) or "online"
+    field = "mode" if mode else MODE_ENV
+    if chosen not in MODES:
+        raise SimvueValidationError(field, f"must be one of {', '.join(MODES)}", chosen)
+    return str(chosen)
+
+
+def spool_directory(config: SimvueConfig) -> Path:
+    """Where spools live under the offline directory (what `simvue-otel send` reads)."""
+    return config.offline_directory / "otel-spool"
+
+
+def create_sink(
+    mode: str | None = None, config: SimvueConfig | None = None, **options: Any
+) -> Sink:
+    """A sink for ``mode`` (see :func:`resolve_mode`), configured from ``config`` (default:
+    arguments, environment and simvue.toml as :func:`resolve_config` finds them).
+
+    Online mode raises :class:`ConfigurationError` at once when no server URL or token is set,
+    so a misconfiguration shows up when the exporter is made, not as data that never arrives.
+    """
+    chosen = resolve_mode(mode)
+    if chosen == "disabled":
+        return NullSink()
+    cfg = config or resolve_config()
+    if chosen == "offline":
+        from .offline import OfflineSink
+
+        return OfflineSink(spool_directory(cfg))
+    from ..client import SimvueClient
+    from .online import OnlineSink
+
+    client = SimvueClient.from_config(cfg, timeout=10.0, retries=1, backoff=0.2)
+    return OnlineSink(client, spool_directory(cfg), **options)

@@ -1,0 +1,253 @@
+"""The online sink: records to a Simvue server, in batches, with nothing lost.
+
+Records are buffered in memory and uploaded by one worker thread in batches bounded by size
+(``batch_points``) and by time (``flush_interval``). When the server cannot take them (down,
+slow, 5xx, 429, token refused) the batch goes to a spool on disk with its batch key, and so
+does anything past ``max_memory_points``; the worker replays the spool first, oldest first,
+once the server answers again. Batch keys make every replay idempotent on the server, so each
+point and event is stored exactly once. Heartbeats keep live runs from turning ``lost``.
+At ``close`` the sink waits at most ``timeout`` seconds and leaves the rest on disk for
+``simvue-otel send``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..client import SimvueClient
+from ..conventions import FINAL_STATUSES
+from ..mapping.records import MetricRecord, Record, RunRecord
+from .spool import SpoolReader, SpoolWriter
+from .uploader import RetryLater, Uploader
+
+__all__ = ["OnlineSink"]
+
+_LOG = logging.getLogger("simvue_otel.sink")
+
+
+def _cost(records: Sequence[Record]) -> int:
+    """Size of records in metric values (an event or state counts as one)."""
+    return sum(len(r.values) if isinstance(r, MetricRecord) else 1 for r in records)
+
+
+class OnlineSink:
+    """Uploads records to one Simvue server; see the module docstring."""
+
+    def __init__(
+        self,
+        client: SimvueClient,
+        spool_dir: Path,
+        *,
+        batch_points: int = 50_000,
+        flush_interval: float = 1.0,
+        max_memory_points: int = 500_000,
+        heartbeat_interval: float = 30.0,
+        live_window: float | None = None,
+        max_backoff: float = 15.0,
+    ) -> None:
+        self.client = client
+        self.spool_dir = spool_dir
+        self.uploader = Uploader(client, rejected_dir=spool_dir / "rejected")
+        self.batch_points = batch_points
+        self.flush_interval = flush_interval
+        self.max_memory_points = max_memory_points
+        self.heartbeat_interval = heartbeat_interval
+        self.live_window = live_window
+        self.max_backoff = max_backoff
+        self._id = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._buffer: list[Record] = []
+        self._buffered = 0
+        self._busy = False
+        self._spilled = 0  # frames written and not yet uploaded
+        self._spill_seq = 0
+        self._writer: SpoolWriter | None = None
+        self._segments: set[str] = set()
+        self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
+        self._closing = False
+        self._closed = False
+        self._deadline: float | None = None
+        self._failures = 0
+        self._thread = threading.Thread(target=self._run, name="simvue-otel-sink", daemon=True)
+        self._thread.start()
+
+    # -- producer side --------------------------------------------------------------------
+
+    def submit(self, records: Sequence[Record]) -> None:
+        """Queue records for upload (never blocks on the network)."""
+        if not records:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the sink is closed")
+            self._buffer.extend(records)
+            self._buffered += _cost(records)
+            for record in records:
+                if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
+                    self._live.pop(record.run.key, None)
+                elif not isinstance(record, RunRecord) or record.status == "running":
+                    self._live[record.run.key] = now
+            if self._buffered > self.max_memory_points:
+                self._spill_locked(self._take_locked())
+            if self._buffered >= self.batch_points:
+                self._wake.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is on the server; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._wake.notify()
+            while self._buffer or self._spilled or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(timeout=min(left, 0.5) if left is not None else 0.5)
+                self._wake.notify()
+            return True
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Upload what is left for at most ``timeout`` seconds, then keep the rest on disk.
+
+        Returns True when everything reached the server.
+        """
+        with self._lock:
+            if self._closed:
+                return not self._spilled
+            self._closing = True
+            self._deadline = time.monotonic() + timeout
+            self._wake.notify()
+        self._thread.join(timeout + 5.0)
+        with self._lock:
+            self._closed = True
+            leftover = self._take_locked()
+            if leftover:
+                self._spill_locked(leftover)
+            if self._writer is not None:
+                self._writer.close()
+            remaining = self._spilled
+        if remaining:
+            _LOG.warning(
+                "the Simvue server at %s could not take everything before shutdown; "
+                "%d batch(es) are kept in %s: run `simvue-otel send --cache %s` to upload them",
+                self.client.url,
+                remaining,
+                self.spool_dir,
+                self.spool_dir.parent,
+            )
+        self.client.close()
+        return remaining == 0
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _take_locked(self) -> list[Record]:
+        batch, self._buffer, self._buffered = self._buffer, [], 0
+        return batch
+
+    def _next_key(self) -> str:
+        self._seq += 1
+        return f"{self._id}:{self._seq}"
+
+    def _spill_locked(self, records: Sequence[Record], key: str | None = None) -> None:
+        if not records:
+            return
+        if self._writer is None:
+            self._writer = SpoolWriter(self.spool_dir)
+        self._writer.append(key or self._next_key(), records)
+        segment = self._writer.segment
+        if segment is not None:
+            self._segments.add(segment.name)
+        self._spilled += 1
+        self._spill_seq += 1
+
+    def _run(self) -> None:
+        last_beat = time.monotonic()
+        backoff = 0.0
+        while True:
+            with self._lock:
+                if not self._closing:
+                    wait = backoff or self.flush_interval
+                    if self._buffered < self.batch_points or backoff:
+                        self._wake.wait(timeout=wait)
+                if self._closing and self._deadline is not None:
+                    if time.monotonic() >= self._deadline:
+                        return
+                    if not self._buffer and not self._spilled:
+                        return
+                self._busy = True
+            try:
+                ok = self._drain()
+            except Exception:  # never let the worker die: the data is still held
+                _LOG.exception("unexpected error while uploading to Simvue; will retry")
+                ok = False
+            with self._lock:
+                self._busy = False
+                self._idle.notify_all()
+            if ok:
+                self._failures = 0
+                backoff = 0.0
+            else:
+                self._failures += 1
+                backoff = min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8))
+                if self._closing and self._deadline is not None:
+                    backoff = min(backoff, max(0.05, self._deadline - time.monotonic()))
+            now = time.monotonic()
+            if ok and now - last_beat >= self.heartbeat_interval:
+                last_beat = now
+                self._heartbeat(now)
+
+    def _drain(self) -> bool:
+        """Upload the spool, then the memory buffer; False when the server is not taking data."""
+        if self._spilled and not self._drain_spool():
+            return False
+        while True:
+            with self._lock:
+                batch = self._take_locked()
+                if not batch:
+                    return True
+                key = self._next_key()
+            try:
+                self.uploader.upload(batch, key)
+            except RetryLater as exc:
+                _LOG.info("Simvue server not taking data (%s); keeping it on disk", exc)
+                with self._lock:
+                    self._spill_locked(batch, key)
+                return False
+
+    def _drain_spool(self) -> bool:
+        with self._lock:
+            seq = self._spill_seq
+        reader = SpoolReader(self.spool_dir)
+        for segment in reader.segments(include_live=True):
+            if segment.name not in self._segments:
+                continue  # another process's spool: `simvue-otel send` uploads it
+            for frame in reader.frames(segment):
+                try:
+                    self.uploader.upload(frame.records, frame.batch_key)
+                except RetryLater:
+                    return False
+                reader.ack(frame)
+                with self._lock:
+                    self._spilled = max(0, self._spilled - 1)
+        with self._lock:
+            if self._spill_seq == seq:
+                self._spilled = 0  # a whole pass found nothing more (even past a corrupt frame)
+        return True
+
+    def _heartbeat(self, now: float) -> None:
+        with self._lock:
+            if self.live_window is None:
+                keys = list(self._live)
+            else:
+                keys = [k for k, seen in self._live.items() if now - seen <= self.live_window]
+                for k in [k for k, seen in self._live.items() if now - seen > self.live_window]:
+                    del self._live[k]
+        self.uploader.heartbeat(keys)
