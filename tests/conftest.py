@@ -67,6 +67,7 @@ def start_server(
     """Start a server and wait until it answers `/health`; on a new database the first user's
     token is read from the server's own startup output, exactly as a person would copy it
     (a restarted server prints none: pass the token it printed before as `first_token`)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     db = db or tmp / "simvue.db"
     log = tmp / f"server-{port}.log"

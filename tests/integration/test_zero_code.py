@@ -1,0 +1,143 @@
+"""Zero-code use: `opentelemetry-instrument` with `OTEL_*_EXPORTER=simvue`, in a fresh virtual
+environment holding only this project (installed from its own files) and the instrument
+command, so that no package that happens to be installed here can make it pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from simvue_otel._internal.client import SimvueClient
+from tests.conftest import LocalServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+APP = textwrap.dedent(
+    """
+    # Uses the OpenTelemetry API only: no simvue_otel import anywhere.
+    import sys
+    from opentelemetry import _logs, metrics, trace
+
+    tracer = trace.get_tracer("app")
+    logger = _logs.get_logger("app")
+    counter = metrics.get_meter("app").create_counter("cells")
+    n = int(sys.argv[1])
+    with tracer.start_as_current_span(
+        "simvue.run",
+        attributes={"simvue.run.tags": ["zero-code"], "simvue.run.metadata.grid": 128,
+                    "simvue.run.description": "instrumented"},
+    ):
+        for step in range(n):  # a burst far larger than the SDK batch queue (2048)
+            logger.emit(body={"energy": step * 0.5}, event_name="simvue.metrics",
+                        attributes={"simvue.metrics.step": step})
+        counter.add(n)
+        logger.emit(body="finished", event_name="simvue.event")
+        with tracer.start_as_current_span("write-output"):
+            pass
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("zero-code") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run(
+        [*pip, f"{ROOT}[instrument]"], check=True, timeout=600, capture_output=True, text=True
+    )
+    return venv
+
+
+def _instrumented(
+    venv: Path, server: LocalServer, tmp: Path, env_extra: dict[str, str], n: int
+) -> subprocess.CompletedProcess[str]:
+    (tmp / "app.py").write_text(APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
+    env.update(
+        OTEL_TRACES_EXPORTER="simvue",
+        OTEL_METRICS_EXPORTER="simvue",
+        OTEL_LOGS_EXPORTER="simvue",
+        SIMVUE_URL=server.url,
+        SIMVUE_TOKEN=server.token,
+        SIMVUE_OFFLINE_DIRECTORY=str(tmp / "offline"),
+        HOME=str(tmp),
+        **env_extra,
+    )
+    return subprocess.run(
+        [str(venv / "bin" / "opentelemetry-instrument"), str(venv / "bin" / "python"), "app.py",
+         str(n)],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_opentelemetry_instrument_with_simvue_exporters(
+    fresh_venv: Path, local_server: LocalServer, tmp_path: Path
+) -> None:
+    key = str(uuid.uuid4())
+    n = 20_000
+    done = _instrumented(
+        fresh_venv,
+        local_server,
+        tmp_path,
+        {"OTEL_RESOURCE_ATTRIBUTES": f"simvue.run.key={key},simvue.run.name=zero-code,"
+         "simvue.run.folder=/zero/code"},
+        n,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with SimvueClient(local_server.url, local_server.token) as client:
+        found = client.find_run_by_key(key)
+        assert found is not None, f"no run; app stderr:\n{done.stderr}"
+        run = client.get_run(found["id"])
+        assert (run["name"], run["folder"], run["status"]) == (
+            "zero-code",
+            "/zero/code",
+            "completed",
+        )
+        assert run["tags"] == ["zero-code"] and run["description"] == "instrumented"
+        assert run["metadata"]["grid"] == 128
+        energy = client.get_metrics(found["id"], ["energy"])["energy"]
+        assert sorted(p["step"] for p in energy) == list(range(n)), "no point dropped"
+        assert client.get_metrics(found["id"], ["cells"])["cells"][-1]["value"] == n
+        messages = [e["message"] for e in client.get_events(found["id"])]
+        assert "finished" in messages
+        assert any(m.startswith("span 'write-output' ended after") for m in messages)
+
+
+def test_foreign_app_becomes_one_run_per_service_instance(
+    fresh_venv: Path, local_server: LocalServer, tmp_path: Path
+) -> None:
+    """Telemetry without simvue.run.* attributes: one run for the process, named after the
+    service, in /otel, completed when the process ends."""
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    done = _instrumented(fresh_venv, local_server, tmp_path, {"OTEL_SERVICE_NAME": service}, 10)
+    assert done.returncode == 0, done.stderr
+    with SimvueClient(local_server.url, local_server.token) as client:
+        runs = client.find_runs([f"name == {service}"])
+        assert len(runs) == 1, runs
+        run = client.get_run(runs[0]["id"])
+        assert run["folder"] == "/otel" and run["status"] == "completed"
+        assert run["metadata"]["resource"]["service"]["name"] == service
+        assert run["tags"] == ["otel"]
+        points = client.get_metrics(run["id"], ["energy"])["energy"]
+        assert len(points) == 10
+
+
+def test_without_the_configurator_nothing_would_be_exported(fresh_venv: Path) -> None:
+    """The reason simvue-otel ships a configurator: check the fresh environment has no other
+    one, so the test above proves ours is what made `=simvue` work."""
+    probe = (
+        "from importlib.metadata import entry_points;"
+        "print(sorted(e.value for e in entry_points(group='opentelemetry_configurator')))"
+    )
+    out = subprocess.run(
+        [str(fresh_venv / "bin" / "python"), "-c", probe],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout.strip() == "['simvue_otel._internal.autoconf:SimvueConfigurator']"
