@@ -305,6 +305,24 @@ def test_root_span_shared_with_users(traces) -> None:
     assert record.visibility == {"public": False, "tenant": False, "users": ["alice", "bob"]}
 
 
+def test_root_span_shared_with_a_single_user_string(traces) -> None:
+    """A single string in simvue.run.visibility.users names one user (as a single string in
+    simvue.run.tags names one tag), not one user per character."""
+    span = ended_span(traces(), cv.ROOT_SPAN, **{cv.RUN_VISIBILITY_USERS: "alice"})
+    (record,) = Mapper().spans([span])
+    assert record.visibility == {"public": False, "tenant": False, "users": ["alice"]}
+
+
+def test_invalid_tags_are_left_out_and_the_rest_deduplicated(traces) -> None:
+    """When some tags break the rules, exactly those are dropped ("invalid tags left out"):
+    empty, longer than 255 characters, or with any line break; duplicates are removed as
+    validate_tags removes them."""
+    tags = ["good", "", "good", "x" * 256, "a\rb", "fine"]
+    span = ended_span(traces(), cv.ROOT_SPAN, **{cv.RUN_TAGS: tags})
+    (record,) = Mapper().spans([span])
+    assert record.tags == ("good", "fine")
+
+
 def test_root_span_public_and_private_visibility(traces) -> None:
     """'public' opens the run to all; 'private' or no attribute leaves visibility None."""
     tracing = traces()
@@ -834,15 +852,19 @@ def test_foreign_metrics_announce_their_run_once(meters) -> None:
 # -- 7. End of process --------------------------------------------------------------------------
 
 
-def test_finish_foreign_ends_only_foreign_runs(traces) -> None:
-    """finish_foreign gives final records for foreign runs, keeping their announced state."""
+def test_finish_foreign_ends_runs_without_a_run_span(traces) -> None:
+    """finish_foreign gives final records for foreign runs (keeping their announced state)
+    and for keyed runs that sent data but no run span; a run with a root span is left alone,
+    its own span decides its status."""
     mapper = Mapper(clock=lambda: T0 + 100)
     foreign = mapper.spans([ended_span(traces(FOREIGN), "work")])
-    mapper.spans([ended_span(traces(), "work")])  # a keyed run: not the mapper's to end
+    data_only = mapper.spans([ended_span(traces(), "work")])  # keyed, no simvue.run span
+    own = traces({"simvue.run.key": "k-own", "simvue.run.name": "own"})
+    mapper.spans([ended_span(own, "simvue.run")])
     announced = foreign[0]
     assert isinstance(announced, RunRecord)
 
-    (final,) = mapper.finish_foreign("completed")
+    final, keyed = mapper.finish_foreign("completed")
     assert final.run == announced.run
     assert final.status == "completed"
     assert final.observed == T0 + 100
@@ -850,6 +872,8 @@ def test_finish_foreign_ends_only_foreign_runs(traces) -> None:
     assert final.started == announced.started
     assert final.metadata == announced.metadata
     assert final.tags == ("otel",)
+    assert isinstance(keyed, RunRecord) and keyed.run == data_only[0].run
+    assert keyed.status == "completed" and keyed.ended == T0 + 100
     assert final.description == "Telemetry of checkout"
 
 

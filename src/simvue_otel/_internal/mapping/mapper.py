@@ -55,6 +55,7 @@ class _RunState:
     ref: RunRef
     origin: float
     foreign: bool
+    has_state: bool = False  # a root or snapshot span told its state
     metric_step: int = 0
     instrument_step: int = 0
     last_seen: float = 0.0
@@ -125,6 +126,7 @@ class Mapper:
         if cached is not None and cached[0] is resource:
             state = cached[1]
             state.last_seen = when
+            self._runs.move_to_end(state.ref.key)
             return state
         key, foreign = self._run_key(resource)
         state_or_none = self._runs.get(key)
@@ -226,6 +228,7 @@ class Mapper:
         elif status not in ("created", "running"):
             status = "running"
         state.origin = min(state.origin, span.start)
+        state.has_state = True
         return RunRecord(
             run=state.ref,
             status=str(status),
@@ -262,7 +265,13 @@ class Mapper:
             return validate_tags(value, field=cv.RUN_TAGS)
         except SimvueValidationError as exc:
             self._warn_once(f"tags:{state.ref.key}", "%s; invalid tags left out", exc)
-            return tuple(t for t in value if isinstance(t, str) and t and "\n" not in t)
+        kept: list[str] = []
+        for tag in value if isinstance(value, list | tuple) else ():
+            try:
+                kept.extend(t for t in validate_tags([tag], field=cv.RUN_TAGS) if t not in kept)
+            except SimvueValidationError:
+                continue
+        return tuple(kept)
 
     @staticmethod
     def _metadata(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,13 +291,24 @@ class Mapper:
         return flat
 
     def _visibility(self, state: _RunState, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """``simvue.run.visibility`` (private/tenant/public) and ``.users`` combine: a tenant
+        run may also be shared with named users of other tenants."""
         users = attrs.get(cv.RUN_VISIBILITY_USERS)
-        value: Any = list(users) if users else attrs.get(cv.RUN_VISIBILITY)
+        if isinstance(users, str):
+            users = [users]
         try:
-            return validate_visibility(value, field=cv.RUN_VISIBILITY)
+            base = validate_visibility(attrs.get(cv.RUN_VISIBILITY), field=cv.RUN_VISIBILITY)
+            named = (
+                validate_visibility(list(users), field=cv.RUN_VISIBILITY_USERS) if users else None
+            )
         except SimvueValidationError as exc:
             self._warn_once(f"vis:{state.ref.key}", "%s; the run stays private", exc)
             return None
+        if named is None:
+            return base
+        if base is None:
+            return named
+        return {**base, "users": named["users"]}
 
     def _span_events(self, state: _RunState, span: OtelSpan) -> list[EventRecord]:
         out = []
@@ -389,7 +409,7 @@ class Mapper:
                 entry = grouped.get(slot)
                 if entry is None:
                     entry = grouped[slot] = (state, point.timestamp, {})
-                name = metric.name + _suffix(point.attributes)
+                name = metric.name + _suffix(point.attributes, 240 - len(metric.name))
                 values = entry[2]
                 value = point.value
                 if isinstance(value, HistogramValue):
@@ -415,13 +435,23 @@ class Mapper:
     # -- end of process -------------------------------------------------------------------
 
     def finish_foreign(self, status: str = "completed", when: float | None = None) -> list[Record]:
-        """Final state for every foreign run seen (the exporting process is ending)."""
+        """Final state for every run this process fed without a ``simvue.run`` span (foreign
+        runs, and keyed runs that only sent data): the exporting process is ending, and
+        without this they would wait for the server to call them lost."""
         now = when if when is not None else self._clock()
-        return [
-            dataclasses.replace(s.extra["record"], status=status, observed=now, ended=now)
-            for s in self._runs.values()
-            if s.foreign and "record" in s.extra
-        ]
+        out: list[Record] = []
+        for s in self._runs.values():
+            if s.has_state:
+                continue
+            if s.foreign and "record" in s.extra:
+                out.append(
+                    dataclasses.replace(s.extra["record"], status=status, observed=now, ended=now)
+                )
+            elif not s.foreign:
+                out.append(
+                    RunRecord(run=s.ref, status=status, observed=now, started=s.origin, ended=now)
+                )
+        return out
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
@@ -433,11 +463,15 @@ def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
             out[dotted] = value
 
 
-def _suffix(attributes: Mapping[str, Any]) -> str:
-    """An attribute set as a metric-name suffix Simvue accepts: ``(k=v k2=v2)``."""
+def _suffix(attributes: Mapping[str, Any], room: int = 255) -> str:
+    """An attribute set as a metric-name suffix Simvue accepts: ``(k=v k2=v2)``, cut to
+    fit ``room`` characters (Simvue metric names are at most 255 long)."""
     if not attributes:
         return ""
     parts = [
         _METRIC_BAD.sub("_", f"{k}={v}") for k, v in sorted(attributes.items(), key=lambda i: i[0])
     ]
-    return "(" + " ".join(parts) + ")"
+    text = "(" + " ".join(parts) + ")"
+    if len(text) > room:
+        text = text[: max(0, room - 4)] + "...)"
+    return text

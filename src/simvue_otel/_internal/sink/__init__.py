@@ -35,13 +35,18 @@ def spool_directory(config: SimvueConfig) -> Path:
 
 
 def create_sink(
-    mode: str | None = None, config: SimvueConfig | None = None, **options: Any
+    mode: str | None = None,
+    config: SimvueConfig | None = None,
+    *,
+    timeout: float = 10.0,
+    **options: Any,
 ) -> Sink:
     """A sink for ``mode`` (see :func:`resolve_mode`), configured from ``config`` (default:
     arguments, environment and simvue.toml as :func:`resolve_config` finds them).
 
     Online mode raises :class:`ConfigurationError` at once when no server URL or token is set,
     so a misconfiguration shows up when the exporter is made, not as data that never arrives.
+    ``timeout`` bounds each HTTP request; ``options`` go to :class:`OnlineSink`.
     """
     chosen = resolve_mode(mode)
     if chosen == "disabled":
@@ -54,5 +59,5 @@ def create_sink(
     from ..client import SimvueClient
     from .online import OnlineSink
 
-    client = SimvueClient.from_config(cfg, timeout=10.0, retries=1, backoff=0.2)
+    client = SimvueClient.from_config(cfg, timeout=timeout, retries=1, backoff=0.2)
     return OnlineSink(client, spool_directory(cfg), **options)

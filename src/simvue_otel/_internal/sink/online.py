@@ -72,6 +72,7 @@ class OnlineSink:
         self._writer: SpoolWriter | None = None
         self._segments: set[str] = set()
         self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
+        self._timeouts: dict[str, int] = {}  # run key -> its heartbeat timeout, when given
         self._closing = False
         self._closed = False
         self._deadline: float | None = None
@@ -92,8 +93,11 @@ class OnlineSink:
             self._buffer.extend(records)
             self._buffered += _cost(records)
             for record in records:
+                if isinstance(record, RunRecord) and record.heartbeat_timeout:
+                    self._timeouts[record.run.key] = record.heartbeat_timeout
                 if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
                     self._live.pop(record.run.key, None)
+                    self._timeouts.pop(record.run.key, None)
                 elif not isinstance(record, RunRecord) or record.status == "running":
                     self._live[record.run.key] = now
             if self._buffered > self.max_memory_points:
@@ -174,7 +178,7 @@ class OnlineSink:
         while True:
             with self._lock:
                 if not self._closing:
-                    wait = backoff or self.flush_interval
+                    wait = backoff or min(self.flush_interval, self._beat_every_locked())
                     if self._buffered < self.batch_points or backoff:
                         self._wake.wait(timeout=wait)
                 if self._closing and self._deadline is not None:
@@ -200,7 +204,7 @@ class OnlineSink:
                 if self._closing and self._deadline is not None:
                     backoff = min(backoff, max(0.05, self._deadline - time.monotonic()))
             now = time.monotonic()
-            if ok and now - last_beat >= self.heartbeat_interval:
+            if ok and now - last_beat >= self._beat_every():
                 last_beat = now
                 self._heartbeat(now)
 
@@ -241,6 +245,18 @@ class OnlineSink:
             if self._spill_seq == seq:
                 self._spilled = 0  # a whole pass found nothing more (even past a corrupt frame)
         return True
+
+    def _beat_every_locked(self) -> float:
+        shortest = min((t for k, t in self._timeouts.items() if k in self._live), default=None)
+        if shortest is None:
+            return self.heartbeat_interval
+        return max(0.2, min(self.heartbeat_interval, shortest / 3.0))
+
+    def _beat_every(self) -> float:
+        """Heartbeat period: the configured one, or a third of the shortest heartbeat
+        timeout among live runs, so a run with a short timeout is never marked lost."""
+        with self._lock:
+            return self._beat_every_locked()
 
     def _heartbeat(self, now: float) -> None:
         with self._lock:
