@@ -229,13 +229,21 @@ class Mapper:
             status = "running"
         state.origin = min(state.origin, span.start)
         state.has_state = True
+        description = self._str_attr(attrs, cv.RUN_DESCRIPTION)
+        tags = self._tags(state, attrs)
+        metadata = self._metadata(attrs)
+        announced = state.extra.get("record")
+        if isinstance(announced, RunRecord):  # a foreign run: keep what its Resource said
+            description = description or announced.description
+            tags = tags or announced.tags
+            metadata = {**announced.metadata, **metadata}
         return RunRecord(
             run=state.ref,
             status=str(status),
             observed=observed if observed is not None else (span.end or span.start),
-            description=self._str_attr(attrs, cv.RUN_DESCRIPTION),
-            tags=self._tags(state, attrs),
-            metadata=self._metadata(attrs),
+            description=description,
+            tags=tags,
+            metadata=metadata,
             visibility=self._visibility(state, attrs),
             ttl=self._int_attr(attrs, cv.RUN_RETENTION),
             heartbeat_timeout=self._int_attr(attrs, cv.RUN_HEARTBEAT_TIMEOUT),
