@@ -324,14 +324,15 @@ def test_invalid_tags_are_left_out_and_the_rest_deduplicated(traces) -> None:
 
 
 def test_root_span_public_and_private_visibility(traces) -> None:
-    """'public' opens the run to all; 'private' or no attribute leaves visibility None."""
+    """'public' opens the run to all; 'private' states private; no attribute states nothing
+    (None: the run keeps the visibility it has)."""
     tracing = traces()
     mapper = Mapper()
     public = ended_span(tracing, cv.ROOT_SPAN, **{cv.RUN_VISIBILITY: "public"})
     private = ended_span(tracing, cv.ROOT_SPAN, **{cv.RUN_VISIBILITY: "private"})
     unset = ended_span(tracing, cv.ROOT_SPAN)
     assert mapper.spans([public])[0].visibility == {"public": True, "tenant": False, "users": []}
-    assert mapper.spans([private])[0].visibility is None
+    assert mapper.spans([private])[0].visibility == {"public": False, "tenant": False, "users": []}
     assert mapper.spans([unset])[0].visibility is None
 
 

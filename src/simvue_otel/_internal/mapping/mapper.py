@@ -235,7 +235,7 @@ class Mapper:
         announced = state.extra.get("record")
         if isinstance(announced, RunRecord):  # a foreign run: keep what its Resource said
             description = description or announced.description
-            tags = tags or announced.tags
+            tags = tags if tags is not None else announced.tags
             metadata = {**announced.metadata, **metadata}
         return RunRecord(
             run=state.ref,
@@ -263,10 +263,10 @@ class Mapper:
             return None
         return int(value)
 
-    def _tags(self, state: _RunState, attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    def _tags(self, state: _RunState, attrs: Mapping[str, Any]) -> tuple[str, ...] | None:
         value = attrs.get(cv.RUN_TAGS)
         if value is None:
-            return ()
+            return None
         if isinstance(value, str):
             value = [value]
         try:
@@ -304,6 +304,8 @@ class Mapper:
         users = attrs.get(cv.RUN_VISIBILITY_USERS)
         if isinstance(users, str):
             users = [users]
+        if cv.RUN_VISIBILITY not in attrs and users is None:
+            return None  # not stated
         try:
             base = validate_visibility(attrs.get(cv.RUN_VISIBILITY), field=cv.RUN_VISIBILITY)
             named = (
@@ -312,10 +314,10 @@ class Mapper:
         except SimvueValidationError as exc:
             self._warn_once(f"vis:{state.ref.key}", "%s; the run stays private", exc)
             return None
+        if base is None:
+            base = {"public": False, "tenant": False, "users": []}  # private
         if named is None:
             return base
-        if base is None:
-            return named
         return {**base, "users": named["users"]}
 
     def _span_events(self, state: _RunState, span: OtelSpan) -> list[EventRecord]:

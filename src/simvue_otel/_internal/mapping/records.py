@@ -25,17 +25,19 @@ class RunRef:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """The full state of a run at ``observed`` (later states replace earlier ones).
+    """The state of a run at ``observed`` (later states replace earlier ones).
 
-    ``metadata`` is flat (dotted keys); ``visibility`` is Simvue's wire shape
-    ``{"public": bool, "tenant": bool, "users": [...]}`` or None for private.
+    A field that is None was not stated and leaves the run's value as it is (so a process
+    that reconnects to a run without knowing its tags never clears them); ``tags=()``
+    states "no tags". ``metadata`` is flat (dotted keys) and merged into the run's;
+    ``visibility`` is Simvue's wire shape ``{"public": bool, "tenant": bool, "users": [...]}``.
     """
 
     run: RunRef
     status: str
     observed: float
     description: str | None = None
-    tags: tuple[str, ...] = ()
+    tags: tuple[str, ...] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     visibility: Mapping[str, Any] | None = None
     ttl: int | None = None

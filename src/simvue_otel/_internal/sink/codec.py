@@ -96,7 +96,7 @@ def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
                     record.status,
                     record.observed,
                     record.description,
-                    list(record.tags),
+                    None if record.tags is None else list(record.tags),
                     dict(record.metadata),
                     None if record.visibility is None else dict(record.visibility),
                     record.ttl,
@@ -230,7 +230,11 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
     if tag == "r":
         _check(len(item) == 12, "run record", item)
         tags = item[5]
-        _check(isinstance(tags, list) and all(isinstance(t, str) for t in tags), "tags", tags)
+        _check(
+            tags is None or (isinstance(tags, list) and all(isinstance(t, str) for t in tags)),
+            "tags",
+            tags,
+        )
         visibility = item[7]
         if visibility is not None:
             visibility = _dict(visibility, "visibility")
@@ -239,7 +243,7 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
             status=_str(item[2], "run status"),
             observed=_num(item[3], "run observed time"),
             description=_opt_str(item[4], "run description"),
-            tags=tuple(tags),
+            tags=None if tags is None else tuple(tags),
             metadata=_dict(item[6], "run metadata"),
             visibility=visibility,
             ttl=_opt_int(item[8], "run ttl"),

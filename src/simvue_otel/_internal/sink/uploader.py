@@ -199,7 +199,7 @@ class Uploader:
             name=ref.name,
             folder=ref.folder,
             description=state.description if state else None,
-            tags=list(state.tags) if state else None,
+            tags=list(state.tags) if state and state.tags is not None else None,
             metadata=metadata,
             # A run is created live or queued; a final status is applied once data is in.
             status="created" if status == "created" else "running",
@@ -227,14 +227,16 @@ class Uploader:
 
     @staticmethod
     def _state_fields(state: RunRecord) -> dict[str, Any]:
-        return {
+        """The fields this state states (None = not stated, left as the run has it)."""
+        fields: dict[str, Any] = {
             "description": state.description,
-            "tags": list(state.tags),
-            "metadata": dict(state.metadata),
-            "visibility": _visibility(state),
+            "tags": None if state.tags is None else list(state.tags),
+            "metadata": dict(state.metadata) if state.metadata else None,
+            "visibility": None if state.visibility is None else dict(state.visibility),
             "ttl": state.ttl,
             "heartbeat_timeout": state.heartbeat_timeout,
         }
+        return {k: v for k, v in fields.items() if v is not None}
 
     def _apply_state(self, key: str, run_id: str, state: RunRecord) -> None:
         if state.observed < self._observed.get(key, float("-inf")):
@@ -243,8 +245,6 @@ class Uploader:
         sent = self._sent.get(key, {})
         changes: dict[str, Any] = {}
         for name, value in wanted.items():
-            if name == "heartbeat_timeout" and value is None:
-                continue
             if sent.get(name) != value:
                 changes[name] = _unflatten(value) if name == "metadata" else value
         reopen = sent.get("status") in FINAL_STATUSES and state.status not in FINAL_STATUSES
@@ -268,7 +268,7 @@ class Uploader:
         except SimvueHTTPError as exc:
             self._reject([state], f"the server refused the run state: {exc}")
             return
-        self._sent[key] = wanted | {"status": changes.get("status", sent.get("status"))}
+        self._sent[key] = sent | wanted | {"status": changes.get("status", sent.get("status"))}
         self._observed[key] = state.observed
         self.stats.states += 1
 

@@ -1,0 +1,242 @@
+"""Resource metrics of a Simvue run as OpenTelemetry observable gauges.
+
+CPU and memory cover a process and all its descendants, as the official client's
+``Run.set_pid`` does; GPU utilisation comes from NVML when ``pynvml`` is importable and finds a
+device. Gauges are named as Simvue names them, so the mapping needs no renaming. Nothing here
+blocks or raises inside a collection: a failing probe just yields no observation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import psutil
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from .conventions import (
+    RESOURCE_CPU_PERCENT,
+    RESOURCE_GPU_MEMORY,
+    RESOURCE_GPU_PERCENT,
+    RESOURCE_MEMORY_MB,
+)
+from .errors import SimvueValidationError
+
+__all__ = ["ResourceMonitor", "sample_tree"]
+
+_LOG = logging.getLogger("simvue_otel.resources")
+
+_GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
+"""What psutil raises for a process that died, became a zombie or may not be read."""
+
+_SAMPLE_TTL_S = 0.5
+"""How long one tree sample serves further gauges: one collection reads all gauges at once."""
+
+_MIB = float(2**20)
+
+
+def sample_tree(
+    processes_cache: dict[int, psutil.Process], root: psutil.Process
+) -> tuple[float, float]:
+    """CPU percent (100 = one core) and resident memory in MiB of ``root`` and its descendants.
+
+    ``processes_cache`` keeps one ``psutil.Process`` per pid between calls, because
+    ``cpu_percent(interval=None)`` measures since that object's previous call (its first call
+    gives 0.0). Processes that are gone or unreadable are dropped from it silently.
+    """
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except _GONE:
+        tree = [root]
+    cpu = 0.0
+    rss = 0
+    alive: set[int] = set()
+    for found in tree:
+        proc = processes_cache.get(found.pid)
+        if proc is None or proc != found:  # new pid, or a pid reused by another process
+            proc = found
+            processes_cache[found.pid] = proc
+        try:
+            with proc.oneshot():
+                cpu += proc.cpu_percent(interval=None)
+                rss += proc.memory_info().rss
+        except _GONE:
+            continue
+        alive.add(proc.pid)
+    for pid in [pid for pid in processes_cache if pid not in alive]:
+        del processes_cache[pid]
+    return cpu, rss / _MIB
+
+
+def _load_nvml() -> tuple[ModuleType, int] | None:
+    """The initialised ``pynvml`` module and its GPU count when it imports and sees one."""
+    try:
+        nvml = importlib.import_module("pynvml")
+    except Exception:  # ImportError, or a broken install failing on import
+        return None
+    try:
+        nvml.nvmlInit()
+    except Exception:
+        _LOG.debug("nvmlInit failed; no GPU metrics", exc_info=True)
+        return None
+    try:
+        count = int(nvml.nvmlDeviceGetCount())
+    except Exception:
+        count = 0
+    if count > 0:
+        return nvml, count
+    try:
+        nvml.nvmlShutdown()
+    except Exception:
+        _LOG.debug("nvmlShutdown failed", exc_info=True)
+    return None
+
+
+class ResourceMonitor:
+    """Observable gauges of the CPU, memory and GPU use of a process tree, for one run.
+
+    The gauges are registered on ``meter`` at construction and read by whatever metric reader
+    the meter's provider has; ``close`` stops them reporting and releases NVML.
+    """
+
+    def __init__(self, meter: Meter, pid: int | None = None, *, gpus: bool = True) -> None:
+        """Watch ``pid`` (default: this process) and its descendants; GPUs too if ``gpus``."""
+        if pid is None:
+            pid = os.getpid()
+        try:
+            if isinstance(pid, bool) or not isinstance(pid, int):
+                raise TypeError(pid)
+            self._root = psutil.Process(pid)
+        except (TypeError, ValueError, psutil.Error):
+            raise SimvueValidationError("pid", "must be the id of a running process", pid) from None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._processes: dict[int, psutil.Process] = {}
+        self._sample: tuple[float, float] | None = None
+        self._sampled_at = float("-inf")
+        # Prime cpu_percent so the first collection measures since now, not 0.0.
+        sample_tree(self._processes, self._root)
+
+        meter.create_observable_gauge(
+            RESOURCE_CPU_PERCENT,
+            callbacks=[self._observe_cpu],
+            unit="%",
+            description="CPU use of the run's process tree (100 = one core)",
+        )
+        meter.create_observable_gauge(
+            RESOURCE_MEMORY_MB,
+            callbacks=[self._observe_memory],
+            unit="MiB",
+            description="Resident memory of the run's process tree",
+        )
+
+        # The import is tried once, here: with no pynvml or no GPU, no gauge and no cost.
+        loaded = _load_nvml() if gpus else None
+        self._nvml = loaded[0] if loaded is not None else None
+        self._gpu_handles: dict[int, Any] = {}
+        if loaded is not None:
+            for index in range(loaded[1]):
+                meter.create_observable_gauge(
+                    RESOURCE_GPU_PERCENT.format(index=index),
+                    callbacks=[self._gpu_callback(index, self._gpu_percent)],
+                    unit="%",
+                    description=f"Utilisation of GPU {index}",
+                )
+                meter.create_observable_gauge(
+                    RESOURCE_GPU_MEMORY.format(index=index),
+                    callbacks=[self._gpu_callback(index, self._gpu_memory)],
+                    unit="%",
+                    description=f"Memory used on GPU {index}, percent of its total",
+                )
+
+    @property
+    def pid(self) -> int:
+        """The root process watched."""
+        return int(self._root.pid)
+
+    def close(self) -> None:
+        """Stop every gauge reporting and shut NVML down if this monitor initialised it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            nvml, self._nvml = self._nvml, None
+            self._processes.clear()
+        if nvml is not None:
+            try:
+                nvml.nvmlShutdown()
+            except Exception:
+                _LOG.debug("nvmlShutdown failed", exc_info=True)
+
+    # -- CPU and memory -----------------------------------------------------------------------
+
+    def _current(self) -> tuple[float, float] | None:
+        """The tree sample of this collection: taken once, reused by the other gauges."""
+        with self._lock:
+            if self._closed:
+                return None
+            now = time.monotonic()
+            if self._sample is None or now - self._sampled_at > _SAMPLE_TTL_S:
+                try:
+                    self._sample = sample_tree(self._processes, self._root)
+                except Exception:  # never let a probe break the reader's collection
+                    _LOG.debug("process sampling failed", exc_info=True)
+                    self._sample = None
+                    return None
+                self._sampled_at = now
+            if self._root.pid not in self._processes:
+                return None  # the watched process itself is gone
+            return self._sample
+
+    def _observe_cpu(self, options: CallbackOptions) -> Iterator[Observation]:
+        """Callback of the CPU gauge."""
+        sample = self._current()
+        if sample is not None:
+            yield Observation(sample[0])
+
+    def _observe_memory(self, options: CallbackOptions) -> Iterator[Observation]:
+        """Callback of the memory gauge."""
+        sample = self._current()
+        if sample is not None:
+            yield Observation(sample[1])
+
+    # -- GPUs ---------------------------------------------------------------------------------
+
+    def _gpu_callback(
+        self, index: int, probe: Callable[[ModuleType, Any], float]
+    ) -> Callable[[CallbackOptions], Iterator[Observation]]:
+        """A gauge callback reading ``probe`` on GPU ``index``; any NVML failure yields nothing."""
+
+        def observe(options: CallbackOptions) -> Iterator[Observation]:
+            nvml = self._nvml
+            if nvml is None:
+                return
+            try:
+                handle = self._gpu_handles.get(index)
+                if handle is None:
+                    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                    self._gpu_handles[index] = handle
+                value = probe(nvml, handle)
+            except Exception:
+                _LOG.debug("NVML query of GPU %d failed", index, exc_info=True)
+                return
+            yield Observation(value)
+
+        return observe
+
+    @staticmethod
+    def _gpu_percent(nvml: ModuleType, handle: Any) -> float:
+        """Utilisation of the GPU, percent of time a kernel ran."""
+        return float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+
+    @staticmethod
+    def _gpu_memory(nvml: ModuleType, handle: Any) -> float:
+        """Memory used on the GPU, percent of its total."""
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        return 100.0 * float(memory.used) / float(memory.total)

@@ -1,0 +1,316 @@
+"""Unit tests of the resource monitor: gauge names, process-tree sampling, and NVML handling."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader
+
+from simvue_otel._internal import resources
+from simvue_otel._internal.conventions import (
+    RESOURCE_CPU_PERCENT,
+    RESOURCE_GPU_MEMORY,
+    RESOURCE_GPU_PERCENT,
+    RESOURCE_MEMORY_MB,
+)
+from simvue_otel._internal.errors import SimvueValidationError
+from simvue_otel._internal.resources import ResourceMonitor, sample_tree
+
+BURN = [sys.executable, "-c", "while True: pass"]
+
+
+class Setup:
+    """A real SDK meter provider whose in-memory reader collects on demand."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+        self.meter = self.provider.get_meter("test_resources")
+
+    def collect(self) -> dict[str, tuple[str, list[float]]]:
+        """One collection: metric name → (unit, values observed)."""
+        found: dict[str, tuple[str, list[float]]] = {}
+        data = self.reader.get_metrics_data()
+        if data is None:
+            return found
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    assert isinstance(metric.data, Gauge), metric
+                    values = [float(point.value) for point in metric.data.data_points]
+                    found[metric.name] = (metric.unit or "", values)
+        return found
+
+
+@pytest.fixture
+def otel() -> Iterator[Setup]:
+    setup = Setup()
+    try:
+        yield setup
+    finally:
+        setup.provider.shutdown()
+
+
+@pytest.fixture
+def burner() -> Iterator[subprocess.Popen[bytes]]:
+    """A child process that keeps one core busy; killed whatever the test does."""
+    child = subprocess.Popen(BURN)
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def value(collected: dict[str, tuple[str, list[float]]], name: str) -> float:
+    """The one value observed for ``name`` in a collection."""
+    values = observed(collected, name)
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+def observed(collected: dict[str, tuple[str, list[float]]], name: str) -> list[float]:
+    """Values observed for ``name`` (none when the SDK left the metric out)."""
+    return collected.get(name, ("", []))[1]
+
+
+def test_gauges_have_simvue_names_and_units(otel: Setup) -> None:
+    monitor = ResourceMonitor(otel.meter, gpus=False)
+    try:
+        collected = otel.collect()
+    finally:
+        monitor.close()
+    assert collected[RESOURCE_CPU_PERCENT][0] == "%"
+    assert collected[RESOURCE_MEMORY_MB][0] == "MiB"
+    assert value(collected, RESOURCE_CPU_PERCENT) >= 0.0
+    assert monitor.pid == psutil.Process().pid
+
+
+def test_memory_of_this_process_is_sane(otel: Setup) -> None:
+    monitor = ResourceMonitor(otel.meter, gpus=False)
+    try:
+        memory = value(otel.collect(), RESOURCE_MEMORY_MB)
+    finally:
+        monitor.close()
+    assert 10.0 < memory < 100 * 1024.0
+
+
+def test_tree_includes_a_busy_child(otel: Setup, burner: subprocess.Popen[bytes]) -> None:
+    monitor = ResourceMonitor(otel.meter, gpus=False)
+    try:
+        otel.collect()
+        time.sleep(1.0)
+        cpu = value(otel.collect(), RESOURCE_CPU_PERCENT)
+        assert burner.pid in monitor._processes
+    finally:
+        monitor.close()
+    assert cpu > 50.0
+
+
+def test_monitor_of_the_child_alone_like_set_pid(
+    otel: Setup, burner: subprocess.Popen[bytes]
+) -> None:
+    monitor = ResourceMonitor(otel.meter, burner.pid, gpus=False)
+    try:
+        otel.collect()
+        time.sleep(1.0)
+        collected = otel.collect()
+        assert set(monitor._processes) == {burner.pid}
+    finally:
+        monitor.close()
+    assert value(collected, RESOURCE_CPU_PERCENT) > 50.0
+    assert value(collected, RESOURCE_MEMORY_MB) > 0.0
+
+
+def test_dead_child_disappears_without_error(otel: Setup) -> None:
+    child = subprocess.Popen(BURN)
+    try:
+        monitor = ResourceMonitor(otel.meter, gpus=False)
+        assert child.pid in monitor._processes
+        otel.collect()
+        child.kill()
+        child.wait(timeout=10)
+        time.sleep(0.6)  # past the sample's reuse window
+        collected = otel.collect()
+        assert child.pid not in monitor._processes
+        assert value(collected, RESOURCE_MEMORY_MB) > 10.0
+        monitor.close()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def test_dead_root_yields_nothing(otel: Setup) -> None:
+    child = subprocess.Popen(BURN)
+    try:
+        monitor = ResourceMonitor(otel.meter, child.pid, gpus=False)
+        child.kill()
+        child.wait(timeout=10)
+        collected = otel.collect()
+        assert observed(collected, RESOURCE_CPU_PERCENT) == []
+        assert observed(collected, RESOURCE_MEMORY_MB) == []
+        monitor.close()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+
+def test_sample_tree_directly(burner: subprocess.Popen[bytes]) -> None:
+    cache: dict[int, psutil.Process] = {}
+    root = psutil.Process()
+    sample_tree(cache, root)
+    assert root.pid in cache
+    assert burner.pid in cache
+    time.sleep(0.5)
+    cpu, memory = sample_tree(cache, psutil.Process(burner.pid))
+    assert cpu > 50.0
+    assert memory > 0.0
+    assert set(cache) == {burner.pid}  # this process left the tree, so left the cache
+
+
+def test_one_sample_per_collection(otel: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    real = resources.sample_tree
+
+    def counting(cache: dict[int, psutil.Process], root: psutil.Process) -> tuple[float, float]:
+        nonlocal calls
+        calls += 1
+        return real(cache, root)
+
+    monkeypatch.setattr(resources, "sample_tree", counting)
+    monitor = ResourceMonitor(otel.meter, gpus=False)
+    try:
+        calls = 0
+        otel.collect()
+        assert calls == 1
+    finally:
+        monitor.close()
+
+
+@pytest.mark.parametrize("pid", [2**22 + 12345, -1, "1", True])
+def test_bad_pid_is_refused(otel: Setup, pid: Any) -> None:
+    if isinstance(pid, int) and not isinstance(pid, bool) and psutil.pid_exists(pid):
+        pytest.skip("that pid happens to exist here")
+    with pytest.raises(SimvueValidationError) as caught:
+        ResourceMonitor(otel.meter, pid)
+    assert caught.value.field == "pid"
+    assert caught.value.value == pid
+
+
+def test_gpu_gauges_only_with_nvml(otel: Setup) -> None:
+    monitor = ResourceMonitor(otel.meter)
+    try:
+        gpu_names = [name for name in otel.collect() if name.startswith("resources/gpu")]
+    finally:
+        monitor.close()
+    if importlib.util.find_spec("pynvml") is None:
+        assert gpu_names == []
+    else:
+        # pynvml is installed: gauges exist exactly when NVML initialises and sees a GPU.
+        assert bool(gpu_names) == _nvml_sees_a_gpu()
+
+
+def _nvml_sees_a_gpu() -> bool:
+    pynvml = importlib.import_module("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return False
+    try:
+        return int(pynvml.nvmlDeviceGetCount()) > 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class FakeNvml(types.ModuleType):
+    """Two GPUs; the utilisation query of GPU 0 fails, as a flaky driver would."""
+
+    def __init__(self, count: int = 2) -> None:
+        super().__init__("pynvml")
+        self.count = count
+        self.initialised = 0
+        self.shutdowns = 0
+
+    def nvmlInit(self) -> None:
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        if handle == 0:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return types.SimpleNamespace(gpu=42, memory=7)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        return types.SimpleNamespace(used=(handle + 1) * 256, total=1024, free=0)
+
+
+def test_fake_nvml_failing_call_yields_nothing(
+    otel: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monitor = ResourceMonitor(otel.meter)
+    try:
+        collected = otel.collect()
+        assert fake.initialised == 1
+        assert observed(collected, RESOURCE_GPU_PERCENT.format(index=0)) == []
+        assert value(collected, RESOURCE_GPU_PERCENT.format(index=1)) == 42.0
+        assert value(collected, RESOURCE_GPU_MEMORY.format(index=0)) == 25.0
+        assert value(collected, RESOURCE_GPU_MEMORY.format(index=1)) == 50.0
+        assert collected[RESOURCE_GPU_MEMORY.format(index=1)][0] == "%"
+        assert RESOURCE_CPU_PERCENT in collected
+    finally:
+        monitor.close()
+    assert fake.shutdowns == 1
+    monitor.close()
+    assert fake.shutdowns == 1
+
+    after = otel.collect()
+    assert all(observed(after, name) == [] for name in after), after
+
+
+def test_nvml_without_devices_or_failing_init(otel: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = FakeNvml(count=0)
+    monkeypatch.setitem(sys.modules, "pynvml", empty)
+    monitor = ResourceMonitor(otel.meter)
+    monitor.close()
+    assert empty.initialised == 1
+    assert empty.shutdowns == 1  # released at once: nothing to watch
+
+    broken = FakeNvml()
+
+    def fail() -> None:
+        raise RuntimeError("NVML_ERROR_DRIVER_NOT_LOADED")
+
+    monkeypatch.setattr(broken, "nvmlInit", fail)
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    monitor = ResourceMonitor(otel.meter)
+    monitor.close()
+    assert broken.shutdowns == 0
+    assert not any(name.startswith("resources/gpu") for name in otel.collect())
+
+
+def test_gpus_false_never_touches_nvml(otel: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monitor = ResourceMonitor(otel.meter, gpus=False)
+    monitor.close()
+    assert fake.initialised == 0
