@@ -166,7 +166,9 @@ def test_memory_stays_bounded_while_the_server_is_down(tmp_path: Path) -> None:
     config = resolve_config(
         url=server.url, token=server.token, offline_directory=tmp_path / "off", environ={}
     )
-    sink = create_sink("online", config, max_memory_points=1000, flush_interval=0.2)
+    sink = create_sink(
+        "online", config, max_memory_points=1000, flush_interval=0.2, segment_bytes=64 * 1024
+    )  # small segments: the overflow spans several, rotated (renamed .done) while spilling
     app.pipeline.sink = sink
     spool = tmp_path / "off" / "otel-spool"
     n = 20_000
@@ -178,6 +180,8 @@ def test_memory_stays_bounded_while_the_server_is_down(tmp_path: Path) -> None:
                 app.metrics({"x": float(step)}, step)
             time.sleep(1.0)
             spooled = sum(f.stat().st_size for f in spool.glob("*.seg"))
+            spooled += sum(f.stat().st_size for f in spool.glob("*.done"))
+            rotated = len(list(spool.glob("*.done")))
             held = sink._buffered  # type: ignore[attr-defined]  # memory-held values
             server = start_server(
                 tmp_path / "srv", port=port, db=server.db, first_token=server.token
@@ -188,6 +192,8 @@ def test_memory_stays_bounded_while_the_server_is_down(tmp_path: Path) -> None:
     finally:
         stop_server(server)
     assert spooled > 0, "the overflow went to disk"
+    assert rotated >= 2, "the test meant to cover rotated segments"
+    assert not list(spool.glob("*.done")) and not list(spool.glob("*.seg")), "nothing left"
     assert held <= 1000, f"memory held {held} values past the 1000 limit"
 
 

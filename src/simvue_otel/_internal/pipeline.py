@@ -1,8 +1,8 @@
 """The in-process pipeline: SDK telemetry → (worker thread) mapping → sink.
 
-The application's threads only append to a queue (a few hundred nanoseconds), so exporting
-costs the simulation nothing noticeable; one worker thread converts, maps and hands records
-to the sink. Nothing is dropped: when the worker falls far behind, producers wait
+The application's threads only append to a queue; one worker thread converts, maps and
+hands records to the sink (it shares the interpreter lock with the application, which is
+what the per-call figures in ``bench/`` measure). Nothing is dropped: when the worker falls far behind, producers wait
 (back-pressure) instead of losing data, unlike the SDK's batch processors.
 """
 

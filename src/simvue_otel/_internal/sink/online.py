@@ -49,6 +49,8 @@ class OnlineSink:
         heartbeat_interval: float = 30.0,
         live_window: float | None = None,
         max_backoff: float = 15.0,
+        spill_points: int = 10_000,
+        segment_bytes: int = 8 * 2**20,
     ) -> None:
         self.client = client
         self.spool_dir = spool_dir
@@ -59,6 +61,8 @@ class OnlineSink:
         self.heartbeat_interval = heartbeat_interval
         self.live_window = live_window
         self.max_backoff = max_backoff
+        self.spill_points = spill_points
+        self.segment_bytes = segment_bytes
         self._id = uuid.uuid4().hex[:12]
         self._seq = 0
         self._lock = threading.Lock()
@@ -70,7 +74,6 @@ class OnlineSink:
         self._spilled = 0  # frames written and not yet uploaded
         self._spill_seq = 0
         self._writer: SpoolWriter | None = None
-        self._segments: set[str] = set()
         self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
         self._timeouts: dict[str, int] = {}  # run key -> its heartbeat timeout, when given
         self._closing = False
@@ -137,6 +140,7 @@ class OnlineSink:
                 self._spill_locked(leftover)
             if self._writer is not None:
                 self._writer.close()
+                SpoolReader(self.spool_dir).cleanup()  # our fully uploaded segments go
             remaining = self._spilled
         if remaining:
             _LOG.warning(
@@ -161,16 +165,28 @@ class OnlineSink:
         return f"{self._id}:{self._seq}"
 
     def _spill_locked(self, records: Sequence[Record], key: str | None = None) -> None:
+        """Write records to the spool: a batch that met the server keeps its key (it may be
+        partly stored already); fresh overflow goes in frames of ``spill_points`` values, so
+        no single encode holds the interpreter for long."""
         if not records:
             return
         if self._writer is None:
-            self._writer = SpoolWriter(self.spool_dir)
-        self._writer.append(key or self._next_key(), records)
-        segment = self._writer.segment
-        if segment is not None:
-            self._segments.add(segment.name)
-        self._spilled += 1
-        self._spill_seq += 1
+            self._writer = SpoolWriter(self.spool_dir, segment_bytes=self.segment_bytes)
+        chunks: list[Sequence[Record]] = [records]
+        if key is None:
+            chunks, chunk, cost = [], [], 0
+            for record in records:
+                chunk.append(record)
+                cost += len(record.values) if isinstance(record, MetricRecord) else 1
+                if cost >= self.spill_points:
+                    chunks.append(chunk)
+                    chunk, cost = [], 0
+            if chunk:
+                chunks.append(chunk)
+        for part in chunks:
+            self._writer.append(key or self._next_key(), part)
+            self._spilled += 1
+            self._spill_seq += 1
 
     def _run(self) -> None:
         last_beat = time.monotonic()
@@ -230,8 +246,10 @@ class OnlineSink:
         with self._lock:
             seq = self._spill_seq
         reader = SpoolReader(self.spool_dir)
+        # By stem: a full segment is renamed from .seg to .done when it rotates.
+        ours = self._writer.written_stems if self._writer is not None else set()
         for segment in reader.segments(include_live=True):
-            if segment.name not in self._segments:
+            if segment.stem not in ours:
                 continue  # another process's spool: `simvue-otel send` uploads it
             for frame in reader.frames(segment):
                 try:

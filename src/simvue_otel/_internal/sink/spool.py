@@ -129,6 +129,14 @@ class SpoolWriter:
         self._dirty = False
         self._last_stamp = ""
         self._closed = False
+        self.stems: set[str] = set()
+
+    @property
+    def written_stems(self) -> set[str]:
+        """Stems of every segment this writer has put a frame in (``.seg`` or, once rotated,
+        ``.done``): what an owner may read back without touching other writers' spools."""
+        with self._lock:
+            return set(self.stems)
 
     @property
     def segment(self) -> Path | None:
@@ -208,6 +216,7 @@ class SpoolWriter:
                 raise
             self._size += len(frame)
             self.bytes_written += len(frame)
+            self.stems.add(self._path.stem if self._path is not None else "")
             self._dirty = True
             if time.monotonic() - self._last_fsync > self.fsync_interval:
                 self._fsync()
