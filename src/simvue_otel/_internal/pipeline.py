@@ -2,8 +2,9 @@
 
 The application's threads only append to a queue; one worker thread converts, maps and
 hands records to the sink (it shares the interpreter lock with the application, which is
-what the per-call figures in ``bench/`` measure). Nothing is dropped: when the worker falls far behind, producers wait
-(back-pressure) instead of losing data, unlike the SDK's batch processors.
+what the per-call figures in ``bench/`` measure). Nothing is dropped: when the worker falls
+far behind, producers wait (back-pressure) instead of losing data, unlike the SDK's batch
+processors.
 """
 
 from __future__ import annotations
