@@ -18,6 +18,7 @@ from ._internal.errors import (
     SimvueValidationError,
     TransportError,
 )
+from ._internal.run import Run
 from ._internal.version import VERSION as __version__
 from .exporters import (
     SimvueLogExporter,
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "NotFoundError",
     "PermissionDeniedError",
+    "Run",
     "ServerError",
     "ServerUnreachableError",
     "SimvueHTTPError",

@@ -1,0 +1,764 @@
+"""``Run``: Simvue's Run API, recorded through OpenTelemetry.
+
+Each run gets its own OTel Resource (``simvue.run.key`` + name + folder), its own tracer,
+logger and meter providers, and its own pipeline to a sink, so several runs in one program
+never mix. The run is a root span ``simvue.run`` whose attributes carry the run's state; each
+change also exports a zero-length ``simvue.run.snapshot`` span so the server shows it within
+seconds. ``log_metrics`` and ``log_event`` become log records emitted in the root span's
+context; resource metrics are observable gauges. See ``docs/conventions.md``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.trace import Status, StatusCode
+
+from . import conventions as cv
+from .config import SimvueConfig, resolve_config
+from .errors import SimvueOtelError, SimvueValidationError
+from .exporters import (
+    SimvueLogExporter,
+    SimvueLogRecordProcessor,
+    SimvueMetricExporter,
+    SimvueSpanExporter,
+    SimvueSpanProcessor,
+)
+from .names import generate_run_name
+from .pipeline import Pipeline, default_shutdown_timeout
+from .sink import NullSink, create_sink, resolve_mode
+from .validation import (
+    parse_retention,
+    validate_folder,
+    validate_interval,
+    validate_log_level,
+    validate_metadata,
+    validate_metric_name,
+    validate_name,
+    validate_status,
+    validate_step,
+    validate_tags,
+    validate_visibility,
+)
+from .version import VERSION
+
+__all__ = ["Run"]
+
+_LOG = logging.getLogger("simvue_otel.run")
+
+_SEVERITY = {
+    "debug": SeverityNumber.DEBUG,
+    "info": SeverityNumber.INFO,
+    "warning": SeverityNumber.WARN,
+    "error": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+}
+_REGISTRY_DIR = "otel-runs"
+
+
+class _Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM so open runs end ``terminated``."""
+
+
+class _Signals:
+    """One SIGTERM handler for all runs, installed while any run is live (main thread only)."""
+
+    runs: weakref.WeakSet[Run] = weakref.WeakSet()
+    previous: Any = None
+    installed = False
+    lock = threading.Lock()
+
+    @classmethod
+    def add(cls, run: Run) -> None:
+        with cls.lock:
+            cls.runs.add(run)
+            if cls.installed or threading.current_thread() is not threading.main_thread():
+                return
+            try:
+                cls.previous = signal.signal(signal.SIGTERM, cls._on_sigterm)
+                cls.installed = True
+            except (ValueError, OSError):  # not the main interpreter thread
+                pass
+
+    @classmethod
+    def _on_sigterm(cls, signum: int, frame: FrameType | None) -> None:
+        for run in list(cls.runs):
+            run._interrupted = True
+        previous = cls.previous
+        if callable(previous):
+            previous(signum, frame)
+        raise _Terminated(128 + signum)
+
+
+def _close_open_runs() -> None:
+    """At interpreter exit: close runs the program never closed, so nothing logged is lost."""
+    for run in list(_Signals.runs):
+        try:
+            run._finish("terminated" if run._interrupted else "completed", None)
+        except Exception:
+            _LOG.exception("closing run %s at exit failed", run.name)
+
+
+atexit.register(_close_open_runs)
+
+
+def _epoch_ns(timestamp: Any, field: str = "timestamp") -> int:
+    """A Simvue timestamp (datetime, ISO string, or epoch seconds) as epoch nanoseconds.
+
+    Like Simvue, a datetime or ISO string without a zone is taken as UTC; one with a zone
+    is converted to UTC (Simvue drops the offset; converting keeps the instant right)."""
+    if timestamp is None:
+        return time.time_ns()
+    if isinstance(timestamp, bool):
+        raise SimvueValidationError(
+            field, "must be a datetime, ISO 8601 string or number", timestamp
+        )
+    if isinstance(timestamp, int | float):
+        return int(timestamp * 1e9)
+    if isinstance(timestamp, str):
+        try:
+            timestamp = _dt.datetime.fromisoformat(timestamp)
+        except ValueError:
+            raise SimvueValidationError(
+                field, "must be an ISO 8601 date and time such as 2024-01-31T12:00:00", timestamp
+            ) from None
+    if isinstance(timestamp, _dt.datetime):
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=_dt.timezone.utc)
+        return int(timestamp.timestamp() * 1e9)
+    raise SimvueValidationError(field, "must be a datetime, ISO 8601 string or number", timestamp)
+
+
+class Run:
+    """A Simvue run, recorded through OpenTelemetry.
+
+    Use it as a context manager (``with Run() as run: run.init(...)``) or call ``close()``.
+    ``mode`` is ``"online"`` (to the server named by ``SIMVUE_URL``/``SIMVUE_TOKEN`` or
+    simvue.toml), ``"offline"`` (to a spool on disk, uploaded later by ``simvue-otel send``)
+    or ``"disabled"`` (does nothing, costs nothing).
+    """
+
+    def __init__(
+        self,
+        mode: str = "online",
+        *,
+        server_url: str | None = None,
+        server_token: str | None = None,
+        offline_directory: str | Path | None = None,
+        abort_callback: Any = None,
+    ) -> None:
+        self._mode = resolve_mode(mode)
+        self._config: SimvueConfig | None = None
+        if self._mode != "disabled":
+            self._config = resolve_config(server_url, server_token, offline_directory)
+            if self._mode == "online":
+                self._config.require_online()
+        self._abort_callback = abort_callback
+        self._suppress_errors = False
+        self._queue_blocking = True
+        self._resources_interval: float | None = 60.0
+        self._resources_disabled = False
+        self._pid: int | None = None
+        self._status: str | None = None
+        self._name: str | None = None
+        self._folder = "/"
+        self._key: str | None = None
+        self._description: str | None = None
+        self._tags: tuple[str, ...] = ()
+        self._metadata: dict[str, Any] = {}
+        self._visibility: str | list[str] | None = None
+        self._ttl: int | None = None
+        self._heartbeat_timeout: int | None = 180
+        self._step = 0
+        self._t0 = time.monotonic()
+        self._pipeline: Pipeline | None = None
+        self._tracer_provider: TracerProvider | None = None
+        self._logger_provider: LoggerProvider | None = None
+        self._meter_provider: MeterProvider | None = None
+        self._monitor: Any = None
+        self._root: trace.Span | None = None
+        self._root_ctx: otel_context.Context | None = None
+        self._logger: Any = None
+        self._valid_names: set[str] = set()
+        self._in_context = False
+        self._interrupted = False
+        self._closed = False
+        self._stated = False
+        self._resource: Resource | None = None
+        self._lock = threading.RLock()
+
+    # -- context manager ------------------------------------------------------------------
+
+    def __enter__(self) -> Run:
+        self._in_context = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            status = "completed"
+        elif issubclass(exc_type, KeyboardInterrupt | _Terminated) or self._interrupted:
+            status = "terminated"
+        elif isinstance(exc, SystemExit) and not exc.code:
+            status = "completed"  # sys.exit(0) is a clean end
+        else:
+            status = "failed"
+        self._finish(status, exc if status == "failed" else None)
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """The run's name (generated ``adjective-noun`` when none was given)."""
+        return self._name
+
+    @property
+    def key(self) -> str | None:
+        """The run key: a UUID naming this run on every OTel signal and pipeline."""
+        return self._key
+
+    @property
+    def status(self) -> str | None:
+        """``created``, ``running``, ``completed``, ``failed`` or ``terminated``."""
+        return self._status
+
+    @property
+    def folder(self) -> str:
+        return self._folder
+
+    @property
+    def id(self) -> str | None:
+        """The server's id for the run, once the server has it (online mode); else None."""
+        if self._mode != "online" or self._key is None or self._pipeline is None:
+            return None
+        uploader = getattr(self._pipeline.sink, "uploader", None)
+        if uploader is None:
+            return None
+        found = uploader.run_id(self._key)
+        if found is None and not self._closed:
+            self._pipeline.flush(10.0)
+            found = uploader.run_id(self._key)
+        return str(found) if found is not None else None
+
+    @property
+    def duration(self) -> float:
+        """Seconds since the run started (or reconnected)."""
+        return time.monotonic() - self._t0
+
+    # -- configuration --------------------------------------------------------------------
+
+    def config(
+        self,
+        *,
+        suppress_errors: bool | None = None,
+        queue_blocking: bool | None = None,
+        disable_resources_metrics: bool | None = None,
+        resources_metrics_interval: float | None = None,
+        system_metrics_interval: float | None = None,
+    ) -> bool:
+        """Set how the run behaves (before or after ``init``; resource settings apply at
+        ``init``). ``system_metrics_interval`` is Simvue 2.6's name for the interval."""
+        if suppress_errors is not None:
+            self._suppress_errors = bool(suppress_errors)
+        interval = resources_metrics_interval
+        if system_metrics_interval is not None:
+            interval = system_metrics_interval
+        if interval is not None and disable_resources_metrics:
+            return self._error(
+                SimvueValidationError(
+                    "resources_metrics_interval",
+                    "cannot be set together with disable_resources_metrics=True",
+                    interval,
+                )
+            )
+        try:
+            if interval is not None:
+                self._resources_interval = validate_interval(interval)
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        if queue_blocking is not None:
+            self._queue_blocking = bool(queue_blocking)
+        if disable_resources_metrics is not None:
+            self._resources_disabled = bool(disable_resources_metrics)
+        return True
+
+    def set_pid(self, pid: int) -> None:
+        """Monitor the resources of process ``pid`` and its children instead of this one."""
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            self._error(SimvueValidationError("pid", "must be a positive process id", pid))
+            return
+        self._pid = pid
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def init(
+        self,
+        name: str | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        description: str | None = None,
+        folder: str = "/",
+        running: bool = True,
+        retention_period: str | int | None = None,
+        resources_metrics_interval: float | None = 60,
+        visibility: str | Sequence[str] | None = None,
+        timeout: int | None = 180,
+        notification: str = "none",
+    ) -> bool:
+        """Start the run (``running=True``) or register it as queued (``running=False``).
+
+        Every argument is checked before anything is recorded; an invalid one raises
+        :class:`SimvueValidationError` naming it (or, with ``config(suppress_errors=True)``,
+        is logged and the run disabled).
+        """
+        if self._mode == "disabled":
+            return True
+        if self._status is not None:
+            return self._error(RuntimeError("init() was already called for this run"))
+        try:
+            self._name = validate_name(name) if name is not None else generate_run_name()
+            self._folder = validate_folder(folder)
+            self._tags = validate_tags(tags) if tags is not None else ()
+            self._metadata = validate_metadata(metadata) if metadata is not None else {}
+            if description is not None and not isinstance(description, str):
+                raise SimvueValidationError("description", "must be a string", description)
+            self._description = description
+            self._ttl = parse_retention(retention_period)
+            validate_visibility(visibility)
+            if isinstance(visibility, str) or visibility is None:
+                self._visibility = visibility
+            else:
+                self._visibility = list(visibility)
+            if resources_metrics_interval != 60:  # else keep what config() set (default 60)
+                self._resources_interval = validate_interval(resources_metrics_interval)
+            if timeout is not None and (
+                isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
+            ):
+                raise SimvueValidationError(
+                    "timeout", "must be a positive number of seconds or None", timeout
+                )
+            self._heartbeat_timeout = timeout
+            if notification not in ("none", "all", "error", "lost"):
+                raise SimvueValidationError(
+                    "notification", "must be one of none, all, error, lost", notification
+                )
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._key = str(uuid.uuid4())
+        try:
+            self._start_pipeline()
+        except SimvueOtelError as exc:
+            return self._error(exc)
+        self._write_registry()
+        if running:
+            self._begin("running")
+        else:
+            self._status = "created"
+            self._snapshot()
+        _Signals.add(self)
+        return True
+
+    def reconnect(self, run: str) -> bool:
+        """Resume a queued run (``init(..., running=False)``) by its name or server id: the
+        run turns ``running`` and this object records into it."""
+        if self._mode == "disabled":
+            return True
+        if self._status is not None:
+            return self._error(RuntimeError("reconnect() must be called before init()"))
+        try:
+            key, name, folder = self._find_run(run)
+        except SimvueOtelError as exc:
+            return self._error(exc)
+        self._key, self._name, self._folder = key, name, folder
+        try:
+            self._start_pipeline()
+        except SimvueOtelError as exc:
+            return self._error(exc)
+        self._begin("running", stated=False)
+        _Signals.add(self)
+        return True
+
+    def close(self) -> bool:
+        """End the run as ``completed`` and deliver whatever is not yet sent."""
+        self._finish("completed", None)
+        return True
+
+    def set_status(self, status: str) -> bool:
+        """End the run with this status: ``completed``, ``failed`` or ``terminated``."""
+        try:
+            chosen = validate_status(status)
+            if chosen not in cv.FINAL_STATUSES:
+                raise SimvueValidationError(
+                    "status", "must be one of completed, failed, terminated", status
+                )
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._finish(chosen, None)
+        return True
+
+    # -- updates --------------------------------------------------------------------------
+
+    def update_tags(self, tags: Sequence[str]) -> bool:
+        """Add tags to the run's tags."""
+        if self._skip("update_tags"):
+            return True
+        try:
+            new = validate_tags(tags)
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._tags = self._tags + tuple(t for t in new if t not in self._tags)
+        self._snapshot()
+        return True
+
+    def set_tags(self, tags: Sequence[str]) -> bool:
+        """Replace the run's tags."""
+        if self._skip("set_tags"):
+            return True
+        try:
+            self._tags = validate_tags(tags)
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._snapshot()
+        return True
+
+    def update_metadata(self, metadata: Mapping[str, Any]) -> bool:
+        """Merge metadata into the run's: given keys replaced, others kept."""
+        if self._skip("update_metadata"):
+            return True
+        try:
+            new = validate_metadata(metadata)
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._metadata.update(new)
+        self._snapshot(metadata=new)
+        return True
+
+    # -- data -----------------------------------------------------------------------------
+
+    def log_metrics(
+        self,
+        metrics: Mapping[str, float],
+        step: int | None = None,
+        time: float | None = None,
+        timestamp: Any = None,
+    ) -> bool:
+        """Record metric values at one step: ``step`` counts calls from 0 unless given,
+        ``time`` is seconds since ``init`` unless given, ``timestamp`` is now unless given."""
+        logger = self._logger
+        if logger is None or self._status != "running":
+            if self._mode == "disabled" or (self._closed and self._suppress_errors):
+                return True
+            return self._error(RuntimeError(self._not_running("log_metrics")))
+        try:
+            if not isinstance(metrics, Mapping):
+                raise SimvueValidationError("metrics", "must be a dict of name: number", metrics)
+            valid = self._valid_names
+            convert = False
+            for name, value in metrics.items():
+                if name not in valid:
+                    validate_metric_name(name, field="metrics")
+                    valid.add(name)
+                cls = value.__class__
+                if cls is not float and cls is not int and not isinstance(value, int | float):
+                    # numpy scalars and the like: anything that is a real number
+                    if isinstance(value, str | bytes) or not hasattr(value, "__float__"):
+                        raise SimvueValidationError(
+                            f"metrics[{name!r}]", "must be an int or float", value
+                        )
+                    convert = True
+            if convert:
+                metrics = {k: float(v) for k, v in metrics.items()}
+            if step is None:
+                step = self._step
+            elif step.__class__ is not int:
+                step = validate_step(step)
+            elif step < 0:
+                raise SimvueValidationError("step", "must be an integer >= 0", step)
+            stamp = _epoch_ns(timestamp) if timestamp is not None else None
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._step += 1
+        elapsed = time if time is not None else _monotonic() - self._t0
+        logger.emit(
+            body=metrics if metrics.__class__ is dict else dict(metrics),
+            event_name=cv.METRICS_EVENT,
+            attributes={cv.METRICS_STEP: step, cv.METRICS_TIME: elapsed},
+            timestamp=stamp,
+            context=self._root_ctx,
+        )
+        return True
+
+    def log_event(
+        self, message: str, *, timestamp: Any = None, log_level: str | None = None
+    ) -> bool:
+        """Record a timestamped message (``log_level``: debug, info, warning, error, critical)."""
+        if self._logger is None or self._status != "running":
+            if self._mode == "disabled":
+                return True
+            return self._error(RuntimeError(self._not_running("log_event")))
+        try:
+            if not isinstance(message, str):
+                raise SimvueValidationError("message", "must be a string", message)
+            level = validate_log_level(log_level or "info", field="log_level")
+            stamp = _epoch_ns(timestamp) if timestamp is not None else None
+        except SimvueValidationError as exc:
+            return self._error(exc)
+        self._logger.emit(
+            body=message,
+            event_name=cv.EVENT_EVENT,
+            severity_number=_SEVERITY[level],
+            severity_text=level.upper(),
+            timestamp=stamp,
+            context=self._root_ctx,
+        )
+        return True
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _not_running(self, method: str) -> str:
+        if self._status is None:
+            return f"the run must be initialised (init or reconnect) before calling {method}()"
+        if self._status == "created":
+            return f"{method}() needs a running run; this run is queued (init(running=False))"
+        return f"{method}() was called after the run ended ({self._status})"
+
+    def _skip(self, method: str) -> bool:
+        """True for a no-op (disabled); raises (or logs) when the run cannot take updates."""
+        if self._mode == "disabled":
+            return True
+        if self._status is None or self._closed:
+            self._error(RuntimeError(self._not_running(method)))
+            return True
+        return False
+
+    def _error(self, exc: BaseException) -> bool:
+        """Raise, or with ``suppress_errors`` log and disable the run (Simvue's behaviour)."""
+        if not self._suppress_errors:
+            raise exc
+        _LOG.error("simvue-otel run %s: %s; the run is disabled", self._name or "", exc)
+        if self._status is None:
+            self._mode = "disabled"
+        return False
+
+    def _start_pipeline(self) -> None:
+        assert self._key is not None and self._name is not None
+        sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
+        self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
+        base = Resource.create({cv.SERVICE_NAME: f"simvue-run:{self._name}"})
+        resource = base.merge(
+            Resource(
+                {
+                    cv.RUN_KEY: self._key,
+                    cv.RUN_NAME: self._name,
+                    cv.RUN_FOLDER: self._folder,
+                    "telemetry.distro.name": "simvue-otel",
+                    "telemetry.distro.version": VERSION,
+                }
+            )
+        )
+        # Metadata travels as root-span attributes: lift the SDK's 128-attribute cap.
+        limits = SpanLimits(max_span_attributes=100_000, max_attribute_length=None)
+        tp = TracerProvider(resource=resource, span_limits=limits, shutdown_on_exit=False)
+        tp.add_span_processor(SimvueSpanProcessor(SimvueSpanExporter(pipeline=pipeline)))
+        lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        lp.add_log_record_processor(SimvueLogRecordProcessor(SimvueLogExporter(pipeline=pipeline)))
+        self._tracer_provider, self._logger_provider = tp, lp
+        self._resource = resource
+
+    def _start_resources(self) -> None:
+        interval = self._resources_interval
+        if self._resources_disabled or interval is None or self._pipeline is None:
+            return
+        from .resources import ResourceMonitor
+
+        reader = PeriodicExportingMetricReader(
+            SimvueMetricExporter(pipeline=self._pipeline),
+            export_interval_millis=interval * 1000.0,
+        )
+        assert self._resource is not None
+        self._meter_provider = MeterProvider(
+            resource=self._resource, metric_readers=[reader], shutdown_on_exit=False
+        )
+        try:
+            self._monitor = ResourceMonitor(
+                self._meter_provider.get_meter("simvue_otel.resources", VERSION), self._pid
+            )
+        except SimvueValidationError as exc:
+            self._error(exc)
+
+    def _state_attributes(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        attrs: dict[str, Any] = {cv.RUN_TAGS: list(self._tags)}
+        if self._description is not None:
+            attrs[cv.RUN_DESCRIPTION] = self._description
+        for key, value in (self._metadata if metadata is None else metadata).items():
+            attrs[cv.RUN_METADATA_PREFIX + key] = value
+        if isinstance(self._visibility, list):
+            attrs[cv.RUN_VISIBILITY] = "private"
+            attrs[cv.RUN_VISIBILITY_USERS] = self._visibility
+        else:
+            attrs[cv.RUN_VISIBILITY] = self._visibility or "private"
+        if self._ttl is not None:
+            attrs[cv.RUN_RETENTION] = self._ttl
+        if self._heartbeat_timeout is not None:
+            attrs[cv.RUN_HEARTBEAT_TIMEOUT] = self._heartbeat_timeout
+        return attrs
+
+    def _begin(self, status: str, *, stated: bool = True) -> None:
+        """Open the root span: the run is live from here."""
+        assert self._tracer_provider is not None and self._logger_provider is not None
+        attrs = self._state_attributes() if stated else {}
+        attrs[cv.RUN_STATUS] = status
+        tracer = self._tracer_provider.get_tracer("simvue_otel", VERSION)
+        self._root = tracer.start_span(
+            cv.ROOT_SPAN, attributes=attrs, context=otel_context.Context()
+        )
+        self._root_ctx = trace.set_span_in_context(self._root)
+        self._stated = stated
+        self._status = status
+        self._t0 = time.monotonic()
+        self._step = 0
+        self._logger = self._logger_provider.get_logger("simvue_otel", VERSION)
+        self._start_resources()
+        if self._meter_provider is not None:
+            self._meter_provider.force_flush(5_000)  # a first sample at start, as Simvue does
+
+    def _snapshot(self, metadata: Mapping[str, Any] | None = None) -> None:
+        """Export the current state now (a span is exported only when it ends)."""
+        if self._tracer_provider is None:
+            return
+        attrs = self._state_attributes(metadata)
+        attrs[cv.RUN_STATUS] = self._status or "running"
+        if self._root is not None:
+            self._root.set_attributes(attrs)  # the final state carries it too
+            self._stated = True
+            ctx = self._root_ctx
+        else:
+            ctx = otel_context.Context()
+        tracer = self._tracer_provider.get_tracer("simvue_otel", VERSION)
+        tracer.start_span(cv.SNAPSHOT_SPAN, attributes=attrs, context=ctx).end()
+
+    def _finish(self, status: str, exc: BaseException | None) -> None:
+        with self._lock:
+            if self._closed or self._mode == "disabled" or self._status is None:
+                self._closed = True
+                return
+            self._closed = True
+        timeout = default_shutdown_timeout()
+        try:
+            if self._root is not None:
+                if exc is not None:
+                    self._record_exception(exc)
+                    self._root.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                self._root.set_attribute(cv.RUN_STATUS, status)
+                self._root.end()
+                self._status = status
+            if self._monitor is not None:
+                self._monitor.close()
+            if self._meter_provider is not None:
+                self._meter_provider.shutdown(timeout_millis=timeout * 1000)
+            if self._logger_provider is not None:
+                self._logger_provider.shutdown()
+            if self._tracer_provider is not None:
+                self._tracer_provider.shutdown()
+        finally:
+            _Signals.runs.discard(self)
+            if self._pipeline is not None and not self._pipeline.close(timeout):
+                _LOG.warning(
+                    "run %s: not everything reached the Simvue server within %.0f s; the rest "
+                    "is kept on disk for `simvue-otel send`",
+                    self._name,
+                    timeout,
+                )
+
+    def _record_exception(self, exc: BaseException) -> None:
+        """The exception as an event: type, message and traceback."""
+        assert self._root is not None
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self._root.add_event(
+            cv.EXCEPTION_EVENT,
+            {
+                "exception.type": type(exc).__name__,
+                "exception.message": str(exc),
+                "exception.stacktrace": text,
+            },
+        )
+
+    # -- queued runs: finding them again --------------------------------------------------
+
+    def _registry(self) -> Path | None:
+        if self._config is None:
+            return None
+        return self._config.offline_directory / _REGISTRY_DIR
+
+    def _write_registry(self) -> None:
+        """Offline runs are found again by name from a small file (no server to ask)."""
+        directory = self._registry()
+        if self._mode != "offline" or directory is None or self._name is None:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        entry = {"key": self._key, "name": self._name, "folder": self._folder}
+        tmp = directory / f".{self._name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, directory / f"{self._name}.json")
+
+    def _find_run(self, run: str) -> tuple[str, str, str]:
+        if not isinstance(run, str) or not run:
+            raise SimvueValidationError("run", "must be a run name or id", run)
+        if self._mode == "offline":
+            directory = self._registry()
+            path = directory / f"{run}.json" if directory else None
+            if path is None or not path.exists():
+                raise SimvueValidationError(
+                    "run", f"no offline run of that name in {directory}", run
+                )
+            entry = json.loads(path.read_text())
+            return str(entry["key"]), str(entry["name"]), str(entry["folder"])
+        from .client import SimvueClient
+        from .errors import NotFoundError
+
+        assert self._config is not None
+        with SimvueClient.from_config(self._config) as client:
+            try:
+                found: dict[str, Any] | None = client.get_run(run)
+            except NotFoundError:
+                found = client.find_run_by_name(run)
+            if found is None:
+                raise SimvueValidationError("run", "no run with this name or id on the server", run)
+            key = (found.get("metadata") or {}).get("simvue_otel", {}).get("run_key")
+            if not key:
+                # A run made by another client: give it a key so our records find it.
+                key = str(uuid.uuid4())
+                client.update_metadata(str(found["id"]), {"simvue_otel": {"run_key": key}})
+            return str(key), str(found["name"]), str(found.get("folder") or "/")
+
+
+def _monotonic() -> float:
+    """``time.monotonic`` under a name ``log_metrics(time=...)`` does not shadow."""
+    return time.monotonic()
