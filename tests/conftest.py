@@ -128,3 +128,78 @@ def fresh_server(tmp_path: Path) -> Iterator[LocalServer]:
     server = start_server(tmp_path)
     yield server
     stop_server(server)
+
+
+@dataclass
+class Bridge:
+    """A running `simvue-otel bridge` subprocess writing to a local server."""
+
+    url: str
+    grpc: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    offline: Path
+    token: str | None = None
+
+    def stop(self, timeout: float = 30) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_bridge(
+    tmp: Path,
+    server: LocalServer,
+    *,
+    token: str | None = None,
+    extra: list[str] | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Bridge:
+    """Start `simvue-otel bridge` on free loopback ports and wait until it answers."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port = free_port(), free_port()
+    log = tmp / f"bridge-{http_port}.log"
+    offline = tmp / "bridge-offline"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        SIMVUE_URL=server.url,
+        SIMVUE_TOKEN=server.token,
+        SIMVUE_OFFLINE_DIRECTORY=str(offline),
+        **(env_extra or {}),
+    )
+    if token:
+        env["SIMVUE_OTEL_BRIDGE_TOKEN"] = token
+    cmd = [
+        sys.executable, "-m", "simvue_otel", "bridge",
+        "--listen", f"127.0.0.1:{http_port}", "--grpc-listen", f"127.0.0.1:{grpc_port}",
+        *(extra or []),
+    ]  # fmt: skip
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bridge exited early:\n{log.read_text()}")
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"bridge did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return Bridge(url, f"127.0.0.1:{grpc_port}", proc, log, offline, token)
+
+
+@pytest.fixture
+def bridge(local_server: LocalServer, tmp_path: Path) -> Iterator[Bridge]:
+    """A bridge of its own (no token: loopback), writing to the session's server."""
+    b = start_bridge(tmp_path / "bridge", local_server)
+    yield b
+    b.stop()

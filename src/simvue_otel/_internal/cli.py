@@ -98,6 +98,52 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import os
+
+    from .bridge import is_loopback, parse_listen
+    from .errors import SimvueOtelError
+
+    try:
+        listen = parse_listen(args.listen, 4318)
+        grpc_listen = None if args.no_grpc else parse_listen(args.grpc_listen, 4317)
+    except ValueError as exc:
+        parser.error(str(exc))
+    token = args.token or os.environ.get("SIMVUE_OTEL_BRIDGE_TOKEN") or None
+    hosts = [listen[0]] + ([grpc_listen[0]] if grpc_listen else [])
+    if token is None and not all(is_loopback(h) for h in hosts):
+        print(
+            "simvue-otel bridge: listening beyond loopback needs a bearer token: set "
+            "SIMVUE_OTEL_BRIDGE_TOKEN (or --token) and give senders the same token "
+            "(OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20<token>)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        from .bridge import serve_bridge
+
+        serve_bridge(
+            listen,
+            grpc_listen,
+            token=token,
+            mode=args.mode,
+            max_body=args.max_body,
+            max_backlog=args.max_backlog,
+            log_level=args.log_level,
+        )
+    except ImportError as exc:
+        print(
+            f"simvue-otel bridge needs the 'bridge' extra ({exc.name} is not installed): "
+            "pip install 'simvue-otel[bridge]'",
+            file=sys.stderr,
+        )
+        return 2
+    except (SimvueOtelError, OSError) as exc:
+        print(f"simvue-otel bridge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .server import DEFAULT_DB
 
@@ -157,6 +203,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--quiet", action="store_true", help="no progress bar")
     send.set_defaults(handler=_cmd_send)
+
+    bridge = commands.add_parser(
+        "bridge",
+        help="receive OTLP (HTTP and gRPC) and write it to Simvue",
+        description="Receive OpenTelemetry data over OTLP/HTTP (/v1/traces, /v1/metrics, "
+        "/v1/logs; protobuf or JSON; gzip) and OTLP/gRPC, map it to Simvue runs and write it to "
+        "the Simvue server of SIMVUE_URL/SIMVUE_TOKEN (or simvue.toml), or to the offline spool.",
+    )
+    bridge.add_argument("--listen", default="127.0.0.1:4318", help="OTLP/HTTP address HOST:PORT")
+    bridge.add_argument(
+        "--grpc-listen", default="127.0.0.1:4317", help="OTLP/gRPC address HOST:PORT"
+    )
+    bridge.add_argument("--no-grpc", action="store_true", help="do not listen for OTLP/gRPC")
+    bridge.add_argument(
+        "--token",
+        default=None,
+        help="bearer token senders must present (default: SIMVUE_OTEL_BRIDGE_TOKEN); "
+        "required when listening beyond loopback",
+    )
+    bridge.add_argument(
+        "--mode", choices=["online", "offline"], default=None, help="default: SIMVUE_OTEL_MODE"
+    )
+    bridge.add_argument(
+        "--max-body",
+        type=int,
+        default=20 * 2**20,
+        help="largest request, bytes, compressed and after decompression (413 beyond)",
+    )
+    bridge.add_argument(
+        "--max-backlog",
+        type=int,
+        default=10_000,
+        help="batches waiting for the Simvue server before senders are told to retry (503)",
+    )
+    bridge.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    bridge.set_defaults(handler=_cmd_bridge)
     return parser
 
 

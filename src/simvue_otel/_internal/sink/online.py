@@ -154,6 +154,12 @@ class OnlineSink:
         self.client.close()
         return remaining == 0
 
+    def backlog(self) -> int:
+        """Batches waiting for the server (spooled frames, plus one for a non-empty memory
+        buffer): what a receiver checks before taking more (back-pressure)."""
+        with self._lock:
+            return self._spilled + (1 if self._buffer else 0)
+
     # -- internals ------------------------------------------------------------------------
 
     def _take_locked(self) -> list[Record]:

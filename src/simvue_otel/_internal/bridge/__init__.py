@@ -1,0 +1,100 @@
+"""``simvue-otel bridge``: OTLP in (HTTP and gRPC), Simvue out, through the one mapping.
+
+Stateless apart from the sink: run identity comes from ``simvue.run.key`` and run creation
+is idempotent on the server, so several replicas behind a collector's load-balancing exporter
+never make two runs of one. Needs the ``bridge`` extra (an ASGI framework and server).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+from ..config import resolve_config
+from ..sink import create_sink, resolve_mode, spool_directory
+
+__all__ = ["is_loopback", "parse_listen", "serve_bridge"]
+
+_LOG = logging.getLogger("simvue_otel.bridge")
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def parse_listen(value: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, or ``:PORT``) → (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def serve_bridge(
+    listen: tuple[str, int],
+    grpc_listen: tuple[str, int] | None,
+    *,
+    token: str | None,
+    mode: str | None = None,
+    max_body: int = 20 * 2**20,
+    max_backlog: int = 10_000,
+    shutdown_timeout: float = 30.0,
+    log_level: str = "warning",
+    out: Any = sys.stdout,
+) -> None:
+    """Run the bridge until SIGINT/SIGTERM; then stop listening and drain the sink."""
+    import uvicorn
+
+    from .core import BridgeCore
+    from .grpc_listener import start_grpc_server
+    from .http_listener import create_http_app
+
+    chosen = resolve_mode(mode)
+    config = resolve_config()
+    if chosen == "online":
+        # Write-ahead: every accepted batch goes to disk before the sender answers 200.
+        sink = create_sink("online", config, max_memory_points=0, live_window=180.0)
+        target = f"the Simvue server at {config.url}"
+    else:
+        sink = create_sink(chosen, config)
+        target = f"the spool in {spool_directory(config)}" if chosen == "offline" else "nowhere"
+    core = BridgeCore(sink, token=token, max_backlog=max_backlog)
+    grpc_server = None
+    if grpc_listen is not None:
+        grpc_server, grpc_port = start_grpc_server(core, *grpc_listen, max_body=max_body)
+        grpc_listen = (grpc_listen[0], grpc_port)
+    app = create_http_app(core, max_body=max_body)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=listen[0], port=listen[1], log_level=log_level, access_log=False)
+    )
+    lines = [f"simvue-otel bridge: OTLP/HTTP on http://{listen[0]}:{listen[1]}/v1/"]
+    if grpc_listen is not None:
+        lines.append(f"simvue-otel bridge: OTLP/gRPC on {grpc_listen[0]}:{grpc_listen[1]}")
+    lines.append(f"simvue-otel bridge: writing to {target}")
+    lines.append(
+        "simvue-otel bridge: bearer token required"
+        if token
+        else "simvue-otel bridge: no token (listening on loopback only)"
+    )
+    print("\n".join(lines), file=out, flush=True)
+    # uvicorn handles SIGINT/SIGTERM during run() and re-raises them afterwards to the
+    # handlers found before; quiet ones here let the drain below run instead of dying.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=5).wait()
+        delivered = sink.close(shutdown_timeout)
+        if not delivered:
+            print(
+                "simvue-otel bridge: some data could not be delivered before shutdown; it is "
+                f"kept in {spool_directory(config)}: run `simvue-otel send` to upload it",
+                file=sys.stderr,
+            )

@@ -1,0 +1,128 @@
+"""The OTLP/HTTP listener: ``POST /v1/traces``, ``/v1/metrics``, ``/v1/logs`` and ``GET /health``.
+
+Answers as the OTLP specification says: 200 (with partial-success counts when some items are
+refused), 400 for bodies that do not decode, 401 without the bearer token, 413 past the size
+limit (checked on the compressed body and again while decompressing, so a gzip bomb is refused
+after reading at most the limit), 415 for other content types or encodings, and 503 with
+``Retry-After`` while the sink is backed up, so collectors retry instead of dropping. Replies
+use the request's content type (protobuf or JSON).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..mapping.otlp import OtlpDecodeError, decode_request
+from .core import BridgeCore
+
+__all__ = ["create_http_app"]
+
+RESPONSES: dict[str, tuple[type[Any], str]] = {
+    "traces": (ExportTraceServiceResponse, "rejected_spans"),
+    "metrics": (ExportMetricsServiceResponse, "rejected_data_points"),
+    "logs": (ExportLogsServiceResponse, "rejected_log_records"),
+}
+_TYPES = {"application/x-protobuf": "protobuf", "application/protobuf": "protobuf",
+          "application/json": "json"}  # fmt: skip
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """The decompressed body, never more than ``limit`` bytes of it held."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise ValueError(encoding)
+    out = inflater.decompress(body, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _TooLarge
+    if not inflater.eof:
+        raise OtlpDecodeError("the compressed body is truncated")
+    return out
+
+
+def _status(code: int, message: str, fmt: str, status: int, **headers: str) -> Response:
+    """A failure reply: ``google.rpc.Status`` in the request's encoding."""
+    if fmt == "json":
+        return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+    body = status_pb2.Status(code=code, message=message).SerializeToString()
+    return Response(body, status_code=status, media_type="application/x-protobuf", headers=headers)
+
+
+def create_http_app(core: BridgeCore, *, max_body: int = 20 * 2**20) -> Starlette:
+    """The ASGI app of the OTLP/HTTP listener."""
+
+    async def export(request: Request) -> Response:
+        signal = request.url.path.rsplit("/", 1)[-1]
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        fmt = _TYPES.get(ctype)
+        if fmt is None:
+            return _status(3, f"unsupported content type {ctype!r}: send "
+                           "application/x-protobuf or application/json", "json", 415)  # fmt: skip
+        if not core.authorized(request.headers.get("authorization")):
+            return _status(16, "missing or wrong bearer token", fmt, 401,
+                           **{"WWW-Authenticate": "Bearer"})  # fmt: skip
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity", "gzip", "deflate"):
+            return _status(3, f"unsupported content encoding {encoding!r}", fmt, 415)
+        wait = core.retry_after()
+        if wait is not None:
+            return _status(14, "the bridge is backed up; retry later", fmt, 503,
+                           **{"Retry-After": str(wait)})  # fmt: skip
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            return _status(8, f"the body is larger than {max_body} bytes", fmt, 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                return _status(8, f"the body is larger than {max_body} bytes", fmt, 413)
+            chunks.append(chunk)
+        try:
+            body = _inflate(b"".join(chunks), encoding, max_body)
+            message = decode_request(signal, body, fmt)
+        except _TooLarge:
+            return _status(8, f"the decompressed body is larger than {max_body} bytes", fmt, 413)
+        except (OtlpDecodeError, zlib.error) as exc:
+            return _status(3, str(exc), fmt, 400)
+        outcome = await run_in_threadpool(core.ingest, signal, message)
+        response_type, rejected_field = RESPONSES[signal]
+        reply = response_type()
+        if outcome.rejected:
+            setattr(reply.partial_success, rejected_field, outcome.rejected)
+            reply.partial_success.error_message = outcome.message
+        if fmt == "json":
+            return JSONResponse(json_format.MessageToDict(reply))
+        return Response(reply.SerializeToString(), media_type="application/x-protobuf")
+
+    async def health(request: Request) -> Response:
+        backlog = getattr(core.sink, "backlog", None)
+        return JSONResponse(
+            {"status": "ok", "backlog": backlog() if backlog else 0,
+             "backed_up": core.retry_after() is not None}
+        )  # fmt: skip
+
+    routes = [Route(f"/v1/{signal}", export, methods=["POST"]) for signal in RESPONSES]
+    routes.append(Route("/health", health, methods=["GET"]))
+    return Starlette(routes=routes)
