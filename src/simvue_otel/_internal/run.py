@@ -156,7 +156,9 @@ class Run:
 
     Use it as a context manager (``with Run() as run: run.init(...)``) or call ``close()``.
     ``mode`` is ``"online"`` (to the server named by ``SIMVUE_URL``/``SIMVUE_TOKEN`` or
-    simvue.toml), ``"offline"`` (to a spool on disk, uploaded later by ``simvue-otel send``)
+    simvue.toml), ``"offline"`` (to a spool on disk, uploaded later by ``simvue-otel send``),
+    ``"otlp"`` (OTLP to ``simvue-otel bridge`` or a collector: ``otlp_endpoint``, else
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``; ``OTEL_EXPORTER_OTLP_HEADERS`` and ``_PROTOCOL`` apply)
     or ``"disabled"`` (does nothing, costs nothing).
     """
 
@@ -168,10 +170,14 @@ class Run:
         server_token: str | None = None,
         offline_directory: str | Path | None = None,
         abort_callback: Any = None,
+        otlp_endpoint: str | None = None,
+        otlp_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self._mode = resolve_mode(mode)
+        self._mode = "otlp" if mode == "otlp" else resolve_mode(mode)
+        self._otlp = (otlp_endpoint, otlp_headers)
+        self._metric_exporter: Any = None
         self._config: SimvueConfig | None = None
-        if self._mode != "disabled":
+        if self._mode not in ("disabled", "otlp"):
             self._config = resolve_config(server_url, server_token, offline_directory)
             if self._mode == "online":
                 self._config.require_online()
@@ -569,8 +575,10 @@ class Run:
 
     def _start_pipeline(self) -> None:
         assert self._key is not None and self._name is not None
-        sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
-        self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
+        pipeline: Pipeline | None = None
+        if self._mode != "otlp":
+            sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
+            self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
         base = Resource.create({cv.SERVICE_NAME: f"simvue-run:{self._name}"})
         resource = base.merge(
             Resource(
@@ -586,22 +594,34 @@ class Run:
         # Metadata travels as root-span attributes: lift the SDK's 128-attribute cap.
         limits = SpanLimits(max_span_attributes=100_000, max_attribute_length=None)
         tp = TracerProvider(resource=resource, span_limits=limits, shutdown_on_exit=False)
-        tp.add_span_processor(SimvueSpanProcessor(SimvueSpanExporter(pipeline=pipeline)))
         lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        lp.add_log_record_processor(SimvueLogRecordProcessor(SimvueLogExporter(pipeline=pipeline)))
+        if pipeline is not None:
+            tp.add_span_processor(SimvueSpanProcessor(SimvueSpanExporter(pipeline=pipeline)))
+            lp.add_log_record_processor(
+                SimvueLogRecordProcessor(SimvueLogExporter(pipeline=pipeline))
+            )
+        else:
+            from .forward import ForwardingLogProcessor, ForwardingSpanProcessor, otlp_exporters
+
+            spans, logs, self._metric_exporter = otlp_exporters(*self._otlp)
+            tp.add_span_processor(ForwardingSpanProcessor(spans, interval=0.2))
+            lp.add_log_record_processor(ForwardingLogProcessor(logs))
         self._tracer_provider, self._logger_provider = tp, lp
         self._resource = resource
 
     def _start_resources(self) -> None:
         interval = self._resources_interval
-        if self._resources_disabled or interval is None or self._pipeline is None:
+        if self._resources_disabled or interval is None:
             return
         from .resources import ResourceMonitor
 
-        reader = PeriodicExportingMetricReader(
-            SimvueMetricExporter(pipeline=self._pipeline),
-            export_interval_millis=interval * 1000.0,
-        )
+        if self._pipeline is not None:
+            exporter: Any = SimvueMetricExporter(pipeline=self._pipeline)
+        elif self._metric_exporter is not None:
+            exporter = self._metric_exporter
+        else:
+            return
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000.0)
         assert self._resource is not None
         self._meter_provider = MeterProvider(
             resource=self._resource, metric_readers=[reader], shutdown_on_exit=False
@@ -731,6 +751,10 @@ class Run:
     def _find_run(self, run: str) -> tuple[str, str, str]:
         if not isinstance(run, str) or not run:
             raise SimvueValidationError("run", "must be a run name or id", run)
+        if self._mode == "otlp":
+            raise SimvueValidationError(
+                "mode", "reconnect() needs online or offline mode (it asks the server)", "otlp"
+            )
         if self._mode == "offline":
             directory = self._registry()
             path = directory / f"{run}.json" if directory else None
