@@ -144,6 +144,14 @@ def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        from .demo import run_demo
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        return _server_extra_missing(exc)
+    return run_demo(Path(args.db) if args.db else None, args.port, exit_at_once=args.exit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .server import DEFAULT_DB
 
@@ -241,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
     bridge.set_defaults(handler=_cmd_bridge)
+
+    demo = commands.add_parser(
+        "demo",
+        help="see it work: a local server, runs recorded three ways, their pages",
+        description="Start a local Simvue server (temporary database unless --db), record a "
+        "simulation through Run, a parameter scan, and an OpenTelemetry-instrumented app "
+        "through the bridge, print the runs and their pages, and keep serving until Ctrl-C.",
+    )
+    demo.add_argument("--db", default=None, help="database file (default: a temporary one)")
+    demo.add_argument("--port", type=int, default=8765, help="port of the local server")
+    demo.add_argument("--exit", action="store_true", help="stop once the runs are recorded")
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 

@@ -70,6 +70,13 @@ def serve(
         )
     else:
         print(f"Tokens: simvue-otel server token --db {db} --user NAME [--tenant NAME]", file=out)
+    first = store.get_meta("first_user")
+    if first:
+        from .web import issue_login_code
+
+        identity, _ = store.ensure_user(first)
+        code = issue_login_code(store.secret(), identity)
+        print(f"Web view: {url}/login?code={code}  (sign-in link, valid 1 hour)", file=out)
     out.flush()
     app = create_app(store, max_body=max_body, sweep_interval=sweep_interval)
     try:

@@ -423,6 +423,9 @@ def create_app(
             stop.set()
             thread.join(timeout=5)
 
+    from .web import web_routes
+
+    routes.extend(web_routes(store))
     return Starlette(
         routes=routes,
         lifespan=lifespan,

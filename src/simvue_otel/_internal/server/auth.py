@@ -63,4 +63,6 @@ def verify_token(secret: str, header: str | None) -> Identity:
         ) from None
     except jwt.InvalidTokenError:
         raise TokenError("the token is not valid for this server") from None
+    if claims.get("use"):  # a web sign-in code is not an API token
+        raise TokenError("the token is not valid for this server")
     return Identity(user=str(claims["sub"]), tenant=str(claims.get("tenant") or "default"))
