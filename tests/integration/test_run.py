@@ -285,7 +285,7 @@ def test_log_metrics_steps_times_and_timestamps(
     in_call_order = [by_step[0], by_step[10], by_step[2]]
     times = [p["time"] for p in in_call_order]
     assert times == sorted(times), "time since init is monotone"
-    assert 0 <= times[0] and times[-1] <= after - before + 1.0, times
+    assert times[0] >= 0 and times[-1] <= after - before + 1.0, times
     for p in in_call_order:
         assert before - 1 <= parse_timestamp(p["timestamp"]) <= after + 1
 
@@ -576,7 +576,7 @@ def test_disabled_mode_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 tags=["t"],
                 metadata={"a": 1},
                 resources_metrics_interval=1,
-            ),  # fmt: skip
+            ),
             run.update_tags(["u"]),
             run.set_tags(["v"]),
             run.update_metadata({"b": 2}),
@@ -617,11 +617,14 @@ def _program(run: Run, folder: str) -> None:
     run.log_event("converged")
     run.log_event("mesh is coarse", log_level="warning")
     run.update_tags(["extra"])
-    run.update_metadata({"n": 32, "post": "yes"})
+    run.update_metadata({"n": 32, "post": "yes", "solver": {"tol": 1e-8}})
+    run.set_tags(["final", *["scan", "extra"]])
+    run.log_metrics({"stamped": 1.0}, timestamp="2024-05-06T07:08:09.101112", time=1.0)
 
 
 def _comparable(client: SimvueClient, run_id: str) -> dict[str, Any]:
     run = client.get_run(run_id)
+    metrics = client.get_metrics(run_id)
     return {
         **{k: run[k] for k in ("name", "folder", "status", "description", "visibility", "ttl")},
         "heartbeat_timeout": run.get("heartbeat_timeout"),
@@ -629,8 +632,9 @@ def _comparable(client: SimvueClient, run_id: str) -> dict[str, Any]:
         "metadata": user_metadata(run),
         "metrics": {
             name: sorted((p["step"], p["value"], p["time"]) for p in pts)
-            for name, pts in client.get_metrics(run_id).items()
+            for name, pts in metrics.items()
         },
+        "stamped": [p["timestamp"] for p in metrics.get("stamped", [])],
         "events": sorted((e["message"], e["log_level"]) for e in client.get_events(run_id)),
     }
 
@@ -667,7 +671,14 @@ def test_offline_then_send_equals_online(
     got = _comparable(client, offline_found["id"])
     assert expected["status"] == "completed"
     assert expected["metrics"]["late"] == [(100, 3.0, 9.5)]
-    assert sorted(expected["tags"]) == ["extra", "scan", "v1"]
+    assert expected["stamped"] == ["2024-05-06T07:08:09.101112"]
+    assert sorted(expected["tags"]) == ["extra", "final", "scan"]
+    assert expected["metadata"] == {
+        "solver": {"tol": 1e-8, "kind": "cg"},
+        "n": 32,
+        "ok": True,
+        "post": "yes",
+    }
     assert got == expected
 
 
@@ -716,8 +727,9 @@ INVALID_DATA: list[tuple[str, Callable[[Run], Any], str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("call", "field", "value"), [p[1:] for p in INVALID_DATA],
-                         ids=[p[0] for p in INVALID_DATA])  # fmt: skip
+@pytest.mark.parametrize(
+    ("call", "field", "value"), [p[1:] for p in INVALID_DATA], ids=[p[0] for p in INVALID_DATA]
+)
 def test_invalid_data_raises_and_records_nothing(
     online: LocalServer,
     client: SimvueClient,
