@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jwt
 from starlette.requests import Request
@@ -180,9 +180,10 @@ def web_routes(store: Store) -> list[Route]:
         code = request.query_params.get("code")
         error = ""
         if request.method == "POST":
-            form = await request.form()
-            token = str(form.get("token", "")).strip()
-            target = str(form.get("next", "/"))
+            # An urlencoded form, read without a multipart parser (a dependency we can skip).
+            form = parse_qs((await request.body()).decode("utf-8", "replace"))
+            token = (form.get("token") or [""])[0].strip()
+            target = (form.get("next") or ["/"])[0]
             try:
                 who = verify_token(secret, f"Bearer {token}")
                 if store.user_exists(who):
