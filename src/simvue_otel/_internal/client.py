@@ -41,10 +41,22 @@ _RETRY_STATUS = frozenset({429, 502, 503, 504})
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 
+_stamp_cache: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(epoch_seconds: float) -> str:
-    """Simvue's timestamp text: UTC, microseconds, no zone suffix."""
-    moment = datetime.datetime.fromtimestamp(epoch_seconds, tz=datetime.timezone.utc)
-    return moment.strftime(_TIMESTAMP_FORMAT)
+    """Simvue's timestamp text: UTC, microseconds, no zone suffix.
+
+    Hot on the upload path (one per metric point): the date-and-second prefix is cached."""
+    global _stamp_cache
+    micros = round(epoch_seconds * 1_000_000)
+    second, micro = divmod(micros, 1_000_000)
+    cached_second, prefix = _stamp_cache
+    if second != cached_second:
+        moment = datetime.datetime.fromtimestamp(second, tz=datetime.timezone.utc)
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        _stamp_cache = (second, prefix)
+    return f"{prefix}.{micro:06d}"
 
 
 def parse_timestamp(text: str) -> float:

@@ -380,6 +380,29 @@ class Mapper:
                 type(body).__name__,
             )
             return None
+        # Fast path: every value already a float or int (the Run layer's case).
+        if all(raw.__class__ is float or raw.__class__ is int for raw in body.values()):
+            values: dict[str, float] = dict(body)
+        else:
+            values = self._numeric_values(state, body)
+        if not values:
+            return None
+        attributes = log.attributes
+        step_attr = attributes.get(cv.METRICS_STEP)
+        if step_attr.__class__ is int and step_attr >= 0:
+            step = step_attr
+            if step >= state.metric_step:
+                state.metric_step = step + 1
+        else:
+            step = state.metric_step
+            state.metric_step += 1
+        time_attr = attributes.get(cv.METRICS_TIME)
+        if time_attr.__class__ is not float:
+            time_attr = _number(time_attr)
+        elapsed = time_attr if time_attr is not None else max(0.0, log.timestamp - state.origin)
+        return MetricRecord(state.ref, values, step, elapsed, log.timestamp)
+
+    def _numeric_values(self, state: _RunState, body: Mapping[str, Any]) -> dict[str, float]:
         values: dict[str, float] = {}
         for name, raw in body.items():
             number = _number(raw)
@@ -393,18 +416,7 @@ class Mapper:
                 )
                 continue
             values[str(name)] = number
-        if not values:
-            return None
-        step_attr = log.attributes.get(cv.METRICS_STEP)
-        if isinstance(step_attr, int) and not isinstance(step_attr, bool) and step_attr >= 0:
-            step = step_attr
-            state.metric_step = max(state.metric_step, step + 1)
-        else:
-            step = state.metric_step
-            state.metric_step += 1
-        time_attr = _number(log.attributes.get(cv.METRICS_TIME))
-        elapsed = time_attr if time_attr is not None else max(0.0, log.timestamp - state.origin)
-        return MetricRecord(state.ref, values, step, elapsed, log.timestamp)
+        return values
 
     # -- metrics from the app's own instruments -------------------------------------------
 

@@ -29,7 +29,7 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OtelEvent:
     """A span event."""
 
@@ -38,7 +38,7 @@ class OtelEvent:
     attributes: Attributes = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OtelSpan:
     """An ended span, or (``end`` None) a span that has just started."""
 
@@ -55,7 +55,7 @@ class OtelSpan:
     events: Sequence[OtelEvent] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OtelLog:
     """A log record (``event_name`` is OTel's first-class field, or the ``event.name``
     attribute older senders use)."""
@@ -70,7 +70,7 @@ class OtelLog:
     trace_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HistogramValue:
     """The parts of a histogram point that become Simvue metrics."""
 
@@ -80,7 +80,7 @@ class HistogramValue:
     max: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OtelPoint:
     """One data point: a number (gauge, sum) or a histogram."""
 
@@ -90,7 +90,7 @@ class OtelPoint:
     value: float | HistogramValue
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OtelMetric:
     """One instrument's points from one export; ``kind`` is gauge, sum or histogram."""
 

@@ -1,5 +1,8 @@
 """What the mapping produces and the sinks consume: Simvue records, free of OTel types.
 
+Records are treated as read-only once made; only :class:`RunRef` is frozen (it is hashed),
+the others are plain slotted classes because they are made per metric point, on the hot path.
+
 Every record names its run by :class:`RunRef` (the run key plus the name and folder from the
 Resource), so a sink can create the run from any record, whichever signal arrives first.
 Times are epoch seconds (floats).
@@ -23,7 +26,7 @@ class RunRef:
     folder: str = "/"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunRecord:
     """The state of a run at ``observed`` (later states replace earlier ones).
 
@@ -46,7 +49,7 @@ class RunRecord:
     ended: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MetricRecord:
     """One ``log_metrics`` call: exact values at one step."""
 
@@ -57,7 +60,7 @@ class MetricRecord:
     timestamp: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventRecord:
     """A timestamped message."""
 
