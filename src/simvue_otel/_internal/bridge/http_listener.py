@@ -48,18 +48,27 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
     """The decompressed body, never more than ``limit`` bytes of it held."""
     if encoding in ("", "identity"):
         return body
-    if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = zlib.decompressobj()
-    else:
+    if encoding not in ("gzip", "deflate"):
         raise ValueError(encoding)
-    out = inflater.decompress(body, limit + 1)
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise _TooLarge
-    if not inflater.eof:
-        raise OtlpDecodeError("the compressed body is truncated")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    data = body
+    while True:
+        # gzip bodies may hold several members (RFC 1952); each is inflated in turn, and
+        # the limit counts all of them together.
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        out = inflater.decompress(data, limit - size + 1)
+        size += len(out)
+        if size > limit or inflater.unconsumed_tail:
+            raise _TooLarge
+        if not inflater.eof:
+            raise OtlpDecodeError("the compressed body is truncated")
+        parts.append(out)
+        data = inflater.unused_data
+        if not data:
+            return b"".join(parts)
+        if encoding != "gzip" or data[:2] != b"\x1f\x8b":
+            raise OtlpDecodeError("the compressed body has trailing bytes that are not gzip")
 
 
 def _status(code: int, message: str, fmt: str, status: int, **headers: str) -> Response:

@@ -259,7 +259,9 @@ class Mapper:
     @staticmethod
     def _int_attr(attrs: Mapping[str, Any], key: str) -> int | None:
         value = attrs.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value) or value <= 0:  # NaN and inf are "not a usable number"
             return None
         return int(value)
 
