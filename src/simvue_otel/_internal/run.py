@@ -579,6 +579,9 @@ class Run:
         if self._mode != "otlp":
             sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
             self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
+            if hasattr(sink, "abort_listener"):
+                ref = weakref.ref(self)
+                sink.abort_listener = lambda key: _abort(ref, key)
         base = Resource.create({cv.SERVICE_NAME: f"simvue-run:{self._name}"})
         resource = base.merge(
             Resource(
@@ -781,6 +784,21 @@ class Run:
                 key = str(uuid.uuid4())
                 client.update_metadata(str(found["id"]), {"simvue_otel": {"run_key": key}})
             return str(key), str(found["name"]), str(found.get("folder") or "/")
+
+
+def _abort(ref: weakref.ReferenceType[Run], key: str) -> None:
+    """The server was asked to abort a run (from its UI or API): the run's
+    ``abort_callback(run)`` decides; without one, the process is terminated as Simvue does
+    (SIGTERM, so the run ends ``terminated`` with its data delivered)."""
+    run = ref()
+    if run is None or run._key != key or run._closed:
+        return
+    if run._abort_callback is not None:
+        run._abort_callback(run)
+        return
+    _LOG.warning("the Simvue server asked to abort run %s; terminating this process", run.name)
+    run._interrupted = True
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _monotonic() -> float:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..client import SimvueClient
@@ -62,6 +62,8 @@ class OnlineSink:
         self.live_window = live_window
         self.max_backoff = max_backoff
         self.spill_points = spill_points
+        self.abort_listener: Callable[[str], None] | None = None
+        """Called (on the sink's thread) with the key of a run the server was asked to abort."""
         self.segment_bytes = segment_bytes
         self._id = uuid.uuid4().hex[:12]
         self._seq = 0
@@ -290,4 +292,10 @@ class OnlineSink:
                 keys = [k for k, seen in self._live.items() if now - seen <= self.live_window]
                 for k in [k for k, seen in self._live.items() if now - seen > self.live_window]:
                     del self._live[k]
-        self.uploader.heartbeat(keys)
+        listener = self.abort_listener
+        for key in self.uploader.heartbeat(keys, check_abort=listener is not None):
+            if listener is not None:
+                try:
+                    listener(key)
+                except Exception:
+                    _LOG.exception("the abort handler of run %s failed", key)

@@ -114,16 +114,21 @@ class Uploader:
         for key, plan in plans.items():
             self._guard(lambda plan=plan, key=key: self._upload_run(key, plan, batch_key), plan)
 
-    def heartbeat(self, run_keys: Iterable[str]) -> None:
-        """Tell the server these runs are alive; unknown keys are skipped."""
+    def heartbeat(self, run_keys: Iterable[str], *, check_abort: bool = False) -> list[str]:
+        """Tell the server these runs are alive (unknown keys are skipped); with
+        ``check_abort``, also ask whether someone asked to abort them, and return those keys."""
+        aborted = []
         for key in run_keys:
             run_id = self._ids.get(key)
             if run_id is None:
                 continue
             try:
+                if check_abort and self.client.abort_requested(run_id):
+                    aborted.append(key)
                 self.client.heartbeat(run_id)
             except TransportError as exc:
                 _LOG.debug("heartbeat for run %s failed: %s", run_id, exc)
+        return aborted
 
     def run_id(self, key: str) -> str | None:
         """The server id of the run with this key, once it has been created or found."""
