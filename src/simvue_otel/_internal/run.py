@@ -668,6 +668,9 @@ class Run:
         self._t0 = time.monotonic()
         self._step = 0
         self._logger = self._logger_provider.get_logger("simvue_otel", VERSION)
+        # The state at start, exported now: through OTLP (no span processor of ours in the
+        # path) this is what shows the run live before its root span ends.
+        tracer.start_span(cv.SNAPSHOT_SPAN, attributes=attrs, context=self._root_ctx).end()
         self._start_resources()
         if self._meter_provider is not None:
             self._meter_provider.force_flush(5_000)  # a first sample at start, as Simvue does

@@ -1,0 +1,61 @@
+"""`simvue-otel demo --exit`, the README's main job, run as a newcomer runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.conftest import free_port
+
+
+def test_demo_records_runs_three_ways_and_prints_their_pages(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
+    env["HOME"] = str(tmp_path)
+    port = free_port()
+    db = tmp_path / "demo.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "demo", "--exit", "--port", str(port),
+         "--db", str(db)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\S+\s+/demo/", line)]
+    names = [r[0] for r in rows]
+    assert names[0] == "heat-equation" and "mesh-service-demo" in names
+    assert len(rows) == 5, out
+    assert all(r[2] == "completed" for r in rows), out
+    assert all(int(r[-1]) > 0 for r in rows), "every run has metric points"
+    pages = re.findall(rf"http://127\.0\.0\.1:{port}/runs/\w+", out)
+    assert len(pages) == 5
+    assert re.search(rf"http://127\.0\.0\.1:{port}/login\?code=\S+", out)
+    assert db.exists()
+
+
+def test_demo_keeps_serving_until_interrupted(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
+    env["HOME"] = str(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simvue_otel", "demo", "--port", str(port)],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Serving"):
+                break
+        else:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no output")
+        login = requests.get(f"http://127.0.0.1:{port}/login", timeout=10)
+        assert login.status_code == 200 and "Sign in" in login.text
+        proc.send_signal(2)  # Ctrl-C
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
