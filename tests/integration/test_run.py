@@ -894,4 +894,4 @@ def test_set_pid_monitors_another_process(
         child.wait()
     assert run_id is not None
     cpu = [p["value"] for p in client.get_metrics(run_id, [CPU])[CPU]]
-    assert cpu and max(cpu) > 20, cpu  # a busy child; the monitoring process itself sleeps
+    assert cpu and max(cpu) > 5, cpu  # a busy child; the monitoring process itself sleeps

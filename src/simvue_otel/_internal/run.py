@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -48,7 +49,7 @@ from .exporters import (
 )
 from .names import generate_run_name
 from .pipeline import Pipeline, default_shutdown_timeout
-from .sink import NullSink, create_sink, resolve_mode
+from .sink import MODE_ENV, MODES, NullSink, create_sink
 from .validation import (
     parse_retention,
     validate_folder,
@@ -88,12 +89,33 @@ class _Signals:
     runs: weakref.WeakSet[Run] = weakref.WeakSet()
     previous: Any = None
     installed = False
+    hooked = False
     lock = threading.Lock()
 
     @classmethod
     def add(cls, run: Run) -> None:
         with cls.lock:
             cls.runs.add(run)
+            if not cls.hooked:
+                cls.hooked = True
+                previous_hook = sys.excepthook
+
+                def hook(kind: Any, value: Any, tb: Any) -> None:
+                    # An uncaught exception ends the runs a program never closed as failed
+                    # (or terminated on Ctrl-C), with the exception as an event, before the
+                    # interpreter's exit would close them as completed.
+                    interrupted = issubclass(kind, KeyboardInterrupt | _Terminated)
+                    for open_run in list(cls.runs):
+                        try:
+                            open_run._finish(
+                                "terminated" if interrupted else "failed",
+                                None if interrupted else value,
+                            )
+                        except Exception:
+                            _LOG.exception("closing run %s failed", open_run.name)
+                    previous_hook(kind, value, tb)
+
+                sys.excepthook = hook
             if cls.installed or threading.current_thread() is not threading.main_thread():
                 return
             try:
@@ -164,7 +186,7 @@ class Run:
 
     def __init__(
         self,
-        mode: str = "online",
+        mode: str | None = None,
         *,
         server_url: str | None = None,
         server_token: str | None = None,
@@ -173,7 +195,7 @@ class Run:
         otlp_endpoint: str | None = None,
         otlp_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self._mode = "otlp" if mode == "otlp" else resolve_mode(mode)
+        self._mode = _resolve_run_mode(mode)
         self._otlp = (otlp_endpoint, otlp_headers)
         self._metric_exporter: Any = None
         self._config: SimvueConfig | None = None
@@ -315,7 +337,11 @@ class Run:
         return True
 
     def set_pid(self, pid: int) -> None:
-        """Monitor the resources of process ``pid`` and its children instead of this one."""
+        """Monitor the resources of process ``pid`` and its children instead of this one
+        (call it before ``init``, as with Simvue's ``Run.set_pid``)."""
+        if self._status is not None:
+            self._error(RuntimeError("set_pid() must be called before init()"))
+            return
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             self._error(SimvueValidationError("pid", "must be a positive process id", pid))
             return
@@ -508,6 +534,10 @@ class Run:
             elif step < 0:
                 raise SimvueValidationError("step", "must be an integer >= 0", step)
             stamp = _epoch_ns(timestamp) if timestamp is not None else None
+            if time is not None and (
+                time.__class__ is bool or not isinstance(time, int | float) or time != time
+            ):
+                raise SimvueValidationError("time", "must be a number of seconds", time)
         except SimvueValidationError as exc:
             return self._error(exc)
         self._step += 1
@@ -697,6 +727,11 @@ class Run:
                 return
             self._closed = True
         timeout = default_shutdown_timeout()
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         try:
             if self._root is not None:
                 if exc is not None:
@@ -708,14 +743,14 @@ class Run:
             if self._monitor is not None:
                 self._monitor.close()
             if self._meter_provider is not None:
-                self._meter_provider.shutdown(timeout_millis=timeout * 1000)
+                self._meter_provider.shutdown(timeout_millis=left() * 1000)
             if self._logger_provider is not None:
                 self._logger_provider.shutdown()
             if self._tracer_provider is not None:
                 self._tracer_provider.shutdown()
         finally:
             _Signals.runs.discard(self)
-            if self._pipeline is not None and not self._pipeline.close(timeout):
+            if self._pipeline is not None and not self._pipeline.close(left()):
                 _LOG.warning(
                     "run %s: not everything reached the Simvue server within %.0f s; the rest "
                     "is kept on disk for `simvue-otel send`",
@@ -787,6 +822,17 @@ class Run:
                 key = str(uuid.uuid4())
                 client.update_metadata(str(found["id"]), {"simvue_otel": {"run_key": key}})
             return str(key), str(found["name"]), str(found.get("folder") or "/")
+
+
+def _resolve_run_mode(mode: str | None) -> str:
+    """The mode given, else ``SIMVUE_OTEL_MODE``, else ``online``; ``otlp`` is a Run mode too."""
+    chosen = mode or os.environ.get(MODE_ENV) or "online"
+    if chosen == "otlp":
+        return chosen
+    if chosen not in MODES:
+        field = "mode" if mode else MODE_ENV
+        raise SimvueValidationError(field, "must be one of online, offline, otlp, disabled", chosen)
+    return chosen
 
 
 def _abort(ref: weakref.ReferenceType[Run], key: str) -> None:

@@ -43,7 +43,7 @@ def serve_bridge(
     mode: str | None = None,
     max_body: int = 20 * 2**20,
     max_backlog: int = 10_000,
-    shutdown_timeout: float = 30.0,
+    shutdown_timeout: float | None = None,
     log_level: str = "warning",
     out: Any = sys.stdout,
 ) -> None:
@@ -70,7 +70,16 @@ def serve_bridge(
         grpc_listen = (grpc_listen[0], grpc_port)
     app = create_http_app(core, max_body=max_body)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=listen[0], port=listen[1], log_level=log_level, access_log=False)
+        uvicorn.Config(
+            app,
+            host=listen[0],
+            port=listen[1],
+            log_level=log_level,
+            access_log=False,
+            # Longer than any Retry-After we send, so a sender that waits and re-sends on its
+            # pooled connection does not find it just closed.
+            timeout_keep_alive=30,
+        )
     )
     lines = [f"simvue-otel bridge: OTLP/HTTP on http://{listen[0]}:{listen[1]}/v1/"]
     if grpc_listen is not None:
@@ -91,7 +100,11 @@ def serve_bridge(
     finally:
         if grpc_server is not None:
             grpc_server.stop(grace=5).wait()
-        delivered = sink.close(shutdown_timeout)
+        from ..pipeline import default_shutdown_timeout
+
+        delivered = sink.close(
+            default_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
+        )
         if not delivered:
             print(
                 "simvue-otel bridge: some data could not be delivered before shutdown; it is "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class BridgeCore:
 
     def __init__(self, sink: Sink, *, token: str | None, max_backlog: int = 10_000) -> None:
         self.sink = sink
-        self.mapper = Mapper()
+        self.mapper = Mapper(span_events=os.environ.get("SIMVUE_OTEL_SPAN_EVENTS", "all"))
         self.token = token
         self.max_backlog = max_backlog
         self._lock = threading.Lock()  # the mapper keeps per-run state: one request at a time
@@ -62,7 +63,7 @@ class BridgeCore:
         """Seconds a sender should wait when the sink is backed up; None when it is not."""
         backlog = getattr(self.sink, "backlog", None)
         if backlog is not None and backlog() >= self.max_backlog:
-            return 5
+            return 2
         return None
 
     def ingest(self, signal: str, request: Any) -> Outcome:

@@ -13,7 +13,15 @@ from ..config import SimvueConfig, resolve_config
 from ..errors import SimvueValidationError
 from .base import NullSink, Sink
 
-__all__ = ["MODES", "NullSink", "Sink", "create_sink", "resolve_mode", "spool_directory"]
+__all__ = [
+    "MODES",
+    "MODE_ENV",
+    "NullSink",
+    "Sink",
+    "create_sink",
+    "resolve_mode",
+    "spool_directory",
+]
 
 MODES = ("online", "offline", "disabled")
 MODE_ENV = "SIMVUE_OTEL_MODE"

@@ -244,8 +244,11 @@ class OnlineSink:
                 key = self._next_key()
             try:
                 self.uploader.upload(batch, key)
-            except RetryLater as exc:
-                _LOG.info("Simvue server not taking data (%s); keeping it on disk", exc)
+            except Exception as exc:  # RetryLater, or anything unforeseen: keep the batch
+                if not isinstance(exc, RetryLater):
+                    _LOG.exception("unexpected error while uploading; the batch is kept on disk")
+                else:
+                    _LOG.info("Simvue server not taking data (%s); keeping it on disk", exc)
                 with self._lock:
                     self._spill_locked(batch, key)
                 return False
@@ -263,6 +266,9 @@ class OnlineSink:
                 try:
                     self.uploader.upload(frame.records, frame.batch_key)
                 except RetryLater:
+                    return False
+                except Exception:
+                    _LOG.exception("unexpected error while uploading a spooled batch; kept")
                     return False
                 reader.ack(frame)
                 with self._lock:

@@ -147,7 +147,20 @@ class Uploader:
             raise RetryLater(str(exc)) from exc
 
     def _upload_run(self, key: str, plan: _RunPlan, batch_key: str) -> None:
-        run_id = self._ensure_run(plan.ref, plan.state)
+        try:
+            run_id = self._ensure_run(plan.ref, plan.state)
+        except (ServerUnreachableError, ServerError, AuthenticationError):
+            raise
+        except SimvueHTTPError as exc:
+            # The server will not make the run (a wrong URL path, no permission, a value it
+            # refuses): every record of it waits on disk, never dropped, and the log says why.
+            _LOG.error(
+                "the Simvue server refused to create run %r (%s); its data is kept for "
+                "`simvue-otel send`: check SIMVUE_URL and the run's settings",
+                plan.ref.name or plan.ref.key,
+                exc,
+            )
+            raise RetryLater(str(exc)) from exc
         suffix = f"{batch_key}:{key}"
         if plan.points:
             points = [
