@@ -20,7 +20,7 @@ from typing import Any
 from .config import SimvueConfig
 from .mapping import Mapper
 from .mapping.records import Record
-from .mapping.sdk import logs_from_sdk, metrics_from_sdk, spans_from_sdk
+from .mapping.sdk import map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
 
 __all__ = ["Pipeline", "acquire_shared", "release_shared"]
@@ -53,7 +53,7 @@ class Pipeline:
         sink: Sink,
         mapper: Mapper | None = None,
         *,
-        max_queue: int = 200_000,
+        max_queue: int = 50_000,
         interval: float = 0.2,
         finish_foreign: bool = True,
     ) -> None:
@@ -183,7 +183,7 @@ class Pipeline:
                 for span in items:
                     records.extend(self.mapper.pending_span(span))
             elif kind == LOG:
-                records = self.mapper.logs(logs_from_sdk(items))
+                records = map_sdk_logs(self.mapper, items)
             elif kind == METRICS:
                 records = []
                 for data in items:

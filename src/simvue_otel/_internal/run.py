@@ -543,7 +543,7 @@ class Run:
         self._step += 1
         elapsed = time if time is not None else _monotonic() - self._t0
         logger.emit(
-            body=metrics if metrics.__class__ is dict else dict(metrics),
+            body=dict(metrics),  # a snapshot: callers often reuse and mutate one dict
             event_name=cv.METRICS_EVENT,
             attributes={cv.METRICS_STEP: step, cv.METRICS_TIME: elapsed},
             timestamp=stamp,

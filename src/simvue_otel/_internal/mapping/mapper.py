@@ -359,7 +359,7 @@ class Mapper:
             state = self._state(log.resource, log.timestamp, out)
             event_name = log.event_name or log.attributes.get("event.name")
             if event_name == cv.METRICS_EVENT:
-                record = self._metric_record(state, log)
+                record = self.metric_record(state, log.body, log.attributes, log.timestamp)
                 if record is not None:
                     out.append(record)
                 continue
@@ -372,8 +372,15 @@ class Mapper:
             out.append(EventRecord(state.ref, message, log.timestamp, level))
         return out
 
-    def _metric_record(self, state: _RunState, log: OtelLog) -> MetricRecord | None:
-        body = log.body
+    def run_state(self, resource: Mapping[str, Any], when: float, out: list[Record]) -> Any:
+        """The run a Resource names (for adapters with a fast path; see ``logs``)."""
+        return self._state(resource, when, out)
+
+    def metric_record(
+        self, state: Any, body: Any, attributes: Mapping[str, Any], timestamp: float
+    ) -> MetricRecord | None:
+        """One ``simvue.metrics`` log record's point (the rules of section 5 of the
+        conventions); ``logs`` uses it, and so does the SDK adapter's fast path."""
         if not isinstance(body, Mapping):
             self._warn_once(
                 f"mbody:{state.ref.key}",
@@ -389,7 +396,6 @@ class Mapper:
             values = self._numeric_values(state, body)
         if not values:
             return None
-        attributes = log.attributes
         step_attr = attributes.get(cv.METRICS_STEP)
         if step_attr.__class__ is int and step_attr >= 0:
             step = step_attr
@@ -401,8 +407,8 @@ class Mapper:
         time_attr = attributes.get(cv.METRICS_TIME)
         if time_attr.__class__ is not float:
             time_attr = _number(time_attr)
-        elapsed = time_attr if time_attr is not None else max(0.0, log.timestamp - state.origin)
-        return MetricRecord(state.ref, values, step, elapsed, log.timestamp)
+        elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)
+        return MetricRecord(state.ref, values, step, elapsed, timestamp)
 
     def _numeric_values(self, state: _RunState, body: Mapping[str, Any]) -> dict[str, float]:
         values: dict[str, float] = {}
