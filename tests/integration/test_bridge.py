@@ -811,3 +811,70 @@ def test_a_signal_drains_and_exits_0(
     state = run_state(client, app.key)  # delivered before exiting: no waiting here
     assert [s for s, _, _ in state["metrics"]["x"]] == list(range(100))
     assert state["status"] == "completed"
+
+
+def test_a_resent_request_is_stored_once_even_on_another_replica(
+    local_server: LocalServer, tmp_path: Path
+) -> None:
+    """A collector that re-sends a request (its answer was lost, or it picked another
+    replica) must not double the run's points and events."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    key = str(uuid.uuid4())
+
+    def attr(name: str, value: Any) -> KeyValue:
+        if isinstance(value, int):
+            return KeyValue(key=name, value=AnyValue(int_value=value))
+        return KeyValue(key=name, value=AnyValue(string_value=value))
+
+    records = []
+    now = time.time_ns()
+    for step in range(30):
+        body = AnyValue()
+        body.kvlist_value.values.append(KeyValue(key="x", value=AnyValue(double_value=float(step))))
+        records.append(
+            LogRecord(time_unix_nano=now + step, event_name="simvue.metrics", body=body,
+                      attributes=[attr("simvue.metrics.step", step)])
+        )  # fmt: skip
+    records.append(
+        LogRecord(time_unix_nano=now, event_name="simvue.event",
+                  body=AnyValue(string_value="once"))
+    )  # fmt: skip
+    request = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=Resource(
+                    attributes=[attr("simvue.run.key", key), attr("simvue.run.name", "resent"),
+                                attr("simvue.run.folder", "/bridge/resent")]
+                ),
+                scope_logs=[ScopeLogs(log_records=records)],
+            )
+        ]
+    ).SerializeToString()  # fmt: skip
+    first = start_bridge(tmp_path / "b1", local_server)
+    second = start_bridge(tmp_path / "b2", local_server)
+    try:
+        for target in (first, first, second):
+            reply = requests.post(
+                target.url + "/v1/logs", data=request,
+                headers={"Content-Type": "application/x-protobuf"}, timeout=30,
+            )  # fmt: skip
+            assert reply.status_code == 200
+        with SimvueClient(local_server.url, local_server.token) as client:
+            deadline = time.monotonic() + 20
+            found = None
+            while time.monotonic() < deadline:
+                found = client.find_run_by_key(key)
+                if found and len(client.get_metrics(found["id"], ["x"]).get("x", [])) >= 30:
+                    break
+                time.sleep(0.2)
+            assert found is not None
+            time.sleep(2.0)  # the other bridge's copy has had time to arrive
+            points = client.get_metrics(found["id"], ["x"])["x"]
+            assert sorted(p["step"] for p in points) == list(range(30)), "stored once"
+            assert [e["message"] for e in client.get_events(found["id"])] == ["once"]
+    finally:
+        first.stop()
+        second.stop()

@@ -8,6 +8,7 @@ crashes after answering loses nothing.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -66,16 +67,23 @@ class BridgeCore:
             return 2
         return None
 
-    def ingest(self, signal: str, request: Any) -> Outcome:
+    def ingest(self, signal: str, request: Any, body: bytes | None = None) -> Outcome:
         """Map and store a decoded request; a Resource whose data cannot be mapped is
-        refused on its own (counted), the others are kept."""
+        refused on its own (counted), the others are kept.
+
+        Each Resource's records are stored under a key derived from the request's bytes, so a
+        request that a collector re-sends (its answer was lost, or it went to another replica)
+        is stored once on the server, not twice.
+        """
         accepted = rejected = 0
         problems: list[str] = []
+        raw = body if body is not None else request.SerializeToString(deterministic=True)
+        digest = hashlib.sha256(signal.encode() + b"\0" + raw).hexdigest()[:40]
         with self._lock:
-            for count, items in _ADAPTERS[signal](request):
+            for index, (count, items) in enumerate(_ADAPTERS[signal](request)):
                 try:
                     records = self._map(signal, items)
-                    self.sink.submit(records)
+                    self.sink.submit(records, f"otlp-{digest}-{index}")
                 except Exception as exc:
                     _LOG.exception("could not map %d %s item(s)", count, signal)
                     rejected += count

@@ -115,7 +115,7 @@ def create_http_app(core: BridgeCore, *, max_body: int = 20 * 2**20) -> Starlett
             return _status(8, f"the decompressed body is larger than {max_body} bytes", fmt, 413)
         except (OtlpDecodeError, zlib.error) as exc:
             return _status(3, str(exc), fmt, 400)
-        outcome = await run_in_threadpool(core.ingest, signal, message)
+        outcome = await run_in_threadpool(core.ingest, signal, message, body)
         response_type, rejected_field = RESPONSES[signal]
         reply = response_type()
         if outcome.rejected:

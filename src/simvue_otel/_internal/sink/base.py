@@ -13,8 +13,9 @@ __all__ = ["NullSink", "Sink"]
 class Sink(Protocol):
     """Where mapped records go: a server (online), a spool (offline), or nowhere."""
 
-    def submit(self, records: Sequence[Record]) -> None:
-        """Take records; never blocks on the network."""
+    def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
+        """Take records; never blocks on the network. A ``batch_key`` names the batch for
+        the server's de-duplication (the same key is stored once)."""
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until what was submitted is delivered (or durable); False on timeout."""
@@ -26,7 +27,7 @@ class Sink(Protocol):
 class NullSink:
     """``mode="disabled"``: accepts everything, keeps nothing, costs nothing."""
 
-    def submit(self, records: Sequence[Record]) -> None:
+    def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
         """Drop the records."""
 
     def flush(self, timeout: float | None = None) -> bool:

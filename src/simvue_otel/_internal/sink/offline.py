@@ -29,15 +29,15 @@ class OfflineSink:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, records: Sequence[Record]) -> None:
-        """Append one frame holding ``records``."""
+    def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
+        """Append one frame holding ``records`` (under ``batch_key`` when given)."""
         if not records:
             return
         with self._lock:
             if self._closed:
                 raise RuntimeError("the sink is closed")
             self._seq += 1
-            self._writer.append(f"{self._id}:{self._seq}", records)
+            self._writer.append(batch_key or f"{self._id}:{self._seq}", records)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Make what was written durable (fsync)."""

@@ -87,28 +87,42 @@ class OnlineSink:
 
     # -- producer side --------------------------------------------------------------------
 
-    def submit(self, records: Sequence[Record]) -> None:
-        """Queue records for upload (never blocks on the network)."""
+    def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
+        """Queue records for upload (never blocks on the network).
+
+        With a ``batch_key`` (the bridge derives one from each request), the records are
+        written to the spool at once under that key: a sender that re-sends the same request
+        (to this bridge or another replica) gets it stored once on the server.
+        """
         if not records:
             return
         now = time.monotonic()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the sink is closed")
+            if batch_key is not None:
+                self._note_live_locked(records, now)
+                self._spill_locked(records, batch_key)
+                self._wake.notify()
+                return
             self._buffer.extend(records)
             self._buffered += _cost(records)
-            for record in records:
-                if isinstance(record, RunRecord) and record.heartbeat_timeout:
-                    self._timeouts[record.run.key] = record.heartbeat_timeout
-                if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
-                    self._live.pop(record.run.key, None)
-                    self._timeouts.pop(record.run.key, None)
-                elif not isinstance(record, RunRecord) or record.status == "running":
-                    self._live[record.run.key] = now
+            self._note_live_locked(records, now)
             if self._buffered > self.max_memory_points:
                 self._spill_locked(self._take_locked())
             if self._buffered >= self.batch_points:
                 self._wake.notify()
+
+    def _note_live_locked(self, records: Sequence[Record], now: float) -> None:
+        """Track which runs are live (for heartbeats) and their heartbeat timeouts."""
+        for record in records:
+            if isinstance(record, RunRecord) and record.heartbeat_timeout:
+                self._timeouts[record.run.key] = record.heartbeat_timeout
+            if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
+                self._live.pop(record.run.key, None)
+                self._timeouts.pop(record.run.key, None)
+            elif not isinstance(record, RunRecord) or record.status == "running":
+                self._live[record.run.key] = now
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is on the server; False on timeout."""
