@@ -76,21 +76,26 @@ def start_server(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, log, "server")
+    token = first_token or token_from_output(log)
+    return LocalServer(url=url, db=db, token=token, process=proc, log=log)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    """Wait until a started server or bridge answers ``/health`` (its log on failure)."""
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+            raise RuntimeError(f"{what} exited early:\n{log.read_text()}")
         try:
             if requests.get(url + "/health", timeout=1).status_code == 200:
-                break
+                return
         except requests.ConnectionError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+            raise RuntimeError(f"{what} did not start:\n{log.read_text()}")
         time.sleep(0.1)
-    token = first_token or token_from_output(log)
-    return LocalServer(url=url, db=db, token=token, process=proc, log=log)
 
 
 def token_from_output(log: Path) -> str:
@@ -181,19 +186,7 @@ def start_bridge(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp)
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bridge exited early:\n{log.read_text()}")
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"bridge did not start:\n{log.read_text()}")
-        time.sleep(0.1)
+    wait_healthy(url, proc, log, "bridge")
     return Bridge(url, f"127.0.0.1:{grpc_port}", proc, log, offline, token)
 
 
