@@ -179,9 +179,9 @@ def test_memory_stays_bounded_while_the_server_is_down(tmp_path: Path) -> None:
             for step in range(n):
                 app.metrics({"x": float(step)}, step)
             time.sleep(1.0)
-            spooled = sum(f.stat().st_size for f in spool.glob("*.seg"))
-            spooled += sum(f.stat().st_size for f in spool.glob("*.done"))
-            rotated = len(list(spool.glob("*.done")))
+            spooled = sum(f.stat().st_size for f in spool.rglob("*.seg"))
+            spooled += sum(f.stat().st_size for f in spool.rglob("*.done"))
+            rotated = len(list(spool.rglob("*.done")))
             held = sink._buffered  # type: ignore[attr-defined]  # memory-held values
             server = start_server(
                 tmp_path / "srv", port=port, db=server.db, first_token=server.token
@@ -193,7 +193,7 @@ def test_memory_stays_bounded_while_the_server_is_down(tmp_path: Path) -> None:
         stop_server(server)
     assert spooled > 0, "the overflow went to disk"
     assert rotated >= 2, "the test meant to cover rotated segments"
-    assert not list(spool.glob("*.done")) and not list(spool.glob("*.seg")), "nothing left"
+    assert not list(spool.rglob("*.done")) and not list(spool.rglob("*.seg")), "nothing left"
     assert held <= 1000, f"memory held {held} values past the 1000 limit"
 
 
@@ -221,3 +221,68 @@ def test_heartbeats_keep_a_short_timeout_run_alive(tmp_path: Path) -> None:
             assert run_state(client, app.key)["status"] == "completed"
     finally:
         stop_server(server)
+
+
+def test_a_killed_process_spool_is_adopted_by_the_next_run_to_that_server(
+    tmp_path: Path,
+) -> None:
+    """A process dies (SIGKILL) while the server is down, its data spooled; the next process
+    sending to the same server uploads it, exactly once, with no `simvue-otel send`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from simvue_otel import Run
+
+    server = start_server(tmp_path / "srv")
+    port = int(server.url.rsplit(":", 1)[1])
+    stop_server(server)  # down from the start: everything the first process logs is spooled
+    offline = tmp_path / "offline"
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        from simvue_otel import Run
+        run = Run()
+        run.init(name="killed", folder="/resilience/adopt", resources_metrics_interval=None)
+        for step in range(500):
+            run.log_metrics({"x": float(step)})
+        run.log_event("before the kill")
+        time.sleep(1.5)  # the worker has met the absent server and spooled the data
+        print(run.key, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    env = dict(
+        os.environ, SIMVUE_URL=server.url, SIMVUE_TOKEN=server.token,
+        SIMVUE_OFFLINE_DIRECTORY=str(offline),
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    key = done.stdout.strip()
+    assert list((offline / "otel-spool").rglob("*.seg")), "the killed process left a spool"
+
+    server = start_server(tmp_path / "srv", port=port, db=server.db, first_token=server.token)
+    try:
+        with Run(server_url=server.url, server_token=server.token,
+                 offline_directory=offline) as run:  # fmt: skip
+            run.init(name="next", folder="/resilience/adopt", resources_metrics_interval=None)
+            run.log_metrics({"y": 1.0})
+        with SimvueClient(server.url, server.token) as client:
+            deadline = time.monotonic() + 20
+            found = None
+            while time.monotonic() < deadline:
+                found = client.find_run_by_key(key)
+                if found and len(client.get_metrics(found["id"], ["x"]).get("x", [])) == 500:
+                    break
+                time.sleep(0.2)
+            assert found is not None, "the killed run's data was adopted"
+            points = client.get_metrics(found["id"], ["x"])["x"]
+            assert sorted(p["step"] for p in points) == list(range(500))
+            assert [e["message"] for e in client.get_events(found["id"])] == ["before the kill"]
+    finally:
+        stop_server(server)
+    assert not list((offline / "otel-spool").rglob("*.seg")), "the adopted spool is gone"

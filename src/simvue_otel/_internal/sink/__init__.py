@@ -5,6 +5,7 @@ Nothing here knows about OpenTelemetry: sinks take records from the mapping.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "NullSink",
     "Sink",
     "create_sink",
+    "online_spool_directory",
     "resolve_mode",
     "spool_directory",
 ]
@@ -40,6 +42,13 @@ def resolve_mode(mode: str | None = None, environ: Any = None) -> str:
 def spool_directory(config: SimvueConfig) -> Path:
     """Where spools live under the offline directory (what `simvue-otel send` reads)."""
     return config.offline_directory / "otel-spool"
+
+
+def online_spool_directory(config: SimvueConfig) -> Path:
+    """Where an online sink keeps what the server has not taken yet: one folder per server
+    URL, so a later process sending to the same server can adopt what a crashed one left."""
+    digest = hashlib.sha256((config.url or "").rstrip("/").encode()).hexdigest()[:12]
+    return spool_directory(config) / f"server-{digest}"
 
 
 def create_sink(
@@ -68,4 +77,4 @@ def create_sink(
     from .online import OnlineSink
 
     client = SimvueClient.from_config(cfg, timeout=timeout, retries=1, backoff=0.2)
-    return OnlineSink(client, spool_directory(cfg), **options)
+    return OnlineSink(client, online_spool_directory(cfg), **options)

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..client import SimvueClient
 from ..conventions import FINAL_STATUSES
 from ..mapping.records import MetricRecord, Record, RunRecord
-from .spool import SpoolReader, SpoolWriter
+from .spool import SendLock, SpoolBusyError, SpoolReader, SpoolWriter
 from .uploader import RetryLater, Uploader
 
 __all__ = ["OnlineSink"]
@@ -75,6 +75,8 @@ class OnlineSink:
         self._busy = False
         self._spilled = 0  # frames written and not yet uploaded
         self._spill_seq = 0
+        self._next_adopt = 0.0  # when to look for spools left by processes that died
+        self._adopted_once = False  # close waits for the first look (within its deadline)
         self._writer: SpoolWriter | None = None
         self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
         self._timeouts: dict[str, int] = {}  # run key -> its heartbeat timeout, when given
@@ -161,11 +163,12 @@ class OnlineSink:
         if remaining:
             _LOG.warning(
                 "the Simvue server at %s could not take everything before shutdown; "
-                "%d batch(es) are kept in %s: run `simvue-otel send --cache %s` to upload them",
+                "%d batch(es) are kept in %s: the next run sending to this server uploads them, "
+                "or run `simvue-otel send --cache %s`",
                 self.client.url,
                 remaining,
                 self.spool_dir,
-                self.spool_dir.parent,
+                self.spool_dir.parent.parent,
             )
         self.client.close()
         return remaining == 0
@@ -222,7 +225,7 @@ class OnlineSink:
                 if self._closing and self._deadline is not None:
                     if time.monotonic() >= self._deadline:
                         return
-                    if not self._buffer and not self._spilled:
+                    if not self._buffer and not self._spilled and self._adopted_once:
                         return
                 self._busy = True
             try:
@@ -248,6 +251,13 @@ class OnlineSink:
 
     def _drain(self) -> bool:
         """Upload the spool, then the memory buffer; False when the server is not taking data."""
+        now = time.monotonic()
+        if now >= self._next_adopt:
+            self._next_adopt = now + 60.0
+            if not self._adopt_orphans():
+                self._next_adopt = now  # try again with the next pass
+                return False
+            self._adopted_once = True
         if self._spilled and not self._drain_spool():
             return False
         while True:
@@ -266,6 +276,39 @@ class OnlineSink:
                 with self._lock:
                     self._spill_locked(batch, key)
                 return False
+
+    def _adopt_orphans(self) -> bool:
+        """Upload what a process that died before delivering left in this server's spool
+        (finished segments that are not ours); skipped while a `simvue-otel send` holds it."""
+        reader = SpoolReader(self.spool_dir)
+        ours = self._writer.written_stems if self._writer is not None else set()
+        orphans = [s for s in reader.segments() if s.stem not in ours]
+        if not orphans:
+            return True
+        try:
+            lock = SendLock(self.spool_dir)
+            lock.acquire()
+        except SpoolBusyError:
+            return True
+        try:
+            adopted = 0
+            for segment in orphans:
+                for frame in reader.frames(segment):
+                    try:
+                        self.uploader.upload(frame.records, frame.batch_key)
+                    except Exception as exc:
+                        _LOG.info("left-over spool not taken yet (%s)", exc)
+                        return False
+                    reader.ack(frame)
+                    adopted += 1
+            reader.cleanup()
+            if adopted:
+                _LOG.warning(
+                    "uploaded %d batch(es) an earlier process left in %s", adopted, self.spool_dir
+                )
+            return True
+        finally:
+            lock.release()
 
     def _drain_spool(self) -> bool:
         with self._lock:

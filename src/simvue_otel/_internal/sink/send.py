@@ -74,8 +74,26 @@ def send_spool(
     progress: TextIO | None = sys.stderr,
     attempts: int = 5,
 ) -> SendResult:
-    """Upload every finished spool segment in ``spool_dir``, oldest first."""
+    """Upload every finished spool segment in ``spool_dir`` (offline runs) and in its
+    ``server-*`` folders (what online exporters could not deliver), oldest first."""
+    total = SendResult(0, 0, UploadStats(), True)
+    folders = [spool_dir, *sorted(p for p in spool_dir.glob("server-*") if p.is_dir())]
     uploader = Uploader(client, rejected_dir=spool_dir / "rejected")
+    for folder in folders:
+        result = _send_folder(folder, uploader, progress=progress, attempts=attempts)
+        total.frames += result.frames
+        total.bytes += result.bytes
+        if not result.complete:
+            total.complete, total.reason = False, result.reason
+            break
+    total.stats = uploader.stats
+    return total
+
+
+def _send_folder(
+    spool_dir: Path, uploader: Uploader, *, progress: TextIO | None, attempts: int
+) -> SendResult:
+    """Upload one spool folder's finished segments."""
     frames = sent = 0
     if not spool_dir.is_dir():
         return SendResult(0, 0, uploader.stats, True)
