@@ -125,14 +125,16 @@ def svg_plot(points: Sequence[tuple[float, float]], *, x_label: str, width: int 
     def sy(y: float) -> float:
         return height - 25 - (y - y0) / (y1 - y0) * (height - 35)
 
-    coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in finite)
+    drawn = _envelope(finite, 2000) if len(finite) > 4000 else finite
+    coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in drawn)
     circles = ""
     if len(finite) <= 2000:
         circles = "".join(
             f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="1.6"/>' for x, y in finite
         )
     return (
-        f'<svg class="metric-plot" data-points="{len(points)}" width="{width}" '
+        f'<svg class="metric-plot" data-points="{len(points)}" data-drawn="{len(drawn)}" '
+        f'width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img">'
         f'<line x1="{pad}" y1="{height - 25}" x2="{width - 10}" y2="{height - 25}" stroke="#999"/>'
         f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - 25}" stroke="#999"/>'
@@ -144,6 +146,19 @@ def svg_plot(points: Sequence[tuple[float, float]], *, x_label: str, width: int 
         f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{coords}"/>'
         f'<g fill="#1f77b4">{circles}</g></svg>'
     )
+
+
+def _envelope(points: Sequence[tuple[float, float]], buckets: int) -> list[tuple[float, float]]:
+    """Long series drawn as their envelope: per bucket of consecutive points, the lowest and
+    the highest (in x order), so spikes stay visible and the page stays small."""
+    size = math.ceil(len(points) / buckets)
+    out: list[tuple[float, float]] = []
+    for start in range(0, len(points), size):
+        chunk = points[start : start + size]
+        low = min(chunk, key=lambda p: p[1])
+        high = max(chunk, key=lambda p: p[1])
+        out.extend(sorted({low, high}, key=lambda p: p[0]))
+    return out
 
 
 def web_routes(store: Store) -> list[Route]:
