@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -285,6 +286,37 @@ def test_fake_nvml_failing_call_yields_nothing(
 
     after = otel.collect()
     assert all(observed(after, name) == [] for name in after), after
+
+
+class FakeNvmlWithProcesses(FakeNvml):
+    """Two GPUs: this process runs on GPU 1 only; GPU 0 belongs to someone else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owner = {0: [999_999], 1: [os.getpid()]}
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return types.SimpleNamespace(gpu=10 * (handle + 1), memory=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        return [types.SimpleNamespace(pid=p) for p in self.owner[handle]]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[Any]:
+        return []
+
+
+def test_only_gpus_the_run_uses_are_reported(otel: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNvmlWithProcesses()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monitor = ResourceMonitor(otel.meter)
+    try:
+        collected = otel.collect()
+        assert observed(collected, RESOURCE_GPU_PERCENT.format(index=0)) == []
+        assert observed(collected, RESOURCE_GPU_MEMORY.format(index=0)) == []
+        assert value(collected, RESOURCE_GPU_PERCENT.format(index=1)) == 20.0
+        assert value(collected, RESOURCE_GPU_MEMORY.format(index=1)) == 50.0
+    finally:
+        monitor.close()
 
 
 def test_nvml_without_devices_or_failing_init(otel: Setup, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -222,6 +222,8 @@ class ResourceMonitor:
                 if handle is None:
                     handle = nvml.nvmlDeviceGetHandleByIndex(index)
                     self._gpu_handles[index] = handle
+                if not self._uses_gpu(nvml, handle):
+                    return
                 value = probe(nvml, handle)
             except Exception:
                 _LOG.debug("NVML query of GPU %d failed", index, exc_info=True)
@@ -229,6 +231,22 @@ class ResourceMonitor:
             yield Observation(value)
 
         return observe
+
+    def _uses_gpu(self, nvml: ModuleType, handle: Any) -> bool:
+        """Whether a process of the watched tree runs on this GPU (as Simvue reports only
+        GPUs the run uses); when NVML cannot list a GPU's processes, it is reported."""
+        pids: set[int] = set()
+        try:
+            for lister in (
+                nvml.nvmlDeviceGetComputeRunningProcesses,
+                nvml.nvmlDeviceGetGraphicsRunningProcesses,
+            ):
+                pids.update(int(p.pid) for p in lister(handle))
+        except Exception:
+            return True
+        with self._lock:
+            watched = set(self._processes) | {self._root.pid}
+        return bool(pids & watched)
 
     @staticmethod
     def _gpu_percent(nvml: ModuleType, handle: Any) -> float:
