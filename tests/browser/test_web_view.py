@@ -116,6 +116,14 @@ def test_runs_list_run_page_and_plots(browser: Any, local_server: LocalServer) -
     assert len(events) == 1 and "web-first started" in events[0]
     assert "alpha" in browser.find_element(By.TAG_NAME, "dl").text
 
+    # Works offline: nothing on the page is fetched from anywhere but the server itself.
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert all(r.startswith(local_server.url) for r in resources), resources
+    source = browser.page_source
+    assert "<script" not in source and "http://" not in source.replace(local_server.url, "")
+
     browser.get(f"{local_server.url}/runs/{first}?x=time")
     plot = browser.find_element(By.CSS_SELECTOR, "#metrics .plot[data-metric='x'] svg")
     assert plot.get_attribute("data-points") == "37"
