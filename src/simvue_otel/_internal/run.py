@@ -49,7 +49,7 @@ from .exporters import (
 )
 from .names import generate_run_name
 from .pipeline import Pipeline, default_shutdown_timeout
-from .sink import MODE_ENV, MODES, NullSink, create_sink
+from .sink import NullSink, create_sink, resolve_mode
 from .validation import (
     parse_retention,
     validate_folder,
@@ -77,6 +77,7 @@ _SEVERITY = {
     "critical": SeverityNumber.FATAL,
 }
 _REGISTRY_DIR = "otel-runs"
+_RUN_MODES = ("online", "offline", "otlp", "disabled")
 
 
 class _Terminated(SystemExit):
@@ -195,7 +196,7 @@ class Run:
         otlp_endpoint: str | None = None,
         otlp_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self._mode = _resolve_run_mode(mode)
+        self._mode = resolve_mode(mode, allowed=_RUN_MODES)
         self._otlp = (otlp_endpoint, otlp_headers)
         self._metric_exporter: Any = None
         self._config: SimvueConfig | None = None
@@ -822,17 +823,6 @@ class Run:
                 key = str(uuid.uuid4())
                 client.update_metadata(str(found["id"]), {"simvue_otel": {"run_key": key}})
             return str(key), str(found["name"]), str(found.get("folder") or "/")
-
-
-def _resolve_run_mode(mode: str | None) -> str:
-    """The mode given, else ``SIMVUE_OTEL_MODE``, else ``online``; ``otlp`` is a Run mode too."""
-    chosen = mode or os.environ.get(MODE_ENV) or "online"
-    if chosen == "otlp":
-        return chosen
-    if chosen not in MODES:
-        field = "mode" if mode else MODE_ENV
-        raise SimvueValidationError(field, "must be one of online, offline, otlp, disabled", chosen)
-    return chosen
 
 
 def _abort(ref: weakref.ReferenceType[Run], key: str) -> None:

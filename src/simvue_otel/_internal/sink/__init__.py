@@ -29,13 +29,16 @@ MODES = ("online", "offline", "disabled")
 MODE_ENV = "SIMVUE_OTEL_MODE"
 
 
-def resolve_mode(mode: str | None = None, environ: Any = None) -> str:
-    """The mode given, else ``SIMVUE_OTEL_MODE``, else ``online``; checked."""
+def resolve_mode(
+    mode: str | None = None, environ: Any = None, allowed: tuple[str, ...] = MODES
+) -> str:
+    """The mode given, else ``SIMVUE_OTEL_MODE``, else ``online``; checked against
+    ``allowed`` (a ``Run`` also takes ``otlp``)."""
     env = os.environ if environ is None else environ
     chosen = mode or env.get(MODE_ENV) or "online"
     field = "mode" if mode else MODE_ENV
-    if chosen not in MODES:
-        raise SimvueValidationError(field, f"must be one of {', '.join(MODES)}", chosen)
+    if chosen not in allowed:
+        raise SimvueValidationError(field, f"must be one of {', '.join(allowed)}", chosen)
     return str(chosen)
 
 
