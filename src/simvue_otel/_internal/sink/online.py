@@ -291,16 +291,9 @@ class OnlineSink:
         except SpoolBusyError:
             return True
         try:
-            adopted = 0
-            for segment in orphans:
-                for frame in reader.frames(segment):
-                    try:
-                        self.uploader.upload(frame.records, frame.batch_key)
-                    except Exception as exc:
-                        _LOG.info("left-over spool not taken yet (%s)", exc)
-                        return False
-                    reader.ack(frame)
-                    adopted += 1
+            adopted = self._upload_frames(reader, orphans, ours=False)
+            if adopted is None:
+                return False
             reader.cleanup()
             if adopted:
                 _LOG.warning(
@@ -316,24 +309,37 @@ class OnlineSink:
         reader = SpoolReader(self.spool_dir)
         # By stem: a full segment is renamed from .seg to .done when it rotates.
         ours = self._writer.written_stems if self._writer is not None else set()
-        for segment in reader.segments(include_live=True):
-            if segment.stem not in ours:
-                continue  # another process's spool: `simvue-otel send` uploads it
-            for frame in reader.frames(segment):
-                try:
-                    self.uploader.upload(frame.records, frame.batch_key)
-                except RetryLater:
-                    return False
-                except Exception:
-                    _LOG.exception("unexpected error while uploading a spooled batch; kept")
-                    return False
-                reader.ack(frame)
-                with self._lock:
-                    self._spilled = max(0, self._spilled - 1)
+        segments = [s for s in reader.segments(include_live=True) if s.stem in ours]
+        if self._upload_frames(reader, segments, ours=True) is None:
+            return False
         with self._lock:
             if self._spill_seq == seq:
                 self._spilled = 0  # a whole pass found nothing more (even past a corrupt frame)
         return True
+
+    def _upload_frames(
+        self, reader: SpoolReader, segments: list[Path], *, ours: bool
+    ) -> int | None:
+        """Upload the segments' frames in order, acknowledging each on disk once the server
+        has it; the number uploaded, or None when the server stopped taking them. ``ours``:
+        the frames are this sink's own spills, counted in its backlog."""
+        uploaded = 0
+        for segment in segments:
+            for frame in reader.frames(segment):
+                try:
+                    self.uploader.upload(frame.records, frame.batch_key)
+                except RetryLater as exc:
+                    _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
+                    return None
+                except Exception:
+                    _LOG.exception("unexpected error while uploading a spooled batch; kept")
+                    return None
+                reader.ack(frame)
+                uploaded += 1
+                if ours:
+                    with self._lock:
+                        self._spilled = max(0, self._spilled - 1)
+        return uploaded
 
     def _beat_every_locked(self) -> float:
         shortest = min((t for k, t in self._timeouts.items() if k in self._live), default=None)
