@@ -9,6 +9,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+_LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
+
 
 def _host_port(parser: argparse.ArgumentParser, value: int) -> int:
     if not 0 < value < 65536:
@@ -179,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         help="seconds between checks for lost runs and expired retention",
     )
-    server.add_argument(
-        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
-    )
+    server.add_argument("--log-level", default="warning", choices=_LOG_LEVELS)
     server.set_defaults(handler=_cmd_server)
     server_commands = server.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
     token = server_commands.add_parser(
@@ -245,9 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="batches waiting for the Simvue server before senders are told to retry (503)",
     )
-    bridge.add_argument(
-        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
-    )
+    bridge.add_argument("--log-level", default="warning", choices=_LOG_LEVELS)
     bridge.set_defaults(handler=_cmd_bridge)
 
     demo = commands.add_parser(

@@ -38,7 +38,6 @@ __all__ = ["SimvueClient", "format_timestamp", "parse_timestamp"]
 _LOG = logging.getLogger("simvue_otel.client")
 
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
-_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 
 _stamp_cache: tuple[int, str] = (-1, "")

@@ -112,7 +112,14 @@ class Uploader:
             elif plan.state is None or record.observed >= plan.state.observed:
                 plan.state = record
         for key, plan in plans.items():
-            self._guard(lambda plan=plan, key=key: self._upload_run(key, plan, batch_key), plan)
+            try:
+                self._upload_run(key, plan, batch_key)
+            except (ServerUnreachableError, ServerError) as exc:
+                raise RetryLater(str(exc)) from exc
+            except AuthenticationError as exc:
+                # Nothing to gain by dropping data over a token problem: keep it and say so.
+                _LOG.error("the Simvue server refused the token; data is kept for later: %s", exc)
+                raise RetryLater(str(exc)) from exc
 
     def heartbeat(self, run_keys: Iterable[str], *, check_abort: bool = False) -> list[str]:
         """Tell the server these runs are alive (unknown keys are skipped); with
@@ -135,16 +142,6 @@ class Uploader:
         return self._ids.get(key)
 
     # -- internals ------------------------------------------------------------------------
-
-    def _guard(self, action: Any, plan: _RunPlan) -> None:
-        try:
-            action()
-        except (ServerUnreachableError, ServerError) as exc:
-            raise RetryLater(str(exc)) from exc
-        except AuthenticationError as exc:
-            # Nothing to gain by dropping data over a token problem: keep it and say so.
-            _LOG.error("the Simvue server refused the token; data is kept for later: %s", exc)
-            raise RetryLater(str(exc)) from exc
 
     def _upload_run(self, key: str, plan: _RunPlan, batch_key: str) -> None:
         try:
