@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from simvue_otel._internal.client import SimvueClient
+
 
 def free_port() -> int:
     """Ask the kernel for a free TCP port on loopback."""
@@ -125,6 +127,13 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
     server = start_server(tmp_path_factory.mktemp("server"))
     yield server
     stop_server(server)
+
+
+@pytest.fixture
+def client(local_server: LocalServer) -> Iterator[SimvueClient]:
+    """Our REST client on the session's server, as its first user."""
+    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
+        yield c
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -421,12 +420,6 @@ def wait_for_state(
         if time.monotonic() > deadline:
             return seen
         time.sleep(0.25)
-
-
-@pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
 
 
 @pytest.mark.parametrize("hop", ["http", "grpc"])

@@ -27,12 +27,6 @@ EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
-
-
-@pytest.fixture
 def folder(request: pytest.FixtureRequest) -> str:
     """A folder of this test's own, new on the server (given to the examples as EXAMPLE_FOLDER)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name).strip("-")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +90,6 @@ def make_app(
     )
     mp = MeterProvider(resource=resource, metric_readers=[reader])
     return App(key, pipeline, tp, lp, mp)
-
-
-@pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
 
 
 ROOT_ATTRS = {

@@ -14,7 +14,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,6 @@ SEND_CMD = [sys.executable, "-m", "simvue_otel", "send", "--cache"]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
 
 
 @pytest.fixture
