@@ -39,6 +39,7 @@ from bench_export import (
     dir_bytes,
     free_port,
     problems_in,
+    report_problems,
     spool_pending,
     table,
     tail,
@@ -891,14 +892,7 @@ def orchestrate(quick: bool) -> int:
         for kind, count in errors.items():
             print(f"  {count} x {kind}")
         print()
-    if problems:
-        print("Problems observed")
-        print("-----------------")
-        for p in problems:
-            print("  " + p.replace("\n", "\n    "))
-    else:
-        print("Problems observed: none")
-    return 1 if problems else 0
+    return report_problems(problems)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -490,6 +490,18 @@ def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
     return f"{m:.{digits}f}{unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
+def report_problems(problems: list[str]) -> int:
+    """Print the problems seen (or that there were none); the bench's exit code."""
+    if problems:
+        print("Problems observed")
+        print("-----------------")
+        for p in problems:
+            print("  " + p.replace("\n", "\n    "))
+    else:
+        print("Problems observed: none")
+    return 1 if problems else 0
+
+
 def table(title: str, rows: list[tuple[str, str]]) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [title, "-" * len(title)]
@@ -744,14 +756,7 @@ def orchestrate(quick: bool) -> int:
     print()
     print("\n\n".join(report))
     print()
-    if problems:
-        print("Problems observed")
-        print("-----------------")
-        for p in problems:
-            print("  " + p.replace("\n", "\n    "))
-    else:
-        print("Problems observed: none")
-    return 1 if problems else 0
+    return report_problems(problems)
 
 
 def main(argv: list[str] | None = None) -> int:

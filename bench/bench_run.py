@@ -47,6 +47,7 @@ from bench_export import (  # noqa: E402  (the bench directory is not a package)
     fmt_mib,
     med,
     problems_in,
+    report_problems,
     spread,
     table,
     tail,
@@ -593,14 +594,7 @@ def orchestrate(quick: bool) -> int:
             print("  " + note)
     else:
         print("Design targets (<= 15 us/call, >= 5x the official client, < 0.5 % CPU): all met")
-    if problems:
-        print("Problems observed")
-        print("-----------------")
-        for p in problems:
-            print("  " + p.replace("\n", "\n    "))
-    else:
-        print("Problems observed: none")
-    return 1 if problems else 0
+    return report_problems(problems)
 
 
 def main(argv: list[str] | None = None) -> int:
