@@ -19,7 +19,12 @@ from simvue_otel import (
     ServerUnreachableError,
     SimvueHTTPError,
 )
-from simvue_otel._internal.client import SimvueClient, format_timestamp, parse_timestamp
+from simvue_otel._internal.client import (
+    SimvueClient,
+    format_timestamp,
+    maybe_delivered,
+    parse_timestamp,
+)
 from tests.conftest import LocalServer, free_port
 
 
@@ -52,8 +57,7 @@ def test_run_lifecycle_round_trip(client: SimvueClient) -> None:
         ttl=3600,
         heartbeat_timeout=60,
     )
-    run_id = created["id"]
-    assert created["existing"] is False
+    run_id = created
     run = client.get_run(run_id)
     assert (run["name"], run["folder"], run["status"]) == (name, folder, "created")
     assert run["description"] == "a description"
@@ -83,30 +87,27 @@ def test_run_lifecycle_round_trip(client: SimvueClient) -> None:
     assert client.find_run_by_name(unique("absent")) is None
 
 
-def test_create_by_run_key_is_idempotent(client: SimvueClient) -> None:
+def test_runs_are_found_by_run_key_with_the_metadata_filter(client: SimvueClient) -> None:
     key = str(uuid.uuid4())
-    md = {"simvue_otel": {"run_key": key}}
-    first = client.create_run(folder="/client/keys", metadata=md)
-    second = client.create_run(folder="/client/keys", metadata=md)
-    assert second["id"] == first["id"] and second["existing"] is True
+    run_id = client.create_run(
+        name=unique("keyed"), folder="/client/keys", metadata={"simvue_otel_run_key": key}
+    )
     found = client.find_run_by_key(key)
-    assert found is not None and found["id"] == first["id"]
+    assert found is not None and found["id"] == run_id
     assert client.find_run_by_key(str(uuid.uuid4())) is None
 
 
-def test_metrics_and_events_round_trip_with_idempotency(client: SimvueClient) -> None:
-    run_id = client.create_run(folder="/client/data")["id"]
+def test_metrics_and_events_round_trip(client: SimvueClient) -> None:
+    run_id = client.create_run(name=unique("data"), folder="/client/data")
     t0 = 1_700_000_000.25
     points = [
         {"values": {"x": float(i), "y": i * 2}, "step": i, "time": i * 0.5,
          "timestamp": format_timestamp(t0 + i)}
         for i in range(50)
     ]  # fmt: skip
-    client.post_metrics(run_id, points, idempotency_key="batch-1")
-    client.post_metrics(run_id, points, idempotency_key="batch-1")  # a retry: stored once
+    client.post_metrics(run_id, points)
     events = [{"message": f"e{i}", "timestamp": format_timestamp(t0 + i)} for i in range(7)]
-    client.post_events(run_id, events, idempotency_key="ev-1")
-    client.post_events(run_id, events, idempotency_key="ev-1")
+    client.post_events(run_id, events)
 
     assert sorted(client.metric_names(run_id)) == ["x", "y"]
     got = client.get_metrics(run_id)
@@ -115,6 +116,14 @@ def test_metrics_and_events_round_trip_with_idempotency(client: SimvueClient) ->
     assert got["x"][3]["time"] == 1.5
     assert parse_timestamp(got["x"][3]["timestamp"]) == pytest.approx(t0 + 3, abs=1e-6)
     assert [e["message"] for e in client.get_events(run_id, page=3)] == [f"e{i}" for i in range(7)]
+
+
+def test_batches_over_the_official_limit_are_refused_before_sending(client: SimvueClient) -> None:
+    run_id = client.create_run(name=unique("big"), folder="/client/data")
+    points = [{"values": {"x": 1.0}, "step": i, "time": 0.0} for i in range(16_001)]
+    with pytest.raises(ValueError, match="16,000"):
+        client.post_metrics(run_id, points)
+    assert client.metric_names(run_id) == []
 
 
 def test_http_errors_become_clear_exceptions(local_server: LocalServer) -> None:
@@ -146,6 +155,7 @@ class Script:
     def __init__(self, replies: list[tuple[int, dict[str, str]]]) -> None:
         self.replies = list(replies)
         self.seen: list[tuple[str, float]] = []
+        self.delay = 0.0  # seconds before answering (a server slower than the client waits)
         script = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -154,6 +164,8 @@ class Script:
                 if length:
                     self.rfile.read(length)
                 script.seen.append((self.command, time.monotonic()))
+                if script.delay:
+                    time.sleep(script.delay)
                 status, headers = script.replies.pop(0) if script.replies else (200, {})
                 body = b'{"detail": "scripted"}' if status != 200 else b'{"version": "1.0"}'
                 self.send_response(status)
@@ -252,3 +264,39 @@ def test_backoff_grows_exponentially_with_jitter(
     assert client.version() == "1.0"
     assert bounds == [(0, 0.5), (0, 1.0), (0, 2.0), (0, 2.0)]
     assert sleeps == [0.5, 1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_data_post_answered_5xx_is_not_repeated_and_may_be_stored(
+    scripted: Any, status: int
+) -> None:
+    """The server may have stored it before the 5xx: the uploader reconciles, not the client."""
+    script = scripted([(status, {})] * 3)
+    client = SimvueClient(script.url, "t", retries=3, backoff=0.01)
+    with pytest.raises(SimvueHTTPError) as err:
+        client.post_metrics("r" * 22, [{"values": {"x": 1.0}, "step": 0, "time": 0.0}])
+    assert len(script.seen) == 1
+    assert maybe_delivered(err.value)
+
+
+def test_a_data_post_answered_429_is_retried(scripted: Any) -> None:
+    script = scripted([(429, {"Retry-After": "0"})])
+    client = SimvueClient(script.url, "t", retries=3, backoff=0.01)
+    client.post_events("r" * 22, [{"message": "m", "timestamp": format_timestamp(0.0)}])
+    assert [method for method, _ in script.seen] == ["POST", "POST"]
+
+
+def test_a_refused_connection_proves_nothing_was_delivered() -> None:
+    client = SimvueClient(f"http://127.0.0.1:{free_port()}", "t", retries=1, backoff=0.01)
+    with pytest.raises(ServerUnreachableError) as err:
+        client.create_run(name="never", folder="/")
+    assert err.value.never_sent and not maybe_delivered(err.value)
+
+
+def test_a_data_post_whose_answer_never_comes_may_be_stored(scripted: Any) -> None:
+    script = scripted([(200, {})])
+    client = SimvueClient(script.url, "t", retries=3, backoff=0.01, timeout=0.5)
+    script.delay = 2.0
+    with pytest.raises(ServerUnreachableError) as err:
+        client.post_metrics("r" * 22, [{"values": {"x": 1.0}, "step": 0, "time": 0.0}])
+    assert len(script.seen) == 1 and maybe_delivered(err.value)

@@ -334,17 +334,18 @@ def test_folder_create_is_idempotent_with_409(local_server: LocalServer) -> None
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "path"]
 
 
-def test_run_key_makes_creation_idempotent(local_server: LocalServer) -> None:
+def test_a_run_posted_twice_is_two_runs_as_on_simvue(local_server: LocalServer) -> None:
+    """No deduplication by run key: clients find runs with the metadata filter instead."""
     h = local_server.headers()
     key = str(uuid.uuid4())
-    body = {"name": _unique("keyed"), "metadata": {"simvue_otel": {"run_key": key}}}
+    body = {"name": _unique("keyed"), "metadata": {"simvue_otel_run_key": key}}
     first = _post_run(local_server, h, **body)
     again = requests.post(f"{local_server.api}/runs", json=body, headers=h, timeout=10)
-    assert again.status_code == 409 and again.json()["id"] == first["id"]
+    assert again.status_code == 200 and again.json()["id"] != first["id"]
     found = _get(
-        local_server, "/runs", h, filters=json.dumps([f"metadata.simvue_otel.run_key == {key}"])
+        local_server, "/runs", h, filters=json.dumps([f"metadata.simvue_otel_run_key == {key}"])
     ).json()
-    assert [r["id"] for r in found["data"]] == [first["id"]]
+    assert sorted(r["id"] for r in found["data"]) == sorted([first["id"], again.json()["id"]])
 
 
 def test_filters_sorting_and_pagination(local_server: LocalServer) -> None:
@@ -629,12 +630,13 @@ def test_data_survives_a_server_restart(tmp_path: Path) -> None:
         stop_server(again)
 
 
-def test_batches_with_the_same_idempotency_key_are_stored_once(local_server: LocalServer) -> None:
+def test_a_batch_posted_twice_is_stored_twice_as_on_simvue(local_server: LocalServer) -> None:
+    """The server ignores Idempotency-Key: exactly-once is the client's work."""
     h = {**local_server.headers(), "Content-Type": "application/msgpack"}
     run_id = _post_run(local_server, local_server.headers(), name=_unique("idem"))["id"]
     metrics = msgpack.packb({"run": run_id, "metrics": [{"values": {"v": 1.0}, "step": 0}]})
-    events = msgpack.packb({"run": run_id, "events": [{"message": "once"}]})
-    for key in ["batch-1", "batch-1", "batch-2"]:
+    events = msgpack.packb({"run": run_id, "events": [{"message": "twice"}]})
+    for key in ["batch-1", "batch-1"]:
         for path, body in [("/metrics", metrics), ("/events", events)]:
             reply = requests.post(
                 f"{local_server.api}{path}",

@@ -66,7 +66,7 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .client import SimvueClient
     from .config import resolve_config
     from .errors import ConfigurationError, TransportError
-    from .sink import spool_directory
+    from .sink import online_spool_directory, spool_directory
     from .sink.send import send_spool
     from .sink.spool import SpoolBusyError
 
@@ -78,7 +78,12 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
     spool = spool_directory(config)
     try:
-        result = send_spool(spool, client, progress=None if args.quiet else sys.stderr)
+        result = send_spool(
+            spool,
+            client,
+            progress=None if args.quiet else sys.stderr,
+            index_dir=online_spool_directory(config),
+        )
     except SpoolBusyError as exc:
         print(f"simvue-otel send: {exc}", file=sys.stderr)
         return 1

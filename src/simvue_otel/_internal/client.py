@@ -5,6 +5,12 @@ metrics and events in msgpack batches, heartbeats) and turns every HTTP failure 
 exception from :mod:`simvue_otel._internal.errors`. Connection errors, timeouts, 429 (honouring
 ``Retry-After``), 502, 503 and 504 are retried with exponential backoff and full jitter; no
 other 4xx is ever retried, since sending the same request again cannot change the answer.
+
+Requests the server does not deduplicate (creating a run, posting metrics or events) are only
+retried when the server cannot have acted on them (no connection made, 429); any other failure
+of theirs is raised at once with :func:`maybe_delivered` telling whether the server may have
+stored it, so the caller can check before sending again. The requests made are those of the
+official Simvue client, with the same paths, query keys and bodies.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import msgpack
 import requests
 
 from .config import Secret, SimvueConfig
+from .conventions import RUN_KEY_METADATA
 from .errors import (
     AuthenticationError,
     NotFoundError,
@@ -33,11 +40,46 @@ from .errors import (
 )
 from .version import VERSION as _version
 
-__all__ = ["SimvueClient", "format_timestamp", "parse_timestamp"]
+__all__ = [
+    "MAX_BATCH_ENTRIES",
+    "SimvueClient",
+    "format_timestamp",
+    "maybe_delivered",
+    "parse_timestamp",
+]
 
 _LOG = logging.getLogger("simvue_otel.client")
 
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
+
+MAX_BATCH_ENTRIES = 16_000
+"""Most entries in one metrics or events POST: what the official client sends at most
+(``MAX_BUFFER_SIZE`` of its dispatcher), so no request is larger than a server expects."""
+
+# Exceptions from requests (or urllib3 inside them) raised before a request left this host.
+_NOT_SENT_REASONS = ("NewConnectionError", "NameResolutionError", "ConnectTimeoutError")
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a requests failure happened before the server could have seen the request."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError) or isinstance(exc, requests.Timeout):
+        return False
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)  # MaxRetryError(reason=NewConnectionError(...))
+    return type(inner).__name__ in _NOT_SENT_REASONS
+
+
+def maybe_delivered(exc: BaseException) -> bool:
+    """Whether a failed request may nevertheless have been carried out by the server: its
+    answer was lost (timeout, reset connection) or was a 5xx, which proxies and servers also
+    give after the work was done. False for refusals that prove nothing was stored."""
+    if isinstance(exc, ServerUnreachableError):
+        return not exc.never_sent
+    if isinstance(exc, SimvueHTTPError):
+        return exc.status_code >= 500
+    return False
 
 
 _stamp_cache: tuple[int, str] = (-1, "")
@@ -165,10 +207,12 @@ class SimvueClient:
         headers: Mapping[str, str] | None = None,
         accept: Iterable[int] = (200,),
         timeout: float | None = None,
+        idempotent: bool = True,
     ) -> tuple[int, Any]:
         """Send one request (retrying what may succeed later); returns (status, JSON body).
 
-        Statuses in ``accept`` are answers; any other raises the matching error.
+        Statuses in ``accept`` are answers; any other raises the matching error. A request
+        that is not ``idempotent`` is retried only when it cannot have reached the server.
         """
         url = f"{self.api}/{path.lstrip('/')}"
         data: bytes | None = None
@@ -193,14 +237,18 @@ class SimvueClient:
                     timeout=timeout or self.timeout,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.retries:
-                    raise ServerUnreachableError(method, url, type(exc).__name__) from exc
+                unsent = _never_sent(exc)
+                if attempt >= self.retries or not (idempotent or unsent):
+                    raise ServerUnreachableError(
+                        method, url, type(exc).__name__, never_sent=unsent
+                    ) from exc
                 _LOG.debug("%s %s: %s; retrying", method, url, type(exc).__name__)
             else:
                 status = response.status_code
                 if status in accepted:
                     return status, self._body(response)
-                if status not in _RETRY_STATUS or attempt >= self.retries:
+                retry = status in _RETRY_STATUS and (idempotent or status == 429)
+                if not retry or attempt >= self.retries:
                     raise self._error(method, url, response)
                 wait = _retry_after(response)
                 _LOG.debug("%s %s: HTTP %d; retrying", method, url, status)
@@ -268,7 +316,7 @@ class SimvueClient:
     def create_run(
         self,
         *,
-        name: str | None = None,
+        name: str,
         folder: str = "/",
         description: str | None = None,
         tags: Sequence[str] | None = None,
@@ -278,12 +326,12 @@ class SimvueClient:
         ttl: int | None = None,
         heartbeat_timeout: int | None = None,
         started: float | None = None,
-    ) -> dict[str, Any]:
-        """Create a run (``created`` = queued, ``running`` = live); returns at least its id.
+    ) -> str:
+        """Create a run (``created`` = queued, ``running`` = live); returns its id.
 
-        When the metadata holds a run key that the server already knows, the server answers
-        409 with the existing run's id, and that is returned (``"existing": True``), so
-        creating by run key is idempotent.
+        Every call makes a new run (a Simvue server does not deduplicate), so it is never
+        retried once the request may have left: on an unknown outcome the caller looks the
+        run up before creating it again.
         """
         with self._lock:
             known = folder in self._folders
@@ -291,13 +339,12 @@ class SimvueClient:
             self.create_folder(folder)
         body: dict[str, Any] = {
             "folder": folder,
+            "name": name,
             "status": status,
             "tags": list(tags or ()),
             "metadata": dict(metadata or {}),
             "visibility": dict(visibility or {"public": False, "tenant": False, "users": []}),
         }
-        if name is not None:
-            body["name"] = name
         if description is not None:
             body["description"] = description
         if ttl is not None:
@@ -305,13 +352,11 @@ class SimvueClient:
         if heartbeat_timeout is not None:
             body["heartbeat_timeout"] = heartbeat_timeout
         if started is not None and status == "running":
-            body["started"] = format_timestamp(started)
-        code, reply = self.request("POST", "runs", json_body=body, accept=(200, 409))
-        result = dict(reply) if isinstance(reply, dict) else {}
-        if "id" not in result:
+            body["started"] = format_timestamp(started)  # as the official offline sender does
+        code, reply = self.request("POST", "runs", json_body=body, idempotent=False)
+        if not isinstance(reply, dict) or "id" not in reply:
             raise SimvueHTTPError("POST", f"{self.api}/runs", code, "the reply carried no run id")
-        result["existing"] = code == 409
-        return result
+        return str(reply["id"])
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """The run with this id (NotFoundError when missing or not visible)."""
@@ -323,22 +368,40 @@ class SimvueClient:
         *,
         count: int | None = None,
         sorting: Sequence[Mapping[str, Any]] | None = None,
+        metadata: bool = False,
     ) -> list[dict[str, Any]]:
-        """Runs matching every filter (Simvue's filter grammar), all pages."""
-        return self._list("runs", filters, count=count, sorting=sorting)
+        """Runs matching every filter (Simvue's filter grammar), all pages, asked for as the
+        official ``Client.get_runs`` asks: basic fields, plus metadata when ``metadata``."""
+        flags = {
+            "return_basic": "True",
+            "return_system": "False",
+            "return_timing": "False",
+            "return_metrics": "False",
+            "return_alerts": "False",
+            "return_metadata": str(bool(metadata)),
+        }
+        return self._list("runs", filters, count=count, sorting=sorting, extra=flags)
 
-    def find_run_by_name(self, name: str, folder: str | None = None) -> dict[str, Any] | None:
-        """The most recently created visible run with this name (in ``folder`` if given)."""
+    def find_runs_by_name(self, name: str, folder: str | None = None) -> list[dict[str, Any]]:
+        """The visible runs with this name (in ``folder`` if given), newest first."""
         filters = [f"name == {name}"]
         if folder is not None:
             filters.append(f"folder.path == {folder}")
-        found = self.find_runs(filters, count=1, sorting=[{"id": "created", "desc": True}])
+        return self.find_runs(filters, count=100, sorting=[{"id": "created", "desc": True}])
+
+    def find_run_by_name(self, name: str, folder: str | None = None) -> dict[str, Any] | None:
+        """The most recently created visible run with this name, or None."""
+        found = self.find_runs_by_name(name, folder)
         return found[0] if found else None
 
     def find_run_by_key(self, run_key: str) -> dict[str, Any] | None:
-        """The run that carries this simvue-otel run key in its metadata, or None."""
-        found = self.find_runs([f"metadata.simvue_otel.run_key == {run_key}"], count=1)
-        return found[0] if found else None
+        """The run carrying this simvue-otel run key in its metadata (as the list gives it:
+        ``id``, ``name``, ``status``...), or None.
+
+        The key is a flat metadata entry, found with the ``metadata.<key> == value`` filter
+        the official client's own tests use."""
+        found = self.find_runs([f"metadata.{RUN_KEY_METADATA} == {run_key}"], count=1)
+        return found[0] if found and "id" in found[0] else None
 
     def update_run(self, run_id: str, **changes: Any) -> None:
         """Change some fields of a run (``PUT``: only the keys given; metadata is merged)."""
@@ -382,39 +445,21 @@ class SimvueClient:
 
     # -- metrics and events ---------------------------------------------------------------
 
-    def post_metrics(
-        self,
-        run_id: str,
-        points: Sequence[Mapping[str, Any]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> None:
-        """Post metric points ``{values, step, time, timestamp}`` in one msgpack batch.
+    def post_metrics(self, run_id: str, points: Sequence[Mapping[str, Any]]) -> None:
+        """Post metric points ``{values, step, time, timestamp}`` in one msgpack batch (at most
+        :data:`MAX_BATCH_ENTRIES`). Not retried once it may have reached the server."""
+        self._post_batch("metrics", run_id, points)
 
-        With an ``idempotency_key``, the server stores the batch once however often it is sent.
-        """
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        self.request(
-            "POST",
-            "metrics",
-            msgpack_body={"run": run_id, "metrics": list(points)},
-            headers=headers,
-        )
+    def post_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
+        """Post events ``{message, log_level, timestamp}`` in one msgpack batch (at most
+        :data:`MAX_BATCH_ENTRIES`). Not retried once it may have reached the server."""
+        self._post_batch("events", run_id, events)
 
-    def post_events(
-        self,
-        run_id: str,
-        events: Sequence[Mapping[str, Any]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> None:
-        """Post events ``{message, log_level?, timestamp}`` in one msgpack batch."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    def _post_batch(self, kind: str, run_id: str, entries: Sequence[Mapping[str, Any]]) -> None:
+        if len(entries) > MAX_BATCH_ENTRIES:
+            raise ValueError(f"{len(entries)} {kind} entries in one POST (most: 16,000)")
         self.request(
-            "POST",
-            "events",
-            msgpack_body={"run": run_id, "events": list(events)},
-            headers=headers,
+            "POST", kind, msgpack_body={"run": run_id, kind: list(entries)}, idempotent=False
         )
 
     def metric_names(self, run_id: str) -> list[str]:
@@ -464,6 +509,7 @@ class SimvueClient:
         count: int | None = None,
         sorting: Sequence[Mapping[str, Any]] | None = None,
         page: int = 100,
+        extra: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         while count is None or len(items) < count:
@@ -475,6 +521,8 @@ class SimvueClient:
             }
             if sorting:
                 params["sorting"] = json.dumps(list(sorting))
+            if extra:
+                params.update(extra)
             body = self._get(path, params)
             data = list(body.get("data") or []) if isinstance(body, dict) else []
             items.extend(data)

@@ -88,9 +88,10 @@ request. When none but ``service.name`` is present, every attribute of the Resou
 
 # -- Server-side bookkeeping -------------------------------------------------------------------
 
-SERVER_RUN_KEY_METADATA: Final = ("simvue_otel", "run_key")
-"""Where the run key is kept in the Simvue run's metadata (``metadata.simvue_otel.run_key``),
-so any exporter or bridge replica finds the same run again instead of making a second one."""
+RUN_KEY_METADATA: Final = "simvue_otel_run_key"
+"""The flat metadata key holding the run key on the Simvue run, so any process (an exporter,
+``simvue-otel send``, a bridge replica) finds the run with a ``metadata.<key> == <run key>``
+filter instead of making a second one: a Simvue server does not deduplicate runs."""
 
 # -- Log levels --------------------------------------------------------------------------------
 

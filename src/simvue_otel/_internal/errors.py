@@ -52,12 +52,17 @@ class TransportError(SimvueOtelError):
 
 
 class ServerUnreachableError(TransportError):
-    """No answer from the server (connection refused, DNS failure, timeout) after retries."""
+    """No answer from the server (connection refused, DNS failure, timeout) after retries.
 
-    def __init__(self, method: str, url: str, reason: str) -> None:
+    ``never_sent`` is True when the request cannot have reached the server (no connection
+    was made); otherwise the server may have acted on it before the answer was lost.
+    """
+
+    def __init__(self, method: str, url: str, reason: str, *, never_sent: bool = False) -> None:
         self.method = method
         self.url = url
         self.reason = reason
+        self.never_sent = never_sent
         super().__init__(
             f"{method} {url}: the Simvue server did not answer ({reason}); "
             "check SIMVUE_URL and that the server is running"

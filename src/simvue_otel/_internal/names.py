@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
-__all__ = ["generate_run_name"]
+__all__ = ["generate_run_name", "name_for_key"]
 
 _ADJECTIVES = """
 able agile amber ancient azure bold brave bright brisk calm candid clever cosmic crimson
@@ -30,3 +31,12 @@ valley vortex walrus willow wolf zenith zephyr
 def generate_run_name() -> str:
     """A random ``adjective-noun`` name, e.g. ``swift-nebula`` (about 10,000 combinations)."""
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}"
+
+
+def name_for_key(key: str) -> str:
+    """An ``adjective-noun`` name derived from a run key: every process and bridge replica
+    that has to name the same unnamed run gives it the same name."""
+    digest = hashlib.sha256(key.encode()).digest()
+    adjective = int.from_bytes(digest[:4], "big") % len(_ADJECTIVES)
+    noun = int.from_bytes(digest[4:8], "big") % len(_NOUNS)
+    return f"{_ADJECTIVES[adjective]}-{_NOUNS[noun]}"

@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -49,7 +51,8 @@ from .exporters import (
 )
 from .names import generate_run_name
 from .pipeline import Pipeline, default_shutdown_timeout
-from .sink import NullSink, create_sink, resolve_mode
+from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
+from .sink.online import run_index_for
 from .validation import (
     parse_retention,
     validate_folder,
@@ -409,32 +412,45 @@ class Run:
             self._start_pipeline()
         except SimvueOtelError as exc:
             return self._error(exc)
-        self._write_registry()
         if running:
             self._begin("running")
         else:
             self._status = "created"
             self._snapshot()
+        self._write_registry()
         _Signals.add(self)
         return True
 
     def reconnect(self, run: str) -> bool:
-        """Resume a queued run (``init(..., running=False)``) by its name or server id: the
-        run turns ``running`` and this object records into it."""
+        """Resume a run by its server id or name (a queued run from ``init(..., running=False)``,
+        or one left ``lost``): it turns ``running`` and this object records into it.
+
+        The run keeps what it has: its tags, metadata, description, visibility, retention and
+        heartbeat timeout are read from the server (offline: from the run's local record),
+        and only what this object changes afterwards is sent. A run that has ended, or a
+        name that several runs share, is refused with the reason.
+        """
         if self._mode == "disabled":
             return True
         if self._status is not None:
             return self._error(RuntimeError("reconnect() must be called before init()"))
         try:
-            key, name, folder = self._find_run(run)
+            found = self._find_run(run)
         except SimvueOtelError as exc:
             return self._error(exc)
-        self._key, self._name, self._folder = key, name, folder
+        self._key, self._name, self._folder = found.key, found.name, found.folder
+        self._description = found.description
+        self._tags = found.tags
+        self._metadata = dict(found.metadata)
+        self._visibility = found.visibility
+        self._ttl = found.ttl
+        self._heartbeat_timeout = found.heartbeat_timeout
         try:
             self._start_pipeline()
         except SimvueOtelError as exc:
             return self._error(exc)
-        self._begin("running", stated=False)
+        self._begin("running")
+        self._write_registry()
         _Signals.add(self)
         return True
 
@@ -720,6 +736,7 @@ class Run:
             ctx = otel_context.Context()
         tracer = self._tracer_provider.get_tracer("simvue_otel", VERSION)
         tracer.start_span(cv.SNAPSHOT_SPAN, attributes=attrs, context=ctx).end()
+        self._write_registry()
 
     def _finish(self, status: str, exc: BaseException | None) -> None:
         with self._lock:
@@ -741,6 +758,7 @@ class Run:
                 self._root.set_attribute(cv.RUN_STATUS, status)
                 self._root.end()
                 self._status = status
+                self._write_registry()
             if self._monitor is not None:
                 self._monitor.close()
             if self._meter_provider is not None:
@@ -780,17 +798,29 @@ class Run:
         return self._config.offline_directory / _REGISTRY_DIR
 
     def _write_registry(self) -> None:
-        """Offline runs are found again by name from a small file (no server to ask)."""
+        """Offline runs are found again by name from a small file holding their state (no
+        server to ask), rewritten at each change."""
         directory = self._registry()
         if self._mode != "offline" or directory is None or self._name is None:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        entry = {"key": self._key, "name": self._name, "folder": self._folder}
+        entry = {
+            "key": self._key,
+            "name": self._name,
+            "folder": self._folder,
+            "status": self._status,
+            "description": self._description,
+            "tags": list(self._tags),
+            "metadata": self._metadata,
+            "visibility": self._visibility,
+            "ttl": self._ttl,
+            "heartbeat_timeout": self._heartbeat_timeout,
+        }
         tmp = directory / f".{self._name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, directory / f"{self._name}.json")
 
-    def _find_run(self, run: str) -> tuple[str, str, str]:
+    def _find_run(self, run: str) -> _FoundRun:
         if not isinstance(run, str) or not run:
             raise SimvueValidationError("run", "must be a run name or id", run)
         if self._mode == "otlp":
@@ -804,25 +834,130 @@ class Run:
                 raise SimvueValidationError(
                     "run", f"no offline run of that name in {directory}", run
                 )
-            entry = json.loads(path.read_text())
-            return str(entry["key"]), str(entry["name"]), str(entry["folder"])
+            found = _FoundRun.from_registry(json.loads(path.read_text()))
+        else:
+            found = self._find_online(run)
+        if found.status in cv.FINAL_STATUSES:
+            raise SimvueValidationError(
+                "run",
+                f"run {found.name!r} has ended ({found.status}); reconnect() resumes a queued or "
+                "lost run: start a new run instead",
+                run,
+            )
+        return found
+
+    def _find_online(self, run: str) -> _FoundRun:
+        """The run with this id (one GET), else the one run with this name (a filter)."""
         from .client import SimvueClient
         from .errors import NotFoundError
 
         assert self._config is not None
         with SimvueClient.from_config(self._config) as client:
-            try:
-                found: dict[str, Any] | None = client.get_run(run)
-            except NotFoundError:
-                found = client.find_run_by_name(run)
-            if found is None:
-                raise SimvueValidationError("run", "no run with this name or id on the server", run)
-            key = (found.get("metadata") or {}).get("simvue_otel", {}).get("run_key")
-            if not key:
+            doc: dict[str, Any] | None = None
+            if _ID_SHAPE.match(run):
+                try:
+                    doc = client.get_run(run)
+                except NotFoundError:
+                    doc = None
+            if doc is None:
+                named = client.find_runs_by_name(run)
+                if not named:
+                    raise SimvueValidationError(
+                        "run", "no run with this name or id on the server", run
+                    )
+                if len(named) > 1:
+                    ids = ", ".join(str(r.get("id")) for r in named[:10])
+                    raise SimvueValidationError(
+                        "run", f"{len(named)} runs have this name; reconnect by id ({ids})", run
+                    )
+                doc = client.get_run(str(named[0]["id"]))
+            run_id = str(doc.get("id") or run)
+            metadata = doc.get("metadata") or {}
+            key = metadata.get(cv.RUN_KEY_METADATA) if isinstance(metadata, dict) else None
+            if not isinstance(key, str) or not key:
                 # A run made by another client: give it a key so our records find it.
                 key = str(uuid.uuid4())
-                client.update_metadata(str(found["id"]), {"simvue_otel": {"run_key": key}})
-            return str(key), str(found["name"]), str(found.get("folder") or "/")
+                client.update_metadata(run_id, {cv.RUN_KEY_METADATA: key})
+            if self._mode == "online":
+                # Tell this process's uploader which run the key is (no second run made).
+                run_index_for(online_spool_directory(self._config)).put(key, run_id)
+            return _FoundRun.from_server(key, doc)
+
+
+_ID_SHAPE = re.compile(r"^[A-Za-z0-9]{22}$")
+"""The shape of a Simvue run id (``OBJECT_ID`` of the official client)."""
+
+
+@dataclass(frozen=True)
+class _FoundRun:
+    """A run found for ``reconnect``: its identity and the state it already has."""
+
+    key: str
+    name: str
+    folder: str
+    status: str | None
+    description: str | None
+    tags: tuple[str, ...]
+    metadata: dict[str, Any]
+    visibility: str | list[str] | None
+    ttl: int | None
+    heartbeat_timeout: int | None
+
+    @classmethod
+    def from_registry(cls, entry: Mapping[str, Any]) -> _FoundRun:
+        return cls(
+            key=str(entry["key"]),
+            name=str(entry["name"]),
+            folder=str(entry.get("folder") or "/"),
+            status=entry.get("status"),
+            description=entry.get("description"),
+            tags=tuple(entry.get("tags") or ()),
+            metadata=dict(entry.get("metadata") or {}),
+            visibility=entry.get("visibility"),
+            ttl=entry.get("ttl"),
+            heartbeat_timeout=entry.get("heartbeat_timeout", 180),
+        )
+
+    @classmethod
+    def from_server(cls, key: str, doc: Mapping[str, Any]) -> _FoundRun:
+        """The server's run as this object's state: metadata leaves that a run can state
+        (numbers, strings, booleans) are kept; others stay on the server untouched."""
+        flat: dict[str, Any] = {}
+
+        def walk(node: Mapping[str, Any], prefix: str) -> None:
+            for k, v in node.items():
+                if isinstance(v, Mapping):
+                    walk(v, f"{prefix}{k}.")
+                elif isinstance(v, bool | int | float | str) and f"{prefix}{k}" != (
+                    cv.RUN_KEY_METADATA
+                ):
+                    flat[f"{prefix}{k}"] = v
+
+        metadata = doc.get("metadata")
+        if isinstance(metadata, Mapping):
+            walk(metadata, "")
+        shared = doc.get("visibility") or {}
+        visibility: str | list[str] | None = None
+        if shared.get("public"):
+            visibility = "public"
+        elif shared.get("tenant"):
+            visibility = "tenant"
+        elif shared.get("users"):
+            visibility = [str(u) for u in shared["users"]]
+        timeout = doc.get("heartbeat_timeout")
+        ttl = doc.get("ttl")
+        return cls(
+            key=key,
+            name=str(doc.get("name") or ""),
+            folder=str(doc.get("folder") or "/"),
+            status=doc.get("status"),
+            description=doc.get("description"),
+            tags=tuple(str(t) for t in doc.get("tags") or ()),
+            metadata=flat,
+            visibility=visibility,
+            ttl=int(ttl) if isinstance(ttl, int | float) else None,
+            heartbeat_timeout=int(timeout) if isinstance(timeout, int | float) else None,
+        )
 
 
 def _abort(ref: weakref.ReferenceType[Run], key: str) -> None:

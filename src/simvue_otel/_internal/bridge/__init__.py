@@ -1,8 +1,10 @@
 """``simvue-otel bridge``: OTLP in (HTTP and gRPC), Simvue out, through the one mapping.
 
-Stateless apart from the sink: run identity comes from ``simvue.run.key`` and run creation
-is idempotent on the server, so several replicas behind a collector's load-balancing exporter
-never make two runs of one. Needs the ``bridge`` extra (an ASGI framework and server).
+Run identity comes from ``simvue.run.key``: a run is looked up (the run index beside the
+spool, then the server's metadata filter) before it is ever created, and re-sent requests are
+recognised in a request log beside the spool. Several replicas behind a collector's
+load-balancing exporter (routing by Resource, see ``docs/deploy.md``) never make two runs of one.
+Needs the ``bridge`` extra (an ASGI framework and server).
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def serve_bridge(
     else:
         sink = create_sink(chosen, config)
         target = f"the spool in {spool_directory(config)}" if chosen == "offline" else "nowhere"
-    core = BridgeCore(sink, token=token, max_backlog=max_backlog)
+    from .core import RequestLog
+
+    requests = RequestLog(spool_directory(config) / "bridge-requests.sqlite")
+    core = BridgeCore(sink, token=token, max_backlog=max_backlog, requests=requests)
     grpc_server = None
     if grpc_listen is not None:
         grpc_server, grpc_port = start_grpc_server(core, *grpc_listen, max_body=max_body)
@@ -105,6 +110,7 @@ def serve_bridge(
         delivered = sink.close(
             default_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
         )
+        requests.close()
         if not delivered:
             print(
                 "simvue-otel bridge: some data could not be delivered before shutdown; it is "

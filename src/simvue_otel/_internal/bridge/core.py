@@ -3,18 +3,23 @@ and decoding → the one mapping → the sink, with per-Resource partial success
 
 A request is acknowledged only once its records are in the sink: with the online sink built
 for the bridge (every batch written ahead to the spool), that means on disk, so a bridge that
-crashes after answering loses nothing.
+crashes after answering loses nothing. A request a sender re-sends (its answer was lost) is
+recognised by its bytes in a :class:`RequestLog` and not stored again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..mapping import Mapper
@@ -22,7 +27,7 @@ from ..mapping.otlp import logs_from_otlp, metrics_from_otlp, spans_from_otlp
 from ..mapping.records import Record
 from ..sink import Sink
 
-__all__ = ["BridgeCore", "Outcome"]
+__all__ = ["BridgeCore", "Outcome", "RequestLog"]
 
 _LOG = logging.getLogger("simvue_otel.bridge")
 
@@ -42,11 +47,64 @@ class Outcome:
     message: str = ""
 
 
+class RequestLog:
+    """Keys of the OTLP requests (per Resource) a bridge has stored, kept ``keep`` seconds.
+
+    Collectors and SDKs re-send a request whose answer they did not get; a Simvue server would
+    store it twice, so the bridge remembers what it took. The log is a SQLite file in the spool
+    directory: it survives a restart, and replicas that share the directory (one host, or a
+    shared file system with working locks) share it. ``path=None`` keeps it in memory.
+    """
+
+    def __init__(self, path: Path | None, *, keep: float = 3600.0) -> None:
+        self.keep = keep
+        target = ":memory:"
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            target = str(path)
+        self._db = sqlite3.connect(target, timeout=10.0, check_same_thread=False)
+        with contextlib.suppress(sqlite3.OperationalError):  # e.g. a file system without WAL
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL)")
+        self._db.commit()
+        self._added = 0
+        self._lock = threading.Lock()
+
+    def seen(self, key: str) -> bool:
+        """Whether a request part with this key was stored within the last ``keep`` seconds."""
+        with self._lock:
+            row = self._db.execute("SELECT at FROM seen WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] >= time.time() - self.keep
+
+    def add(self, key: str) -> None:
+        """Remember that this request part is stored (called once it is in the sink)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO seen (key, at) VALUES (?, ?)", (key, now))
+            self._added += 1
+            if self._added % 1000 == 0:
+                self._db.execute("DELETE FROM seen WHERE at < ?", (now - self.keep,))
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 class BridgeCore:
     """Shared state of one bridge process: the token, the mapper and the sink."""
 
-    def __init__(self, sink: Sink, *, token: str | None, max_backlog: int = 10_000) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        token: str | None,
+        max_backlog: int = 10_000,
+        requests: RequestLog | None = None,
+    ) -> None:
         self.sink = sink
+        self.requests = requests if requests is not None else RequestLog(None)
         self.mapper = Mapper(span_events=os.environ.get("SIMVUE_OTEL_SPAN_EVENTS", "all"))
         self.token = token
         self.max_backlog = max_backlog
@@ -71,9 +129,9 @@ class BridgeCore:
         """Map and store a decoded request; a Resource whose data cannot be mapped is
         refused on its own (counted), the others are kept.
 
-        Each Resource's records are stored under a key derived from the request's bytes, so a
-        request that a collector re-sends (its answer was lost, or it went to another replica)
-        is stored once on the server, not twice.
+        Each Resource's records are stored under a key derived from the request's bytes, and
+        the key is logged once they are in the sink: a request that a sender re-sends (its
+        answer was lost) is answered as accepted and not stored again.
         """
         accepted = rejected = 0
         problems: list[str] = []
@@ -81,14 +139,20 @@ class BridgeCore:
         digest = hashlib.sha256(signal.encode() + b"\0" + raw).hexdigest()[:40]
         with self._lock:
             for index, (count, items) in enumerate(_ADAPTERS[signal](request)):
+                key = f"otlp-{digest}-{index}"
+                if self.requests.seen(key):
+                    _LOG.debug("%s request part %s was stored before; not again", signal, key)
+                    accepted += count
+                    continue
                 try:
                     records = self._map(signal, items)
-                    self.sink.submit(records, f"otlp-{digest}-{index}")
+                    self.sink.submit(records, key)
                 except Exception as exc:
                     _LOG.exception("could not map %d %s item(s)", count, signal)
                     rejected += count
                     problems.append(f"{type(exc).__name__}: {exc}")
                     continue
+                self.requests.add(key)
                 accepted += count
         return Outcome(accepted, rejected, "; ".join(problems)[:500])
 

@@ -179,8 +179,8 @@ class Mapper:
     ) -> RunRecord:
         metadata: dict[str, Any] = {}
         for k, v in resource.items():
-            if isinstance(v, str | int | float | bool | list):
-                metadata[f"resource.{k}"] = v
+            if isinstance(v, str | int | float | bool | list | tuple):
+                metadata[f"resource.{k}"] = _metadata_value(v)
         service = resource.get(cv.SERVICE_NAME, "an OpenTelemetry service")
         return RunRecord(
             run=state.ref,
@@ -297,7 +297,7 @@ class Mapper:
         prefix = cv.RUN_METADATA_PREFIX
         for key, value in attrs.items():
             if key.startswith(prefix) and len(key) > len(prefix):
-                flat[key[len(prefix) :]] = value
+                flat[key[len(prefix) :]] = _metadata_value(value)
         return flat
 
     def _visibility(self, state: _RunState, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -490,7 +490,15 @@ def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
         if isinstance(value, Mapping):
             _flatten(value, dotted + ".", out)
         else:
-            out[dotted] = value
+            out[dotted] = _metadata_value(value)
+
+
+def _metadata_value(value: Any) -> Any:
+    """A metadata leaf as Simvue stores it: OTel arrays (and JSON lists) become their JSON
+    text, so every metadata value is a scalar (conventions, "Metadata values")."""
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value), default=str)
+    return value
 
 
 def _suffix(attributes: Mapping[str, Any], room: int = 255) -> str:

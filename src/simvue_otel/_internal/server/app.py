@@ -2,8 +2,9 @@
 
 Paths, methods, bodies and status codes follow what the official Simvue client sends and
 expects: JSON replies everywhere (200 on creation, never 201/204), ``{"detail": ...}`` on
-errors, 409 with the existing id for a folder (or run key) that exists, msgpack metric and
-event batches, ``{"data": [...], "count": N}`` for lists.
+errors, 409 with the existing id for a folder that exists, msgpack metric and event batches,
+``{"data": [...], "count": N}`` for lists. Nothing beyond what a Simvue server is known to do:
+a run POSTed twice is two runs, a batch POSTed twice is stored twice.
 """
 
 from __future__ import annotations
@@ -284,9 +285,7 @@ class _API:
         body = await self.body(request)
         if not isinstance(body, dict):
             raise Invalid("the body must be {run, metrics: [...]}")
-        self.store.add_metrics(
-            who, body.get("run"), body.get("metrics"), request.headers.get("idempotency-key")
-        )
+        self.store.add_metrics(who, body.get("run"), body.get("metrics"))
         return {}
 
     async def metrics_get(self, request: Request, who: Identity) -> Any:
@@ -308,9 +307,7 @@ class _API:
         body = await self.body(request)
         if not isinstance(body, dict):
             raise Invalid("the body must be {run, events: [...]}")
-        self.store.add_events(
-            who, body.get("run"), body.get("events"), request.headers.get("idempotency-key")
-        )
+        self.store.add_events(who, body.get("run"), body.get("events"))
         return {}
 
     async def events_get(self, request: Request, who: Identity) -> Any:

@@ -37,7 +37,6 @@ RUN_STATUSES = ("created", "running", "completed", "failed", "terminated", "lost
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:]+$")
 _ID_ALPHABET = string.ascii_letters + string.digits
-_RUN_KEY_PATH = ("simvue_otel", "run_key")
 
 
 class StoreError(Exception):
@@ -114,16 +113,6 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _run_key_of(metadata: Mapping[str, Any]) -> str | None:
-    node: Any = metadata
-    for part in _RUN_KEY_PATH:
-        if not isinstance(node, Mapping) or part not in node:
-            flat = metadata.get(".".join(_RUN_KEY_PATH))
-            return str(flat) if flat is not None else None
-        node = node[part]
-    return str(node) if node is not None else None
-
-
 def _visibility(value: Any) -> dict[str, Any]:
     if value is None:
         return {"public": False, "tenant": False, "users": []}
@@ -176,7 +165,8 @@ CREATE TABLE IF NOT EXISTS runs (
     vis_public INTEGER NOT NULL, vis_tenant INTEGER NOT NULL, vis_users TEXT NOT NULL,
     created REAL NOT NULL, modified REAL NOT NULL, last_heartbeat REAL,
     heartbeat_timeout REAL, ttl REAL, doc TEXT NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS runs_key ON runs (owner, run_key) WHERE run_key IS NOT NULL;
+-- Older databases enforced one run per simvue-otel run key: Simvue does not, so neither do we.
+DROP INDEX IF EXISTS runs_key;
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, name);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -187,8 +177,7 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, message TEXT NOT NULL,
     log_level TEXT NOT NULL, timestamp TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, seq);
-CREATE TABLE IF NOT EXISTS batches (
-    run_id TEXT NOT NULL, batch_key TEXT NOT NULL, PRIMARY KEY (run_id, batch_key));
+DROP TABLE IF EXISTS batches;
 CREATE TABLE IF NOT EXISTS tags (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, colour TEXT,
     description TEXT, created REAL NOT NULL, UNIQUE (owner, name));
@@ -494,7 +483,7 @@ class Store:
     # -- runs -----------------------------------------------------------------------------
 
     def create_run(self, who: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Create a run; a second run with the same run key answers Conflict with the first id."""
+        """Create a run. Every POST makes a new run, as on a Simvue server (no deduplication)."""
         if not isinstance(body, Mapping):
             raise _invalid("body", "a run must be a JSON object")
         name = body.get("name")
@@ -512,19 +501,7 @@ class Store:
         ttl = _check_ttl(body.get("ttl"), "ttl")
         heartbeat_timeout = _check_ttl(body.get("heartbeat_timeout", 180), "heartbeat_timeout")
         now = time.time()
-        run_key = _run_key_of(metadata)
         with self._tx() as db:
-            if run_key is not None:
-                row = db.execute(
-                    "SELECT id, name FROM runs WHERE owner = ? AND run_key = ?",
-                    (who.user, run_key),
-                ).fetchone()
-                if row:
-                    raise Conflict(
-                        f"a run with run key {run_key!r} already exists",
-                        id=row["id"],
-                        name=row["name"],
-                    )
             if name is None:
                 name = self._unique_name(db, who)
             self._ensure_folder(db, who, folder)
@@ -557,7 +534,7 @@ class Store:
                     name,
                     folder,
                     status,
-                    run_key,
+                    None,  # run_key: a column older databases have; nothing reads it
                     int(visibility["public"]),
                     int(visibility["tenant"]),
                     json.dumps(visibility["users"]),
@@ -706,9 +683,6 @@ class Store:
                     if not isinstance(value, Mapping):
                         raise _invalid("metadata", "must be an object")
                     doc["metadata"] = deep_merge(doc.get("metadata", {}), value)
-                    new_key = _run_key_of(doc["metadata"])
-                    if new_key != row["run_key"]:
-                        cols["run_key"] = new_key
                 elif key == "tags":
                     doc["tags"] = _check_tags(value)
                     self._ensure_tags(db, who, doc["tags"])
@@ -748,13 +722,10 @@ class Store:
             cols["doc"] = json.dumps(doc)
             cols["modified"] = now
             assignments = ", ".join(f"{c} = :{c}" for c in cols)
-            try:
-                db.execute(
-                    f"UPDATE runs SET {assignments} WHERE id = :id",  # noqa: S608
-                    {**cols, "id": run_id},
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict("another run already has this run key") from None
+            db.execute(
+                f"UPDATE runs SET {assignments} WHERE id = :id",  # noqa: S608
+                {**cols, "id": run_id},
+            )
 
     def delete_run(self, who: Identity, run_id: str) -> None:
         with self._tx() as db:
@@ -766,7 +737,6 @@ class Store:
         rows = [(r,) for r in run_ids]
         db.executemany("DELETE FROM metrics WHERE run_id = ?", rows)
         db.executemany("DELETE FROM events WHERE run_id = ?", rows)
-        db.executemany("DELETE FROM batches WHERE run_id = ?", rows)
         db.executemany("DELETE FROM runs WHERE id = ?", rows)
 
     def heartbeat(self, who: Identity, run_id: str) -> None:
@@ -809,28 +779,10 @@ class Store:
             # The official client expects 422 (a ValueError) for data posted to an unknown run.
             raise _invalid("run", f"no run {run_id!r} you can write to") from None
 
-    @staticmethod
-    def _first_delivery(
-        db: sqlite3.Connection, run_id: str, kind: str, batch_key: str | None
-    ) -> bool:
-        """Record ``batch_key`` for the run; False when that batch was stored before.
+    def add_metrics(self, who: Identity, run_id: Any, entries: Any) -> int:
+        """Store a batch of ``{values, step, time, timestamp}`` entries, all or nothing.
 
-        Clients that retry a batch whose reply they never saw send the same key again, and
-        the batch is stored exactly once.
-        """
-        if not batch_key:
-            return True
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO batches (run_id, batch_key) VALUES (?, ?)",
-            (run_id, f"{kind}:{batch_key}"),
-        )
-        return cursor.rowcount == 1
-
-    def add_metrics(
-        self, who: Identity, run_id: Any, entries: Any, batch_key: str | None = None
-    ) -> int:
-        """Store a batch of ``{values, step, time, timestamp}`` entries; all or nothing, and
-        once per ``batch_key``."""
+        A batch sent twice is stored twice, as on a Simvue server: clients own exactly-once."""
         if not isinstance(entries, list):
             raise _invalid("metrics", "must be a list of {values, step, time, timestamp}")
         rows: list[tuple[Any, ...]] = []
@@ -857,8 +809,6 @@ class Store:
                 rows.append((run_id, name, step, t, stamp, _nan_safe(float(value))))
         with self._tx() as db:
             self._run_for_write(db, who, run_id)
-            if not self._first_delivery(db, run_id, "metrics", batch_key):
-                return 0
             db.executemany(
                 "INSERT INTO metrics (run_id, name, step, time, timestamp, value) "
                 "VALUES (?,?,?,?,?,?)",
@@ -866,9 +816,7 @@ class Store:
             )
         return len(rows)
 
-    def add_events(
-        self, who: Identity, run_id: Any, entries: Any, batch_key: str | None = None
-    ) -> int:
+    def add_events(self, who: Identity, run_id: Any, entries: Any) -> int:
         if not isinstance(entries, list):
             raise _invalid("events", "must be a list of {message, timestamp, log_level}")
         rows: list[tuple[Any, ...]] = []
@@ -884,8 +832,6 @@ class Store:
             rows.append((run_id, entry["message"], level, stamp))
         with self._tx() as db:
             self._run_for_write(db, who, run_id)
-            if not self._first_delivery(db, run_id, "events", batch_key):
-                return 0
             db.executemany(
                 "INSERT INTO events (run_id, message, log_level, timestamp) VALUES (?,?,?,?)", rows
             )

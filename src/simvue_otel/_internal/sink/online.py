@@ -2,10 +2,13 @@
 
 Records are buffered in memory and uploaded by one worker thread in batches bounded by size
 (``batch_points``) and by time (``flush_interval``). When the server cannot take them (down,
-slow, 5xx, 429, token refused) the batch goes to a spool on disk with its batch key, and so
-does anything past ``max_memory_points``; the worker replays the spool first, oldest first,
-once the server answers again. Batch keys make every replay idempotent on the server, so each
-point and event is stored exactly once. Heartbeats keep live runs from turning ``lost``.
+slow, 5xx, 429, token refused) the batch goes to a spool on disk with what the server already
+holds of it (its :class:`~.uploader.Progress`), and so does anything past
+``max_memory_points``; the worker replays the spool first, oldest first, once the server
+answers again, skipping acknowledged parts and reconciling parts whose answer was lost, so
+each point and event is stored once without any help from the server. Run ids are recorded
+in a :class:`~.run_index.RunIndex` beside the spool. Heartbeats keep live runs from turning
+``lost``; a run that has ended gets none, whatever arrives for it later.
 At ``close`` the sink waits at most ``timeout`` seconds and leaves the rest on disk for
 ``simvue-otel send``.
 """
@@ -22,12 +25,30 @@ from pathlib import Path
 from ..client import SimvueClient
 from ..conventions import FINAL_STATUSES
 from ..mapping.records import MetricRecord, Record, RunRecord
-from .spool import SendLock, SpoolBusyError, SpoolReader, SpoolWriter
-from .uploader import RetryLater, Uploader
+from .run_index import RunIndex
+from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
+from .uploader import Progress, RetryLater, Uploader
 
 __all__ = ["OnlineSink"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
+
+
+class SpoolProgress(Progress):
+    """The progress of a spooled frame, kept in its segment's ``.parts`` file."""
+
+    def __init__(self, reader: SpoolReader, frame: Frame) -> None:
+        super().__init__(reader.progress(frame))
+        self._reader = reader
+        self._frame = frame
+
+    def record(self, part: str, state: str) -> None:
+        self._reader.mark(self._frame, part, state)
+
+
+def run_index_for(spool_dir: Path) -> RunIndex:
+    """The run index kept beside a server's spool (what ``send`` and later processes read)."""
+    return RunIndex(spool_dir / "server_ids")
 
 
 def _cost(records: Sequence[Record]) -> int:
@@ -54,7 +75,9 @@ class OnlineSink:
     ) -> None:
         self.client = client
         self.spool_dir = spool_dir
-        self.uploader = Uploader(client, rejected_dir=spool_dir / "rejected")
+        self.uploader = Uploader(
+            client, rejected_dir=spool_dir / "rejected", index=run_index_for(spool_dir)
+        )
         self.batch_points = batch_points
         self.flush_interval = flush_interval
         self.max_memory_points = max_memory_points
@@ -79,6 +102,7 @@ class OnlineSink:
         self._adopted_once = False  # close waits for the first look (within its deadline)
         self._writer: SpoolWriter | None = None
         self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
+        self._ended: set[str] = set()  # runs whose final status was seen: no more heartbeats
         self._timeouts: dict[str, int] = {}  # run key -> its heartbeat timeout, when given
         self._closing = False
         self._closed = False
@@ -120,11 +144,15 @@ class OnlineSink:
         for record in records:
             if isinstance(record, RunRecord) and record.heartbeat_timeout:
                 self._timeouts[record.run.key] = record.heartbeat_timeout
+            key = record.run.key
             if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
-                self._live.pop(record.run.key, None)
-                self._timeouts.pop(record.run.key, None)
+                self._live.pop(key, None)
+                self._timeouts.pop(key, None)
+                self._ended.add(key)
+            elif key in self._ended:
+                continue  # late records of an ended run never restart its heartbeats
             elif not isinstance(record, RunRecord) or record.status == "running":
-                self._live[record.run.key] = now
+                self._live[key] = now
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is on the server; False on timeout."""
@@ -189,10 +217,15 @@ class OnlineSink:
         self._seq += 1
         return f"{self._id}:{self._seq}"
 
-    def _spill_locked(self, records: Sequence[Record], key: str | None = None) -> None:
-        """Write records to the spool: a batch that met the server keeps its key (it may be
-        partly stored already); fresh overflow goes in frames of ``spill_points`` values, so
-        no single encode holds the interpreter for long."""
+    def _spill_locked(
+        self,
+        records: Sequence[Record],
+        key: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Write records to the spool: a batch that met the server keeps its key and what the
+        server holds of it (``progress``); fresh overflow goes in frames of ``spill_points``
+        values, so no single encode holds the interpreter for long."""
         if not records:
             return
         if self._writer is None:
@@ -208,8 +241,9 @@ class OnlineSink:
                     chunk, cost = [], 0
             if chunk:
                 chunks.append(chunk)
+        states = progress.states if progress is not None else None
         for part in chunks:
-            self._writer.append(key or self._next_key(), part)
+            self._writer.append(key or self._next_key(), part, states)
             self._spilled += 1
             self._spill_seq += 1
 
@@ -266,15 +300,16 @@ class OnlineSink:
                 if not batch:
                     return True
                 key = self._next_key()
+            progress = Progress()
             try:
-                self.uploader.upload(batch, key)
+                self.uploader.upload(batch, key, progress)
             except Exception as exc:  # RetryLater, or anything unforeseen: keep the batch
                 if not isinstance(exc, RetryLater):
                     _LOG.exception("unexpected error while uploading; the batch is kept on disk")
                 else:
                     _LOG.info("Simvue server not taking data (%s); keeping it on disk", exc)
                 with self._lock:
-                    self._spill_locked(batch, key)
+                    self._spill_locked(batch, key, progress)
                 return False
 
     def _adopt_orphans(self) -> bool:
@@ -327,7 +362,9 @@ class OnlineSink:
         for segment in segments:
             for frame in reader.frames(segment):
                 try:
-                    self.uploader.upload(frame.records, frame.batch_key)
+                    self.uploader.upload(
+                        frame.records, frame.batch_key, SpoolProgress(reader, frame)
+                    )
                 except RetryLater as exc:
                     _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
                     return None

@@ -1,10 +1,13 @@
 """`simvue-otel send`: upload spooled records (offline runs, or what an online exporter could
 not deliver before it stopped) to the Simvue server.
 
-Resumable and safe to repeat: each frame is acknowledged on disk only after the server took
-it, and every upload carries the frame's batch key, so a frame sent twice (an interruption
-between upload and acknowledgement) is stored once. Spools still being written by a live
-process are left alone; a second `send` on the same directory is refused.
+Resumable and safe to repeat: each part of a frame (a run's metrics or events, one POST each)
+is recorded on disk as sent and then as acknowledged, and a frame is acknowledged once all its
+parts are; an interrupted `send` skips what the server acknowledged and, for a part whose answer
+never came, reads back what the server holds before sending the rest, so nothing is stored
+twice. Run ids are recorded beside the spool, so a run is never created twice. Spools still
+being written by a live process are left alone; a second `send` on the same directory is
+refused.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..client import SimvueClient
+from .online import SpoolProgress, run_index_for
 from .spool import SendLock, SpoolReader
 from .uploader import RetryLater, Uploader, UploadStats
 
@@ -73,12 +77,17 @@ def send_spool(
     *,
     progress: TextIO | None = sys.stderr,
     attempts: int = 5,
+    index_dir: Path | None = None,
 ) -> SendResult:
     """Upload every finished spool segment in ``spool_dir`` (offline runs) and in its
-    ``server-*`` folders (what online exporters could not deliver), oldest first."""
+    ``server-*`` folders (what online exporters could not deliver), oldest first.
+
+    ``index_dir`` is the spool folder of ``client``'s server, whose run index records which
+    server run each run key is (None: runs are found with the server's filter alone)."""
     total = SendResult(0, 0, UploadStats(), True)
     folders = [spool_dir, *sorted(p for p in spool_dir.glob("server-*") if p.is_dir())]
-    uploader = Uploader(client, rejected_dir=spool_dir / "rejected")
+    index = run_index_for(index_dir) if index_dir is not None else None
+    uploader = Uploader(client, rejected_dir=spool_dir / "rejected", index=index)
     for folder in folders:
         result = _send_folder(folder, uploader, progress=progress, attempts=attempts)
         total.frames += result.frames
@@ -104,7 +113,9 @@ def _send_folder(
             for frame in reader.frames(segment):
                 for attempt in range(attempts):
                     try:
-                        uploader.upload(frame.records, frame.batch_key)
+                        uploader.upload(
+                            frame.records, frame.batch_key, SpoolProgress(reader, frame)
+                        )
                         break
                     except RetryLater as exc:
                         if attempt == attempts - 1:

@@ -9,6 +9,12 @@ Layout of a spool directory:
   died, and is finished as it stands. Names sort by creation time.
 * ``<stem>.done``: a segment its writer closed cleanly.
 * ``<stem>.cursor``: the byte offset of the segment's first unacknowledged frame (missing: 0).
+* ``<stem>.parts``: progress inside frames, one JSON line per change ``{"o": offset, "c": crc,
+  "p": part, "s": state}``: which parts of a frame (a run's metrics or events, in POST-sized
+  chunks) the server holds (``done``), which were sent without an answer (``sending``: checked
+  against the server before anything is sent again) and which turned out unsent (``clear``).
+  A line applies only to the frame at that offset with that CRC, so a line left by a write that
+  failed can never mark another frame.
 * ``<stem>.corrupt``: bytes set aside from a damaged segment (kept, never deleted).
 * ``.send.lock``: held by the one ``simvue-otel send`` allowed per directory.
 
@@ -24,6 +30,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -31,7 +38,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,6 +65,7 @@ _LIVE_SUFFIX = ".seg"
 _DONE_SUFFIX = ".done"
 _CURSOR_SUFFIX = ".cursor"
 _CORRUPT_SUFFIX = ".corrupt"
+_PARTS_SUFFIX = ".parts"
 _CREATING_SUFFIX = ".creating"  # a segment before its lock is held; readers never look at it
 _SEND_LOCK = ".send.lock"
 
@@ -93,6 +101,20 @@ def _is_locked(path: Path) -> bool | None:
     finally:
         os.close(fd)  # closing also drops the lock if we took it
     return False
+
+
+def _mark_line(offset: int, crc: int, part: str, state: str) -> bytes:
+    return (json.dumps({"o": offset, "c": crc, "p": part, "s": state}) + "\n").encode()
+
+
+def _append_marks(path: Path, lines: Sequence[bytes]) -> None:
+    """Append progress lines in one write (O_APPEND): a killed process leaves whole lines, or
+    at most one cut line at the end, which the reader skips."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"".join(lines))
+    finally:
+        os.close(fd)
 
 
 # --- writer ---------------------------------------------------------------------------------
@@ -193,20 +215,34 @@ class SpoolWriter:
         finally:
             os.close(fd)  # releases the flock
 
-    def append(self, batch_key: str, records: Sequence[Record]) -> int:
-        """Write one batch as one frame; return the frame's size in bytes."""
+    def append(
+        self,
+        batch_key: str,
+        records: Sequence[Record],
+        progress: Mapping[str, str] | None = None,
+    ) -> int:
+        """Write one batch as one frame; return the frame's size in bytes.
+
+        ``progress`` (part → ``done`` or ``sending``) is what the server already holds of a
+        batch that met it before being spooled; it is written before the frame, so a frame
+        never appears on disk without it.
+        """
         payload = encode_batch(batch_key, records)
         if len(payload) > _MAX_PAYLOAD:
             raise ValueError(f"batch too large for one frame ({len(payload)} bytes)")
-        frame = _HEADER.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        crc = zlib.crc32(payload)
+        frame = _HEADER.pack(FRAME_MAGIC, len(payload), crc) + payload
         with self._lock:
             if self._closed:
                 raise ValueError("append to a closed SpoolWriter")
             if self._fd is None:
                 self._open_segment()
             fd = self._fd
-            assert fd is not None
+            assert fd is not None and self._path is not None
             start = self._size
+            if progress:
+                lines = [_mark_line(start, crc, part, state) for part, state in progress.items()]
+                _append_marks(self._path.with_suffix(_PARTS_SUFFIX), lines)
             try:
                 written = os.write(fd, frame)
                 if written != len(frame):
@@ -276,6 +312,7 @@ class Frame:
     end: int
     batch_key: str
     records: tuple[Record, ...]
+    crc: int = 0
 
 
 class SpoolReader:
@@ -287,6 +324,8 @@ class SpoolReader:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        # Parsed progress lines per segment stem: (bytes read so far, {(offset, crc): marks}).
+        self._marks: dict[str, tuple[int, dict[tuple[int, int], dict[str, str]]]] = {}
 
     # paths and state
 
@@ -413,7 +452,7 @@ class SpoolReader:
                         return  # the last frame of a live segment: may still be landing
                     self._damaged(path, offset, problem)
                     return
-                yield Frame(path, offset, end, batch_key, tuple(records))
+                yield Frame(path, offset, end, batch_key, tuple(records), crc)
                 offset = end
 
     def _bad_tail(self, segment: Path, offset: int, what: str) -> None:
@@ -456,6 +495,45 @@ class SpoolReader:
         if self._read_cursor(segment) == offset:  # all before the damage already acknowledged
             self._delete(segment)
 
+    def progress(self, frame: Frame) -> dict[str, str]:
+        """What is recorded of ``frame``'s parts: part → ``done`` or ``sending``."""
+        stem = frame.segment.stem
+        read, marks = self._marks.get(stem, (0, {}))
+        path = frame.segment.with_suffix(_PARTS_SUFFIX)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(read)
+                fresh = handle.read()
+        except FileNotFoundError:
+            fresh = b""
+        if fresh:
+            whole = fresh[: fresh.rfind(b"\n") + 1]  # a cut last line waits for its end
+            for line in whole.splitlines():
+                try:
+                    entry = json.loads(line)
+                    where = (int(entry["o"]), int(entry["c"]))
+                    part, state = str(entry["p"]), str(entry["s"])
+                except (ValueError, KeyError, TypeError):
+                    _LOG.warning("spool: unreadable progress line in %s: %r", path.name, line)
+                    continue
+                states = marks.setdefault(where, {})
+                if state == "clear":
+                    states.pop(part, None)
+                else:
+                    states[part] = state
+            read += len(whole)
+        self._marks[stem] = (read, marks)
+        return dict(marks.get((frame.offset, frame.crc), {}))
+
+    def mark(self, frame: Frame, part: str, state: str) -> None:
+        """Record ``state`` (``sending``, ``done`` or ``clear``) for one part of ``frame``."""
+        path = self._resolve(frame.segment)
+        if path is None:
+            return
+        _append_marks(
+            path.with_suffix(_PARTS_SUFFIX), [_mark_line(frame.offset, frame.crc, part, state)]
+        )
+
     def ack(self, frame: Frame) -> None:
         """Record ``frame`` as done; delete its segment once finished and wholly acknowledged."""
         path = self._resolve(frame.segment)
@@ -472,6 +550,9 @@ class SpoolReader:
             segment.unlink()
         with contextlib.suppress(FileNotFoundError):
             self._cursor_path(segment).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            segment.with_suffix(_PARTS_SUFFIX).unlink()
+        self._marks.pop(segment.stem, None)
         _fsync_dir(self.directory)
 
     def cleanup(self) -> None:
@@ -481,12 +562,13 @@ class SpoolReader:
         for segment in self.segments():
             if self._size(segment) == self._read_cursor(segment):
                 self._delete(segment)
-        for cursor in self.directory.glob(f"*{_CURSOR_SUFFIX}"):
-            live = cursor.with_suffix(_LIVE_SUFFIX)
-            done = cursor.with_suffix(_DONE_SUFFIX)
-            if not live.exists() and not done.exists():
-                with contextlib.suppress(FileNotFoundError):
-                    cursor.unlink()
+        for pattern in (f"*{_CURSOR_SUFFIX}", f"*{_PARTS_SUFFIX}"):
+            for side in self.directory.glob(pattern):
+                live = side.with_suffix(_LIVE_SUFFIX)
+                done = side.with_suffix(_DONE_SUFFIX)
+                if not live.exists() and not done.exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        side.unlink()
         for creating in self.directory.glob(f"*{_CREATING_SUFFIX}"):
             if _is_locked(creating) is False:  # a writer died before naming its segment
                 with contextlib.suppress(FileNotFoundError):

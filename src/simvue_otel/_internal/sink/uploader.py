@@ -1,11 +1,22 @@
 """Turns batches of records into Simvue REST calls: the one place that writes to a server.
 
 Used by the online sink's worker and by ``simvue-otel send``. A batch is uploaded run by run:
-the run is found (by its run key) or created, its metric points and events are posted with
-idempotency keys derived from the batch key, then its latest state is applied. A transient
-failure raises :class:`RetryLater` and the caller keeps the whole batch: posting it again is
-safe, because the server stores each keyed batch once. Records the server refuses (4xx) can
-never succeed; they are written to ``rejected_dir`` with the reason, and logged.
+
+* **The run** is found before it is ever created, since a Simvue server does not deduplicate
+  runs: by the id this process (or any process, through the :class:`RunIndex` on disk)
+  recorded for its run key, else by the ``metadata.simvue_otel_run_key == <key>`` filter; only
+  then is it created, and its id recorded. The server's state of a found run (tags, metadata,
+  visibility, status...) is read, so only what changes is sent.
+* **Metric points and events** go in *parts* of at most 16,000 entries (one POST each, as the
+  official client sends them). A :class:`Progress` records each part as ``sending`` before its
+  POST and ``done`` after, so nothing the server acknowledged is sent again. A part whose
+  outcome is unknown (timeout, reset connection, 5xx) is *reconciled* before it is sent again:
+  what the server holds is read back and only the missing entries are sent.
+* **The run's state** (a PUT of the fields that changed) is applied last; PUTs are idempotent.
+
+A transient failure raises :class:`RetryLater` and the caller keeps the batch with its progress.
+Records the server refuses (4xx) can never succeed; they are written to ``rejected_dir`` with
+the reason, and logged.
 """
 
 from __future__ import annotations
@@ -14,13 +25,15 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..client import SimvueClient, format_timestamp
-from ..conventions import FINAL_STATUSES, SERVER_RUN_KEY_METADATA
+from ..client import MAX_BATCH_ENTRIES, SimvueClient, format_timestamp, maybe_delivered
+from ..client import parse_timestamp as _parse_timestamp
+from ..conventions import FINAL_STATUSES, RUN_KEY_METADATA
 from ..errors import (
     AuthenticationError,
     NotFoundError,
@@ -30,10 +43,14 @@ from ..errors import (
     TransportError,
 )
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunRef
+from ..names import name_for_key
+from .run_index import RunIndex
 
-__all__ = ["RetryLater", "UploadStats", "Uploader"]
+__all__ = ["Progress", "RetryLater", "UploadStats", "Uploader"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
+
+_STATE_FIELDS = ("description", "tags", "metadata", "visibility", "ttl", "heartbeat_timeout")
 
 
 class RetryLater(Exception):
@@ -49,11 +66,38 @@ class UploadStats:
     events: int = 0
     states: int = 0
     rejected: int = 0
+    reconciled: int = 0
+    """Parts whose outcome was unknown and were checked against the server."""
+
+
+class Progress:
+    """Which parts of one batch the server holds.
+
+    ``states`` maps a part (``"<run>.m<chunk>"`` metrics, ``"<run>.e<chunk>"`` events) to
+    ``done`` (acknowledged: never sent again) or ``sending`` (sent, no answer: reconciled
+    before anything is sent again). Subclasses make the changes durable by overriding
+    :meth:`record`.
+    """
+
+    def __init__(self, states: Mapping[str, str] | None = None) -> None:
+        self.states: dict[str, str] = dict(states or {})
+
+    def record(self, part: str, state: str) -> None:
+        """Make one change durable (nothing to do for a batch held in memory)."""
+
+    def set(self, part: str, state: str) -> None:
+        if state == "clear":
+            if self.states.pop(part, None) is not None:
+                self.record(part, state)
+        elif self.states.get(part) != state:
+            self.states[part] = state
+            self.record(part, state)
 
 
 @dataclass
 class _RunPlan:
     ref: RunRef
+    index: int
     points: list[MetricRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     state: RunRecord | None = None
@@ -79,47 +123,112 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The server's nested metadata as dotted keys (the shape run states carry)."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def _visibility(state: RunRecord | None) -> dict[str, Any]:
     if state is None or state.visibility is None:
         return {"public": False, "tenant": False, "users": []}
     return dict(state.visibility)
 
 
-class Uploader:
-    """Uploads batches of records to one Simvue server; remembers run ids by run key."""
+def _stamp(text: Any) -> Any:
+    """A timestamp as integer microseconds, so the server's spelling of it compares equal."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return round(_parse_timestamp(text) * 1_000_000)
+    except ValueError:
+        return text
 
-    def __init__(self, client: SimvueClient, *, rejected_dir: Path | None = None) -> None:
+
+def _metric_entries(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Metric records as the entries of a ``POST /api/metrics`` body."""
+    return [
+        {
+            "values": dict(p.values),
+            "step": p.step,
+            "time": p.time,
+            "timestamp": format_timestamp(p.timestamp),
+        }
+        for p in records
+        if isinstance(p, MetricRecord)
+    ]
+
+
+def _event_entries(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Event records as the entries of a ``POST /api/events`` body."""
+    return [
+        {"message": e.message, "log_level": e.level, "timestamp": format_timestamp(e.timestamp)}
+        for e in records
+        if isinstance(e, EventRecord)
+    ]
+
+
+def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
+    return [items[i : i + MAX_BATCH_ENTRIES] for i in range(0, len(items), MAX_BATCH_ENTRIES)]
+
+
+class Uploader:
+    """Uploads batches of records to one Simvue server; see the module docstring."""
+
+    def __init__(
+        self,
+        client: SimvueClient,
+        *,
+        rejected_dir: Path | None = None,
+        index: RunIndex | None = None,
+    ) -> None:
         self.client = client
         self.rejected_dir = rejected_dir
+        self.index = index or RunIndex(None)
         self.stats = UploadStats()
-        self._ids: dict[str, str] = {}
-        self._sent: dict[str, dict[str, Any]] = {}  # last state fields sent, per run key
+        self._ids: dict[str, str] = {}  # run key -> id, confirmed with the server
+        self._sent: dict[str, dict[str, Any]] = {}  # the server's state as we know it
         self._observed: dict[str, float] = {}  # time of the last state applied, per run key
 
     # -- public ---------------------------------------------------------------------------
 
-    def upload(self, records: Sequence[Record], batch_key: str) -> None:
-        """Upload ``records`` (in order) under ``batch_key``; see the module docstring."""
-        plans: dict[str, _RunPlan] = {}
-        for record in records:
-            plan = plans.get(record.run.key)
-            if plan is None:
-                plan = plans[record.run.key] = _RunPlan(record.run)
-            if isinstance(record, MetricRecord):
-                plan.points.append(record)
-            elif isinstance(record, EventRecord):
-                plan.events.append(record)
-            elif plan.state is None or record.observed >= plan.state.observed:
-                plan.state = record
-        for key, plan in plans.items():
+    def upload(
+        self, records: Sequence[Record], batch_key: str, progress: Progress | None = None
+    ) -> None:
+        """Upload ``records`` (in order); ``progress`` holds (and receives) what the server
+        already has of this batch. ``batch_key`` names the batch in logs."""
+        progress = progress if progress is not None else Progress()
+        for key, plan in self.plan(records).items():
             try:
-                self._upload_run(key, plan, batch_key)
+                self._upload_run(key, plan, progress)
             except (ServerUnreachableError, ServerError) as exc:
                 raise RetryLater(str(exc)) from exc
             except AuthenticationError as exc:
                 # Nothing to gain by dropping data over a token problem: keep it and say so.
                 _LOG.error("the Simvue server refused the token; data is kept for later: %s", exc)
                 raise RetryLater(str(exc)) from exc
+
+    @staticmethod
+    def plan(records: Sequence[Record]) -> dict[str, _RunPlan]:
+        """The batch grouped by run, in first-seen order (which numbers the parts)."""
+        plans: dict[str, _RunPlan] = {}
+        for record in records:
+            plan = plans.get(record.run.key)
+            if plan is None:
+                plan = plans[record.run.key] = _RunPlan(record.run, len(plans))
+            if isinstance(record, MetricRecord):
+                plan.points.append(record)
+            elif isinstance(record, EventRecord):
+                plan.events.append(record)
+            elif plan.state is None or record.observed >= plan.state.observed:
+                plan.state = record
+        return plans
 
     def heartbeat(self, run_keys: Iterable[str], *, check_abort: bool = False) -> list[str]:
         """Tell the server these runs are alive (unknown keys are skipped); with
@@ -143,7 +252,12 @@ class Uploader:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _upload_run(self, key: str, plan: _RunPlan, batch_key: str) -> None:
+    def _upload_run(self, key: str, plan: _RunPlan, progress: Progress) -> None:
+        pending = [f"{plan.index}.m{i}" for i in range(len(_chunks(plan.points)))] + [
+            f"{plan.index}.e{i}" for i in range(len(_chunks(plan.events)))
+        ]
+        if all(progress.states.get(p) == "done" for p in pending) and plan.state is None:
+            return
         try:
             run_id = self._ensure_run(plan.ref, plan.state)
         except (ServerUnreachableError, ServerError, AuthenticationError):
@@ -158,87 +272,150 @@ class Uploader:
                 exc,
             )
             raise RetryLater(str(exc)) from exc
-        suffix = f"{batch_key}:{key}"
-        if plan.points:
-            points = [
-                {
-                    "values": dict(p.values),
-                    "step": p.step,
-                    "time": p.time,
-                    "timestamp": format_timestamp(p.timestamp),
-                }
-                for p in plan.points
-            ]
-            self._post(
-                lambda: self.client.post_metrics(run_id, points, idempotency_key=suffix),
-                "metrics",
-                plan.points,
-            )
-            self.stats.points += sum(len(p.values) for p in plan.points)
-        if plan.events:
-            events = [
-                {
-                    "message": e.message,
-                    "log_level": e.level,
-                    "timestamp": format_timestamp(e.timestamp),
-                }
-                for e in plan.events
-            ]
-            self._post(
-                lambda: self.client.post_events(run_id, events, idempotency_key=suffix),
-                "events",
-                plan.events,
-            )
-            self.stats.events += len(plan.events)
+        for i, chunk in enumerate(_chunks(plan.points)):
+            self._send_part(f"{plan.index}.m{i}", progress, run_id, "metrics", chunk)
+        for i, chunk in enumerate(_chunks(plan.events)):
+            self._send_part(f"{plan.index}.e{i}", progress, run_id, "events", chunk)
         if plan.state is not None:
             self._apply_state(key, run_id, plan.state)
 
-    def _post(self, call: Any, what: str, records: Sequence[Record]) -> None:
-        try:
-            call()
-        except (ServerUnreachableError, ServerError, AuthenticationError):
-            raise
-        except SimvueHTTPError as exc:
-            self._reject(records, f"the server refused {what}: {exc}")
+    def _send_part(
+        self,
+        part: str,
+        progress: Progress,
+        run_id: str,
+        kind: str,
+        records: Sequence[Record],
+    ) -> None:
+        """POST one part once: skipped when done, reconciled first when in doubt."""
+        state = progress.states.get(part)
+        if state == "done":
+            return
+        entries = _metric_entries(records) if kind == "metrics" else _event_entries(records)
+        post = self.client.post_metrics if kind == "metrics" else self.client.post_events
+        if state == "sending":
+            entries = self._missing(run_id, kind, entries)
+            self.stats.reconciled += 1
+        if entries:
+            progress.set(part, "sending")
+            try:
+                post(run_id, entries)
+            except (ServerUnreachableError, ServerError, AuthenticationError) as exc:
+                if not maybe_delivered(exc):
+                    progress.set(part, "clear")
+                raise
+            except SimvueHTTPError as exc:
+                if maybe_delivered(exc):  # a 5xx outside the retried set: may be stored
+                    raise ServerError(exc.method, exc.url, exc.status_code, exc.detail) from exc
+                self._reject(records, f"the server refused {kind}: {exc}")
+            else:
+                if kind == "metrics":
+                    self.stats.points += sum(len(dict(e["values"])) for e in entries)
+                else:
+                    self.stats.events += len(entries)
+        progress.set(part, "done")
+
+    def _missing(
+        self, run_id: str, kind: str, entries: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The entries of a part the server does not hold: the server's points of those
+        metrics (or the run's events) are read back and matched by name, step and timestamp
+        (events: message and timestamp), each stored item matching one entry at most."""
+        if kind == "metrics":
+            names = sorted({n for e in entries for n in e["values"]})
+            held: Counter[tuple[Any, ...]] = Counter()
+            for name, points in self.client.get_metrics(run_id, names).items():
+                for point in points:
+                    held[(name, point.get("step"), _stamp(point.get("timestamp")))] += 1
+            missing = []
+            for entry in entries:
+                values = {}
+                for name, value in entry["values"].items():
+                    found = (name, entry["step"], _stamp(entry["timestamp"]))
+                    if held[found] > 0:
+                        held[found] -= 1
+                    else:
+                        values[name] = value
+                if values:
+                    missing.append({**entry, "values": values})
+        else:
+            stored: Counter[tuple[Any, ...]] = Counter(
+                (e.get("message"), _stamp(e.get("timestamp")))
+                for e in self.client.get_events(run_id)
+            )
+            missing = []
+            for entry in entries:
+                event = (entry["message"], _stamp(entry["timestamp"]))
+                if stored[event] > 0:
+                    stored[event] -= 1
+                else:
+                    missing.append(entry)
+        _LOG.info(
+            "an earlier %s POST for run %s got no answer: the server has %d of its %d entries; "
+            "sending the rest",
+            kind,
+            run_id,
+            len(entries) - len(missing),
+            len(entries),
+        )
+        return missing
 
     def _ensure_run(self, ref: RunRef, state: RunRecord | None) -> str:
-        """The server id for a run key: created on first sight, idempotently (the server
-        answers 409 with the existing id when another process or replica made it first)."""
+        """The server id for a run key: this process's, the index's (checked with a GET), the
+        server filter's, or a new run (recorded in the index at once)."""
         run_id = self._ids.get(ref.key)
         if run_id is not None:
             return run_id
+        doc: dict[str, Any] | None = None
+        known = self.index.get(ref.key)
+        if known is not None:
+            try:
+                doc = self.client.get_run(known)
+            except NotFoundError:
+                self.index.forget(ref.key)  # deleted on the server: made again below
+        if doc is None:
+            found = self.client.find_run_by_key(ref.key)
+            if found is not None:
+                doc = self.client.get_run(str(found["id"]))
+        if doc is not None:
+            run_id = str(doc.get("id") or known or "")
+            self._learn(ref.key, run_id, doc)
+            return run_id
         status = state.status if state is not None else "running"
         metadata = _unflatten(state.metadata) if state is not None else {}
-        metadata.setdefault(SERVER_RUN_KEY_METADATA[0], {})[SERVER_RUN_KEY_METADATA[1]] = ref.key
-        created = self.client.create_run(
-            name=ref.name,
-            folder=ref.folder,
-            description=state.description if state else None,
-            tags=list(state.tags) if state and state.tags is not None else None,
-            metadata=metadata,
+        metadata[RUN_KEY_METADATA] = ref.key
+        sent: dict[str, Any] = {
+            "description": state.description if state else None,
+            "tags": list(state.tags) if state and state.tags is not None else [],
+            "visibility": _visibility(state),
+            "ttl": state.ttl if state else None,
+            "heartbeat_timeout": state.heartbeat_timeout if state else None,
             # A run is created live or queued; a final status is applied once data is in.
-            status="created" if status == "created" else "running",
-            visibility=_visibility(state),
-            ttl=state.ttl if state else None,
-            heartbeat_timeout=state.heartbeat_timeout
-            if state and state.heartbeat_timeout
-            else None,
-            started=state.started if state else None,
+            "status": "created" if status == "created" else "running",
+        }
+        started = state.started if state is not None and sent["status"] == "running" else None
+        run_id = self.client.create_run(
+            name=ref.name or name_for_key(ref.key),
+            folder=ref.folder,
+            metadata=metadata,
+            started=started,
+            **sent,
         )
-        run_id = self._ids[ref.key] = str(created["id"])
-        if created.get("existing"):
-            # Made earlier (by us before a restart, or by another replica): learn its status
-            # so a replayed live state never reopens a finished run; apply our state in full.
-            try:
-                current = self.client.get_run(run_id)
-            except NotFoundError:
-                current = {}
-            self._sent[ref.key] = {"status": current.get("status")}
-        else:
-            self.stats.runs_created += 1
-            if state is not None:
-                self._sent[ref.key] = self._state_fields(state) | {"status": created.get("status")}
+        self.index.put(ref.key, run_id)
+        self._ids[ref.key] = run_id
+        sent["metadata"] = _flatten(metadata)
+        self._sent[ref.key] = sent  # status as sent, never read back from the reply
+        self.stats.runs_created += 1
         return run_id
+
+    def _learn(self, key: str, run_id: str, doc: Mapping[str, Any]) -> None:
+        """Take a found run's server state as the baseline: only changes are sent."""
+        self.index.put(key, run_id)
+        self._ids[key] = run_id
+        known: dict[str, Any] = {name: doc.get(name) for name in _STATE_FIELDS}
+        known["metadata"] = _flatten(doc.get("metadata") or {})
+        known["status"] = doc.get("status")
+        self._sent[key] = known
 
     @staticmethod
     def _state_fields(state: RunRecord) -> dict[str, Any]:
@@ -260,8 +437,13 @@ class Uploader:
         sent = self._sent.get(key, {})
         changes: dict[str, Any] = {}
         for name, value in wanted.items():
-            if sent.get(name) != value:
-                changes[name] = _unflatten(value) if name == "metadata" else value
+            if name == "metadata":
+                had = sent.get("metadata") or {}
+                changed = {k: v for k, v in value.items() if k not in had or had[k] != v}
+                if changed:
+                    changes["metadata"] = _unflatten(changed)  # merged by the server
+            elif sent.get(name) != value:
+                changes[name] = value
         reopen = sent.get("status") in FINAL_STATUSES and state.status not in FINAL_STATUSES
         if sent.get("status") != state.status and not reopen:
             changes["status"] = state.status
@@ -276,6 +458,7 @@ class Uploader:
             # The run was deleted on the server (or expired); forget it so data recreates it.
             self._ids.pop(key, None)
             self._sent.pop(key, None)
+            self.index.forget(key)
             self._reject([state], f"run {run_id} no longer exists on the server")
             return
         except (ServerUnreachableError, ServerError, AuthenticationError):
@@ -283,7 +466,13 @@ class Uploader:
         except SimvueHTTPError as exc:
             self._reject([state], f"the server refused the run state: {exc}")
             return
-        self._sent[key] = sent | wanted | {"status": changes.get("status", sent.get("status"))}
+        merged = dict(sent)
+        for name, value in wanted.items():
+            if name == "metadata":
+                value = {**(sent.get("metadata") or {}), **value}
+            merged[name] = value
+        merged["status"] = changes.get("status", sent.get("status"))
+        self._sent[key] = merged
         self._observed[key] = state.observed
         self.stats.states += 1
 

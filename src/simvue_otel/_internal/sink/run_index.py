@@ -1,0 +1,89 @@
+"""Run key → server id, remembered on disk beside the spool of one server.
+
+A Simvue server does not deduplicate runs: a run POSTed twice is two runs. So every process
+that learns which server run belongs to a run key (by creating it, or by finding it with a
+metadata filter) writes it down here, and every process looks here first. ``simvue-otel send``,
+a later online process adopting a spool, a restarted bridge and the process that reconnects to
+a queued run all find the run this way, with the server's own filter as the fallback.
+
+One small file per run key (named by a hash of the key, so any key string is safe), replaced
+atomically; readers never see half a file. A missing or unreadable directory only costs the
+index: the server filter still finds the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+__all__ = ["RunIndex"]
+
+_LOG = logging.getLogger("simvue_otel.sink")
+
+
+class RunIndex:
+    """A durable ``run key → server run id`` map (in memory only when ``directory`` is None)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._known: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / hashlib.sha256(key.encode()).hexdigest()[:40]
+
+    def get(self, key: str) -> str | None:
+        """The server id recorded for ``key`` (by this process or any other), or None."""
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None:
+            return known
+        path = self._path(key)
+        if path is None:
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            _LOG.warning("run index entry %s is unreadable (%s); asking the server", path, exc)
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or not entry.get("id"):
+            return None
+        run_id = str(entry["id"])
+        with self._lock:
+            self._known[key] = run_id
+        return run_id
+
+    def put(self, key: str, run_id: str) -> None:
+        """Record that ``key`` is server run ``run_id`` (best effort on disk)."""
+        with self._lock:
+            if self._known.get(key) == run_id:
+                return
+            self._known[key] = run_id
+        path = self._path(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "id": run_id}), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            _LOG.warning("cannot record run %s in %s (%s)", run_id, self.directory, exc)
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` (its run was deleted on the server)."""
+        with self._lock:
+            self._known.pop(key, None)
+        path = self._path(key)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()

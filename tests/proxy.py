@@ -1,0 +1,309 @@
+"""A loopback HTTP proxy for tests: it records every request it forwards to a real server
+and can misbehave on cue.
+
+Tests point a client (``simvue_otel.Run``, the exporters, the bridge, ``simvue-otel send`` or
+the official ``simvue`` client) at ``proxy.url`` instead of the server's URL. Each request is
+recorded as a :class:`Recorded` (method, path, query, content type, decoded body, headers), so a
+test can check the exact wire traffic. Rules script faults, one request each, in order:
+
+* an int status: answer that status (JSON ``{"detail": "scripted"}``) without forwarding;
+  a 429 also carries ``Retry-After: 1``;
+* ``"late"``: forward, then wait ``late_seconds`` before answering (past a client's timeout);
+* ``"stored-then-<status>"``: forward (the server stores it), then answer ``<status>``;
+* ``"stored-then-reset"``: forward, then close the connection without any answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gzip
+import http.server
+import json
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgpack
+import requests
+
+from tests.conftest import LocalServer
+
+__all__ = ["Proxy", "Recorded", "Rule", "as_server", "serve"]
+
+Rule = tuple[str, str, int | str]  # (method or "*", path prefix, action)
+
+# Hop-by-hop headers and those the proxy recomputes are not passed on.
+_NOT_FORWARDED = frozenset(
+    {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "te",
+     "trailer", "upgrade", "proxy-connection"}
+)  # fmt: skip
+_REPLY_HEADERS = ("Retry-After", "Location")  # passed back to the client with the body
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as the proxy received it, and what the proxy did with it."""
+
+    method: str
+    path: str  # without the query
+    query: dict[str, list[str]]  # every key, blank values kept
+    content_type: str | None  # media type only, lower case; None without a body
+    body: Any  # JSON or msgpack decoded; None when empty or not decodable
+    headers: dict[str, str]
+    raw: bytes = b""
+    decode_error: str | None = None
+    fault: str | None = None  # the scripted action applied, if any
+    status: int | None = None  # the status answered; None when the connection was reset
+
+    def header(self, name: str) -> str | None:
+        """A request header by name, case-insensitively."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+
+    def describe(self) -> str:
+        """A readable one-request summary for assertion messages (bodies abridged)."""
+        body = _abridge(self.body)
+        return (
+            f"{self.method} {self.path} query={self.query} content-type={self.content_type} "
+            f"body={body} headers={sorted(self.headers)}"
+        )
+
+
+def _abridge(value: Any, depth: int = 0) -> Any:
+    """Long lists cut to their first items so a failure message stays readable."""
+    if isinstance(value, list):
+        items = [_abridge(v, depth + 1) for v in value[:3]]
+        return [*items, f"... {len(value)} entries"] if len(value) > 3 else items
+    if isinstance(value, dict) and depth < 4:
+        return {k: _abridge(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _decode(content_type: str | None, raw: bytes) -> tuple[Any, str | None]:
+    """The body as data: JSON or msgpack by content type, else None (and why not)."""
+    if not raw:
+        return None, None
+    try:
+        if content_type == "application/msgpack":
+            return msgpack.unpackb(raw, raw=False), None
+        if content_type == "application/json":
+            return json.loads(raw), None
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    return None, f"no decoder for content type {content_type!r}"
+
+
+class Proxy:
+    """Forwards to ``upstream``, records every request, and applies scripted faults.
+
+    ``rules`` holds ``(method, path prefix, action)`` tuples; the first rule whose method
+    (``"*"`` for any) and prefix (of the path with its query) match a request is consumed and
+    applied to it. ``applied`` counts the faults applied, by action.
+    """
+
+    def __init__(self, upstream: str, *, late_seconds: float = 3.0, timeout: float = 60.0) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.late_seconds = late_seconds
+        self.timeout = timeout
+        self.rules: list[Rule] = []
+        self.applied: collections.Counter[str] = collections.Counter()
+        self._requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                proxy._serve(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[Recorded]:
+        """Every request recorded so far, in the order they arrived (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def refused(self) -> int:
+        """Requests answered with a scripted status and not forwarded."""
+        with self._lock:
+            return sum(n for action, n in self.applied.items() if action.isdigit())
+
+    @property
+    def delayed(self) -> int:
+        """Requests forwarded and answered late."""
+        with self._lock:
+            return self.applied["late"]
+
+    def clear(self) -> None:
+        """Forget the requests recorded so far (rules and counters are kept)."""
+        with self._lock:
+            self._requests.clear()
+
+    def take(self, method: str, path: str) -> int | str | None:
+        """Consume and return the action of the first rule matching this request, if any."""
+        with self._lock:
+            for i, (m, prefix, action) in enumerate(self.rules):
+                if m in ("*", method) and path.startswith(prefix):
+                    del self.rules[i]
+                    self.applied[str(action)] += 1
+                    return action
+        return None
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- serving --------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.trust_env = False  # loopback only, whatever the environment says
+        return session
+
+    def _serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        raw = _read_body(handler)
+        headers = dict(handler.headers.items())
+        encoding = (handler.headers.get("Content-Encoding") or "").lower()
+        plain = _inflate(raw, encoding)
+        media = handler.headers.get("Content-Type")
+        content_type = media.split(";")[0].strip().lower() if media else None
+        body, error = _decode(content_type, plain)
+        parts = urlsplit(handler.path)
+        action = self.take(handler.command, handler.path)
+        record = {
+            "method": handler.command,
+            "path": parts.path,
+            "query": parse_qs(parts.query, keep_blank_values=True),
+            "content_type": content_type,
+            "body": body,
+            "headers": headers,
+            "raw": plain,
+            "decode_error": error,
+            "fault": None if action is None else str(action),
+        }
+        status: int | None
+        if isinstance(action, int):
+            status = action
+            _answer(handler, action, b'{"detail": "scripted"}', "application/json")
+        else:
+            forward = {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
+            reply = self._session().request(
+                handler.command, self.upstream + handler.path, data=raw or None,
+                headers=forward, timeout=self.timeout, allow_redirects=False,
+            )  # fmt: skip
+            status = reply.status_code
+            if action == "late":
+                time.sleep(self.late_seconds)
+            if isinstance(action, str) and action.startswith("stored-then-"):
+                then = action.removeprefix("stored-then-")
+                if then == "reset":
+                    status = None
+                    _reset(handler)
+                else:
+                    status = int(then)
+                    _answer(handler, status, b'{"detail": "scripted"}', "application/json")
+            else:
+                extra = {h: reply.headers[h] for h in _REPLY_HEADERS if h in reply.headers}
+                _answer(
+                    handler, reply.status_code, reply.content,
+                    reply.headers.get("Content-Type", "text/plain"), extra,
+                )  # fmt: skip
+        with self._lock:
+            self._requests.append(Recorded(**record, status=status))
+
+
+def _read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
+    """The request body, by Content-Length or chunked transfer encoding."""
+    if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def _inflate(raw: bytes, encoding: str) -> bytes:
+    """A compressed request body, decompressed (the recording holds what was meant)."""
+    if encoding == "gzip":
+        return gzip.decompress(raw)
+    if encoding == "deflate":
+        return zlib.decompress(raw)
+    return raw
+
+
+def _answer(
+    handler: http.server.BaseHTTPRequestHandler,
+    status: int,
+    payload: bytes,
+    content_type: str,
+    extra: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    headers = dict(extra or {})
+    if status == 429 and "Retry-After" not in headers:
+        headers["Retry-After"] = "1"
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    with contextlib.suppress(OSError):  # the client may have given up waiting
+        handler.wfile.write(payload)
+
+
+def _reset(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """Drop the connection with no answer at all, as a crashed server or a cut link does."""
+    handler.close_connection = True
+    with contextlib.suppress(OSError):
+        handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def serve(upstream: str, **options: Any) -> Iterator[Proxy]:
+    """A proxy for the length of a fixture: ``yield from serve(local_server.url)``."""
+    proxy = Proxy(upstream, **options)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def as_server(proxy: Proxy, server: LocalServer) -> LocalServer:
+    """``server`` as seen through ``proxy``: the same database and token, the proxy's URL."""
+    return LocalServer(
+        url=proxy.url, db=server.db, token=server.token, process=server.process, log=server.log
+    )
