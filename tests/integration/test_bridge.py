@@ -156,7 +156,7 @@ def comparable(state: dict[str, Any], key: str) -> dict[str, Any]:
     `test_offline_spool_then_send_gives_the_online_state`): the run key, span durations in
     event text, and the clock times of instrument points. The key must be there, though."""
     state = copy.deepcopy(state)
-    assert state["metadata"].pop("simvue_otel", None) == {"run_key": key}
+    assert state["metadata"].pop("simvue_otel_run_key", None) == key
     state["events"] = sorted((m.split(" ended after")[0], lvl) for m, lvl in state["events"])
     for name, points in state["metrics"].items():
         if name.startswith("iterations"):
@@ -578,7 +578,7 @@ def test_otlp_json_hex_ids(small_bridge: Bridge, client: SimvueClient) -> None:
     assert state["name"] == "hex-ids" and state["folder"] == folder
     assert state["status"] == "completed"
     assert state["description"] == "hex ids" and state["tags"] == ["json"]
-    assert state["metadata"] == {"n": 7, "simvue_otel": {"run_key": key}}
+    assert state["metadata"] == {"n": 7, "simvue_otel_run_key": key}
     assert state["events"] == [("span 'solve' ended after 2.5 ms with an error: diverged", "error")]
     assert state["metrics"] == {}
 

@@ -397,7 +397,7 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
     """A run's state minus what differs between two runs of the same program (as in
     test_export's offline-vs-online comparison): its key, span durations, clock times."""
     state = dict(state, metadata=dict(state["metadata"]), metrics=dict(state["metrics"]))
-    state["metadata"].pop("simvue_otel", None)
+    state["metadata"].pop("simvue_otel_run_key", None)
     state["events"] = sorted((m.split(" ended after")[0], lvl) for m, lvl in state["events"])
     name = "iterations(phase=solve)"
     if name in state["metrics"]:

@@ -89,7 +89,7 @@ def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 3
 def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
     """The run's metadata less the run key simvue-otel adds."""
     meta = dict(run["metadata"])
-    assert "run_key" in meta.pop("simvue_otel", {}), "the run key is missing"
+    assert meta.pop("simvue_otel_run_key", None), "the run key is missing"
     return meta
 
 
@@ -304,7 +304,7 @@ def test_otlp_run_to_bridge(
     assert key is not None, out.stdout
     run = finished_run(client, "otlp-run", folder, "decay", 15)
     assert run["status"] == "completed"
-    assert run["metadata"]["simvue_otel"]["run_key"] == key.group(1)
+    assert run["metadata"]["simvue_otel_run_key"] == key.group(1)
     assert run["tags"] == ["otlp", "bridge"]
     assert user_metadata(run) == {"transport": protocol}
     assert run["description"] == "Sent as OTLP to simvue-otel bridge"

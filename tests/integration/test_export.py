@@ -155,7 +155,7 @@ def test_otel_only_app_in_process(
     assert state["tags"] == ["demo", "otel"]
     assert state["metadata"]["solver"] == {"tol": 1e-6, "name": "cg"}
     assert state["metadata"]["n"] == 64
-    assert state["metadata"]["simvue_otel"] == {"run_key": app.key}
+    assert state["metadata"]["simvue_otel_run_key"] == app.key
     assert state["visibility"] == {"public": False, "tenant": True, "users": []}
     assert state["ttl"] == 3600
     assert state["metrics"]["loss"] == [(s, 1.0 / (s + 1), round(s * 0.1, 6)) for s in range(50)]
@@ -286,7 +286,7 @@ def test_offline_spool_then_send_gives_the_online_state(
 
     expected, got = run_state(client, online.key), run_state(client, offline.key)
     for state in (expected, got):
-        state["metadata"].pop("simvue_otel")
+        state["metadata"].pop("simvue_otel_run_key")
         state["events"] = [
             (m.split(" ended after")[0], lvl) for m, lvl in state["events"]
         ]  # span durations differ between the two runs

@@ -74,7 +74,7 @@ def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 1
 def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
     """The run's metadata less the run key simvue-otel adds."""
     meta = dict(run["metadata"])
-    assert "run_key" in meta.pop("simvue_otel", {}), "the run key is missing"
+    assert meta.pop("simvue_otel_run_key", None), "the run key is missing"
     return meta
 
 
