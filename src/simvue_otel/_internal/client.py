@@ -369,14 +369,16 @@ class SimvueClient:
         count: int | None = None,
         sorting: Sequence[Mapping[str, Any]] | None = None,
         metadata: bool = False,
+        metrics: bool = False,
     ) -> list[dict[str, Any]]:
         """Runs matching every filter (Simvue's filter grammar), all pages, asked for as the
-        official ``Client.get_runs`` asks: basic fields, plus metadata when ``metadata``."""
+        official ``Client.get_runs`` asks: basic fields, plus metadata and the metric
+        summaries when asked for."""
         flags = {
             "return_basic": "True",
             "return_system": "False",
             "return_timing": "False",
-            "return_metrics": "False",
+            "return_metrics": str(bool(metrics)),
             "return_alerts": "False",
             "return_metadata": str(bool(metadata)),
         }

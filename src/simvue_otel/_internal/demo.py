@@ -211,7 +211,7 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
             bridge.wait(30)
 
     with SimvueClient(url, token) as client:
-        runs = client.find_runs([], sorting=[{"id": "created", "desc": False}])
+        runs = client.find_runs([], sorting=[{"id": "created", "desc": False}], metrics=True)
         runs = [r for r in runs if str(r.get("folder", "")).startswith(folder)]
         print(file=out)
         header = f"{'name':<22} {'folder':<34} {'status':<10} {'tags':<18} {'metric points':>13}"
