@@ -403,3 +403,49 @@ def test_send_lock_in_a_thread(tmp_path: Path) -> None:
         thread.start()
         thread.join()
     assert len(errors) == 1
+
+
+# -- progress inside frames ---------------------------------------------------------------------
+
+
+def test_progress_marks_belong_to_one_frame_and_survive_a_new_reader(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path)
+    writer.append("a", _batch(0))
+    writer.append("b", _batch(1), {"0.m0": "done", "0.e0": "sending"})
+    writer.close()
+    reader = SpoolReader(tmp_path)
+    first, second = _read_all(reader, ack=False)
+    assert reader.progress(first) == {}
+    assert reader.progress(second) == {"0.m0": "done", "0.e0": "sending"}
+    reader.mark(first, "0.m0", "sending")
+    reader.mark(first, "0.m0", "done")
+    reader.mark(second, "0.e0", "clear")
+    again = SpoolReader(tmp_path)  # a later process reads what was recorded
+    a, b = _read_all(again, ack=False)
+    assert again.progress(a) == {"0.m0": "done"}
+    assert again.progress(b) == {"0.m0": "done"}
+
+
+def test_a_progress_line_never_marks_another_frame_at_the_same_offset(tmp_path: Path) -> None:
+    """Marks name the frame's CRC as well as its offset: a mark left for a frame whose write
+    failed (so the next frame reuses the offset) does not apply to the next frame."""
+    writer = SpoolWriter(tmp_path)
+    writer.append("a", _batch(0))
+    writer.close()
+    reader = SpoolReader(tmp_path)
+    (frame,) = _read_all(reader, ack=False)
+    stale = Frame(frame.segment, frame.offset, frame.end, "other", (), frame.crc ^ 1)
+    reader.mark(stale, "0.m0", "done")
+    assert SpoolReader(tmp_path).progress(frame) == {}
+
+
+def test_acknowledged_segments_take_their_progress_file_with_them(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path)
+    writer.append("a", _batch(0), {"0.m0": "done"})
+    writer.close()
+    reader = SpoolReader(tmp_path)
+    (frame,) = _read_all(reader, ack=False)
+    reader.mark(frame, "0.e0", "done")
+    assert _files(tmp_path, ".parts")
+    reader.ack(frame)
+    assert _files(tmp_path, ".parts") == [] and _files(tmp_path, ".done") == []
