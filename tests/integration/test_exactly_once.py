@@ -252,3 +252,90 @@ def test_a_send_killed_mid_upload_resumes_without_duplicates(
     assert max(steps.values()) == 1, f"{sum(steps.values()) - 60_000} duplicates"
     assert [e["message"] for e in client.get_events(str(run["id"]))] == ["done"]
     assert _largest_metrics_post(proxy) <= 16_000
+
+
+def _otlp_metric_logs(key: str, name: str, folder: str, steps: range) -> bytes:
+    """One OTLP/protobuf logs request holding a `simvue.metrics` record per step."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    def text(k: str, v: str) -> KeyValue:
+        return KeyValue(key=k, value=AnyValue(string_value=v))
+
+    now = time.time_ns()
+    records = []
+    for step in steps:
+        body = AnyValue()
+        body.kvlist_value.values.append(KeyValue(key="x", value=AnyValue(double_value=step)))
+        step_attr = KeyValue(key="simvue.metrics.step", value=AnyValue(int_value=step))
+        records.append(
+            LogRecord(time_unix_nano=now + step * 1000, event_name="simvue.metrics", body=body,
+                      attributes=[step_attr])
+        )  # fmt: skip
+    resource = Resource(
+        attributes=[
+            text("simvue.run.key", key),
+            text("simvue.run.name", name),
+            text("simvue.run.folder", folder),
+        ]
+    )
+    return ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=resource, scope_logs=[ScopeLogs(log_records=records)])]
+    ).SerializeToString()
+
+
+def test_a_bridge_killed_while_a_post_is_unanswered_resumes_without_duplicates(
+    proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The bridge wrote a 20,000-point request to its spool and answered 200; its first
+    metrics POST is stored but held unanswered when the bridge is killed (SIGKILL). A new
+    bridge on the same offline directory adopts the spool, reconciles the unanswered part
+    and sends the rest: one run, every step once."""
+    import requests
+
+    from tests.conftest import start_bridge
+    from tests.proxy import as_server
+
+    key, name, folder = str(uuid.uuid4()), f"bridge-kill-{uuid.uuid4().hex[:8]}", "/exactly-once"
+    proxy.late_seconds = 60.0
+    proxy.rules = [("POST", "/api/metrics", "late")]
+    upstream = as_server(proxy, local_server)
+    first = start_bridge(tmp_path / "bridge", upstream)
+    try:
+        reply = requests.post(
+            first.url + "/v1/logs",
+            data=_otlp_metric_logs(key, name, folder, range(20_000)),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=60,
+        )
+        assert reply.status_code == 200
+        deadline = time.monotonic() + 60
+        while proxy.delayed == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proxy.delayed == 1, "the bridge never made the held-back POST"
+        time.sleep(2.0)  # stored upstream, answer held back
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(30)
+    second = start_bridge(tmp_path / "bridge", upstream)
+    try:
+        deadline = time.monotonic() + 60
+        steps: Counter[int] = Counter()
+        while time.monotonic() < deadline:
+            found = client.find_run_by_key(key)
+            if found is not None:
+                steps = _steps(client, str(found["id"]), "x")
+                if sum(steps.values()) >= 20_000:
+                    break
+            time.sleep(0.5)
+        time.sleep(2.0)  # anything sent twice would have landed by now
+        assert len(_runs(client, name, folder)) == 1
+        found = client.find_run_by_key(key)
+        assert found is not None
+        steps = _steps(client, str(found["id"]), "x")
+        assert set(steps) == set(range(20_000))
+        assert max(steps.values()) == 1, f"{sum(steps.values()) - 20_000} duplicates"
+    finally:
+        second.stop()
