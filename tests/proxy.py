@@ -44,6 +44,7 @@ _NOT_FORWARDED = frozenset(
      "trailer", "upgrade", "proxy-connection"}
 )  # fmt: skip
 _REPLY_HEADERS = ("Retry-After", "Location")  # passed back to the client with the body
+_SCRIPTED = b'{"detail": "scripted"}'
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class Proxy:
 
     @property
     def requests(self) -> list[Recorded]:
-        """Every request recorded so far, in the order they arrived (a copy)."""
+        """Every request recorded so far, in the order they were answered (a copy)."""
         with self._lock:
             return list(self._requests)
 
@@ -200,7 +201,7 @@ class Proxy:
         body, error = _decode(content_type, plain)
         parts = urlsplit(handler.path)
         action = self.take(handler.command, handler.path)
-        record = {
+        record: dict[str, Any] = {
             "method": handler.command,
             "path": parts.path,
             "query": parse_qs(parts.query, keep_blank_values=True),
@@ -211,35 +212,46 @@ class Proxy:
             "decode_error": error,
             "fault": None if action is None else str(action),
         }
-        status: int | None
         if isinstance(action, int):
-            status = action
-            _answer(handler, action, b'{"detail": "scripted"}', "application/json")
+            status: int | None = action
+            _answer(handler, action, _SCRIPTED, "application/json")
         else:
-            forward = {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
+            status = self._forward(handler, raw, headers, action)
+        with self._lock:
+            self._requests.append(Recorded(**record, status=status))
+
+    def _forward(
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        raw: bytes,
+        headers: dict[str, str],
+        action: str | None,
+    ) -> int | None:
+        """Pass the request upstream and answer as ``action`` says; the status answered
+        (None when the connection was dropped instead)."""
+        forward = {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
+        try:
             reply = self._session().request(
                 handler.command, self.upstream + handler.path, data=raw or None,
                 headers=forward, timeout=self.timeout, allow_redirects=False,
             )  # fmt: skip
-            status = reply.status_code
-            if action == "late":
-                time.sleep(self.late_seconds)
-            if isinstance(action, str) and action.startswith("stored-then-"):
-                then = action.removeprefix("stored-then-")
-                if then == "reset":
-                    status = None
-                    _reset(handler)
-                else:
-                    status = int(then)
-                    _answer(handler, status, b'{"detail": "scripted"}', "application/json")
-            else:
-                extra = {h: reply.headers[h] for h in _REPLY_HEADERS if h in reply.headers}
-                _answer(
-                    handler, reply.status_code, reply.content,
-                    reply.headers.get("Content-Type", "text/plain"), extra,
-                )  # fmt: skip
-        with self._lock:
-            self._requests.append(Recorded(**record, status=status))
+        except requests.RequestException as exc:  # upstream down: say so, as a gateway does
+            detail = json.dumps({"detail": f"upstream: {type(exc).__name__}"}).encode()
+            _answer(handler, 502, detail, "application/json")
+            return 502
+        if action == "late":
+            time.sleep(self.late_seconds)
+        if action is not None and action.startswith("stored-then-"):
+            then = action.removeprefix("stored-then-")
+            if then == "reset":
+                _reset(handler)
+                return None
+            _answer(handler, int(then), _SCRIPTED, "application/json")
+            return int(then)
+        extra = {h: reply.headers[h] for h in _REPLY_HEADERS if h in reply.headers}
+        content_type = reply.headers.get("Content-Type", "text/plain")
+        _answer(handler, reply.status_code, reply.content, content_type, extra)
+        return reply.status_code
 
 
 def _read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
