@@ -28,10 +28,11 @@ from typing import Any
 import msgpack
 import requests
 
-from .config import Secret, SimvueConfig
+from .config import Secret, SimvueConfig, server_root
 from .conventions import RUN_KEY_METADATA
 from .errors import (
     AuthenticationError,
+    ConfigurationError,
     NotFoundError,
     PermissionDeniedError,
     ServerError,
@@ -156,7 +157,7 @@ class SimvueClient:
         max_backoff: float = 10.0,
         session: requests.Session | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = server_root(url)
         self.api = self.url + "/api"
         self.timeout = timeout
         self.retries = retries
@@ -286,6 +287,36 @@ class SimvueClient:
         return self.request("GET", path, params=params)[1]
 
     # -- server ---------------------------------------------------------------------------
+
+    def check(self, timeout: float = 5.0) -> str:
+        """Make sure ``url`` is a Simvue server that takes this token; returns its API version.
+
+        One ``GET /api/version`` (the official client's own first request), not retried.
+        Raises :class:`ConfigurationError` naming what to fix when the token is refused or the
+        URL answers but is not a Simvue API, and :class:`ServerUnreachableError` when nothing
+        answers (which is not a configuration error: a node may be cut off for a while).
+        """
+        url = f"{self.api}/version"
+        try:
+            response = self._session.get(url, timeout=timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ServerUnreachableError("GET", url, type(exc).__name__) from exc
+        status = response.status_code
+        if status in (401, 403):
+            raise ConfigurationError(
+                f"the Simvue server at {self.url} refused the token (HTTP {status}: "
+                f"{_detail(response)}): set SIMVUE_TOKEN (or [server] token in simvue.toml) "
+                "to a valid, unexpired token for this server"
+            )
+        body = self._body(response)
+        if status != 200 or not isinstance(body, dict) or "version" not in body:
+            answer = f"HTTP {status}" if status != 200 else "an answer that is not Simvue's"
+            raise ConfigurationError(
+                f"SIMVUE_URL={self.url!r} is not a Simvue server: GET {url} gave {answer}; "
+                "set SIMVUE_URL (or [server] url in simvue.toml) to the server's address, "
+                "e.g. http://127.0.0.1:8765 as `simvue-otel server` prints it"
+            )
+        return str(body["version"])
 
     def version(self) -> str:
         """The server's API version (``GET /api/version``)."""

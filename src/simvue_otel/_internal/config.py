@@ -29,6 +29,7 @@ __all__ = [
     "SimvueConfig",
     "find_config_file",
     "resolve_config",
+    "server_root",
 ]
 
 CONFIG_FILE_NAMES: tuple[str, ...] = ("simvue.toml", ".simvue.toml")
@@ -158,6 +159,16 @@ def _expand_home(value: str, home: Path) -> Path:
     return Path(os.path.expanduser(value))
 
 
+def server_root(url: str) -> str:
+    """The server's address as simvue-otel keeps it: no trailing slash, and no ``/api`` (the
+    API address, which users often copy, names the same server, as the official client
+    takes it)."""
+    root = url.strip().rstrip("/")
+    if root.endswith("/api"):
+        root = root[: -len("/api")].rstrip("/")
+    return root
+
+
 def resolve_config(
     url: str | None = None,
     token: str | Secret | None = None,
@@ -201,7 +212,7 @@ def resolve_config(
         "cache",
     )
     return SimvueConfig(
-        url=resolved_url,
+        url=server_root(resolved_url) if resolved_url else resolved_url,
         token=Secret(resolved_token) if resolved_token is not None else None,
         offline_directory=_expand_home(offline, home) if offline else home / ".simvue",
         config_file=config_file,

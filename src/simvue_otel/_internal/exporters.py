@@ -76,7 +76,9 @@ class _PipelineUser:
             if self._owned:
                 release_shared(self.pipeline, timeout)
             else:
-                self.pipeline.flush(timeout)
+                # A pipeline given to us has an owner (a Run) that closes it within its own
+                # deadline: hand over what we hold, do not wait for the server as well.
+                self.pipeline.flush(timeout, deliver=False)
         except Exception:
             _LOG.exception("shutting down the Simvue exporter failed")
 

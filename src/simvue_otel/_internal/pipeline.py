@@ -105,16 +105,19 @@ class Pipeline:
 
     # -- control --------------------------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Map everything queued so far and wait for the sink to deliver it."""
+    def flush(self, timeout: float | None = None, *, deliver: bool = True) -> bool:
+        """Map everything queued so far and hand it to the sink; with ``deliver``, also wait
+        for the sink to deliver it."""
         start = time.monotonic()
         if not self._thread.is_alive():
-            return self.sink.flush(timeout)
+            return self.sink.flush(timeout) if deliver else True
         done = threading.Event()
         self._queue.append((_FLUSH, done))
         self._wake.set()
         if not done.wait(timeout):
             return False
+        if not deliver:
+            return True
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
         return self.sink.flush(left)
 

@@ -139,12 +139,17 @@ class _Signals:
 
 
 def _close_open_runs() -> None:
-    """At interpreter exit: close runs the program never closed, so nothing logged is lost."""
+    """At interpreter exit, for runs the program never closed: deliver what they logged. A
+    run ended by SIGTERM ends ``terminated``; any other keeps no final status, so the server
+    marks it ``lost`` after its heartbeat timeout (Simvue's rule for a run never closed)."""
     for run in list(_Signals.runs):
         try:
-            run._finish("terminated" if run._interrupted else "completed", None)
+            if run._interrupted:
+                run._finish("terminated", None)
+            else:
+                run._abandon()
         except Exception:
-            _LOG.exception("closing run %s at exit failed", run.name)
+            _LOG.exception("delivering run %s at exit failed", run.name)
 
 
 atexit.register(_close_open_runs)
@@ -769,13 +774,40 @@ class Run:
                 self._tracer_provider.shutdown()
         finally:
             _Signals.runs.discard(self)
-            if self._pipeline is not None and not self._pipeline.close(left()):
-                _LOG.warning(
-                    "run %s: not everything reached the Simvue server within %.0f s; the rest "
-                    "is kept on disk for `simvue-otel send`",
-                    self._name,
-                    timeout,
-                )
+            if self._pipeline is not None:
+                # The sink says once what it could not deliver, where it is, and how to send it.
+                self._pipeline.close(left())
+
+    def _abandon(self) -> None:
+        """At exit, for a run never closed: deliver what it logged but state no final
+        status; with its heartbeats gone, the server marks it ``lost``."""
+        with self._lock:
+            if self._closed or self._mode == "disabled" or self._status is None:
+                return
+            self._closed = True
+        if self._status == "running":
+            _LOG.warning(
+                "run %s was not closed (use `with Run() as run:` or call run.close()); what it "
+                "logged is delivered, and the server will mark it lost %s",
+                self._name,
+                f"after its heartbeat timeout ({self._heartbeat_timeout} s)"
+                if self._heartbeat_timeout
+                else "never (it has no heartbeat timeout)",
+            )
+        deadline = time.monotonic() + default_shutdown_timeout()
+        try:
+            if self._monitor is not None:
+                self._monitor.close()
+            if self._meter_provider is not None:
+                self._meter_provider.shutdown(timeout_millis=5_000)
+            if self._logger_provider is not None:
+                self._logger_provider.shutdown()
+            # The tracer provider is left alone: shutting it down would not end the root span,
+            # and the run's state snapshots were exported when they were taken.
+        finally:
+            _Signals.runs.discard(self)
+            if self._pipeline is not None:
+                self._pipeline.close(max(0.0, deadline - time.monotonic()))
 
     def _record_exception(self, exc: BaseException) -> None:
         """The exception as an event: type, message and traceback."""

@@ -6,12 +6,13 @@ Nothing here knows about OpenTelemetry: sinks take records from the mapping.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from ..config import SimvueConfig, resolve_config
-from ..errors import SimvueValidationError
+from ..errors import ServerUnreachableError, SimvueValidationError
 from .base import NullSink, Sink
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "resolve_mode",
     "spool_directory",
 ]
+
+_LOG = logging.getLogger("simvue_otel.sink")
 
 MODES = ("online", "offline", "disabled")
 MODE_ENV = "SIMVUE_OTEL_MODE"
@@ -65,7 +68,9 @@ def create_sink(
     arguments, environment and simvue.toml as :func:`resolve_config` finds them).
 
     Online mode raises :class:`ConfigurationError` at once when no server URL or token is set,
-    so a misconfiguration shows up when the exporter is made, not as data that never arrives.
+    or when the server answers but refuses the token or is not a Simvue API, so a
+    misconfiguration shows up when the exporter is made, not as data that never arrives. A
+    server that does not answer is not an error: one warning, and the data waits on disk.
     ``timeout`` bounds each HTTP request; ``options`` go to :class:`OnlineSink`.
     """
     chosen = resolve_mode(mode)
@@ -80,4 +85,18 @@ def create_sink(
     from .online import OnlineSink
 
     client = SimvueClient.from_config(cfg, timeout=timeout, retries=1, backoff=0.2)
-    return OnlineSink(client, online_spool_directory(cfg), **options)
+    spool = online_spool_directory(cfg)
+    try:
+        client.check()
+    except ServerUnreachableError as exc:
+        _LOG.warning(
+            "the Simvue server at %s does not answer (%s); data is kept in %s and sent when it "
+            "answers",
+            client.url,
+            exc.reason,
+            spool,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return OnlineSink(client, spool, **options)

@@ -97,6 +97,7 @@ class OnlineSink:
         self._buffered = 0
         self._busy = False
         self._spilled = 0  # frames written and not yet uploaded
+        self._spilled_records = 0  # the records in them
         self._spill_seq = 0
         self._next_adopt = 0.0  # when to look for spools left by processes that died
         self._adopted_once = False  # close waits for the first look (within its deadline)
@@ -188,13 +189,15 @@ class OnlineSink:
                 self._writer.close()
                 SpoolReader(self.spool_dir).cleanup()  # our fully uploaded segments go
             remaining = self._spilled
+            records = self._spilled_records
         if remaining:
             _LOG.warning(
-                "the Simvue server at %s could not take everything before shutdown; "
-                "%d batch(es) are kept in %s: the next run sending to this server uploads them, "
-                "or run `simvue-otel send --cache %s`",
+                "the Simvue server at %s did not take everything before shutdown: %d record(s) "
+                "(metric points, events, run states) are kept in %s. The next process sending "
+                "to this server as the same user uploads them, or send them now with: "
+                "simvue-otel send --cache %s",
                 self.client.url,
-                remaining,
+                records,
                 self.spool_dir,
                 self.spool_dir.parent.parent,
             )
@@ -245,6 +248,7 @@ class OnlineSink:
         for part in chunks:
             self._writer.append(key or self._next_key(), part, states)
             self._spilled += 1
+            self._spilled_records += len(part)
             self._spill_seq += 1
 
     def _run(self) -> None:
@@ -261,6 +265,10 @@ class OnlineSink:
                         return
                     if not self._buffer and not self._spilled and self._adopted_once:
                         return
+                    if backoff:  # the server is not taking data: wait, do not spin
+                        self._wake.wait(timeout=min(backoff, self._deadline - time.monotonic()))
+                        if time.monotonic() >= self._deadline:
+                            return
                 self._busy = True
             try:
                 ok = self._drain()
@@ -350,6 +358,7 @@ class OnlineSink:
         with self._lock:
             if self._spill_seq == seq:
                 self._spilled = 0  # a whole pass found nothing more (even past a corrupt frame)
+                self._spilled_records = 0
         return True
 
     def _upload_frames(
@@ -376,6 +385,7 @@ class OnlineSink:
                 if ours:
                     with self._lock:
                         self._spilled = max(0, self._spilled - 1)
+                        self._spilled_records = max(0, self._spilled_records - len(frame.records))
         return uploaded
 
     def _beat_every_locked(self) -> float:

@@ -195,6 +195,7 @@ class Uploader:
         self._ids: dict[str, str] = {}  # run key -> id, confirmed with the server
         self._sent: dict[str, dict[str, Any]] = {}  # the server's state as we know it
         self._observed: dict[str, float] = {}  # time of the last state applied, per run key
+        self._told: set[str] = set()  # problems already logged once (not repeated per retry)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -210,9 +211,13 @@ class Uploader:
             except (ServerUnreachableError, ServerError) as exc:
                 raise RetryLater(str(exc)) from exc
             except AuthenticationError as exc:
-                # Nothing to gain by dropping data over a token problem: keep it and say so.
-                _LOG.error("the Simvue server refused the token; data is kept for later: %s", exc)
+                # Nothing to gain by dropping data over a token problem: keep it and say so,
+                # once (the caller retries with backoff; the data waits on disk meanwhile).
+                self._tell_once(
+                    "token", "the Simvue server refused the token; data is kept: %s", exc
+                )
                 raise RetryLater(str(exc)) from exc
+        self._told.discard("token")
 
     @staticmethod
     def plan(records: Sequence[Record]) -> dict[str, _RunPlan]:
@@ -265,7 +270,8 @@ class Uploader:
         except SimvueHTTPError as exc:
             # The server will not make the run (a wrong URL path, no permission, a value it
             # refuses): every record of it waits on disk, never dropped, and the log says why.
-            _LOG.error(
+            self._tell_once(
+                f"run:{key}",
                 "the Simvue server refused to create run %r (%s); its data is kept for "
                 "`simvue-otel send`: check SIMVUE_URL and the run's settings",
                 plan.ref.name or plan.ref.key,
@@ -314,6 +320,12 @@ class Uploader:
                 else:
                     self.stats.events += len(entries)
         progress.set(part, "done")
+
+    def _tell_once(self, topic: str, message: str, *args: object) -> None:
+        """Log a problem as an error the first time, at debug level while it persists."""
+        level = logging.DEBUG if topic in self._told else logging.ERROR
+        self._told.add(topic)
+        _LOG.log(level, message, *args)
 
     def _missing(
         self, run_id: str, kind: str, entries: list[dict[str, Any]]

@@ -1,0 +1,258 @@
+"""What a user meets on a first mistake: one clear message, a bounded exit, nothing lost.
+
+Each case is a real program (a subprocess) tracking against the real local server: a wrong
+token, the API address copied as SIMVUE_URL, an address that is not a Simvue server, a server
+that is down (then `simvue-otel send`), a token refused in the middle of a run, and a program
+that exits without closing its run. Output lines and exit times are asserted with margins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simvue_otel._internal.client import SimvueClient
+from tests.conftest import LocalServer, free_port, start_server, stop_server
+from tests.proxy import Proxy, serve
+
+PROGRAM = """
+    import sys, time
+    from simvue_otel import Run
+    started = time.monotonic()
+    with Run() as run:
+        run.config(suppress_errors={suppress})
+        ok = run.init(name={name!r}, folder="/first-contact", resources_metrics_interval=None,
+                      timeout={timeout})
+        for step in range({steps}):
+            run.log_metrics({{"x": float(step)}})
+        run.log_event("done")
+    print("init returned", ok, "status", run.status, "after", round(time.monotonic() - started, 1))
+    sys.exit(3)  # the program's own exit status must survive
+"""
+
+
+def _env(url: str, token: str, offline: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
+    env.update(
+        SIMVUE_URL=url,
+        SIMVUE_TOKEN=token,
+        SIMVUE_OFFLINE_DIRECTORY=str(offline),
+        SIMVUE_OTEL_SHUTDOWN_TIMEOUT="5",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _run(
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    name: str,
+    steps: int = 500,
+    suppress: bool = False,
+    timeout: int = 180,
+    code: str = PROGRAM,
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    source = textwrap.dedent(code).format(
+        name=name, steps=steps, suppress=suppress, timeout=timeout
+    )
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", source], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    return out, time.monotonic() - start
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _runs(client: SimvueClient, name: str) -> list[dict[str, object]]:
+    return client.find_runs([f"name == {name}"])
+
+
+def test_a_wrong_token_is_one_clear_error_at_init(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    name = f"wrong-token-{uuid.uuid4().hex[:8]}"
+    out, took = _run(_env(local_server.url, "not-a-token", tmp_path / "off"), tmp_path, name=name)
+    assert out.returncode == 1, out.stderr
+    assert took < 15, f"took {took:.1f} s"
+    last = _lines(out.stderr)[-1]
+    assert "ConfigurationError" in last and "refused the token" in last and "SIMVUE_TOKEN" in last
+    assert out.stderr.count("refused the token") == 1
+    assert "not-a-token" not in out.stderr
+    assert _runs(client, name) == []
+
+
+def test_a_wrong_token_with_suppressed_errors_logs_once_and_goes_on(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    name = f"wrong-token-quiet-{uuid.uuid4().hex[:8]}"
+    env = _env(local_server.url, "not-a-token", tmp_path / "off")
+    out, took = _run(env, tmp_path, name=name, suppress=True)
+    assert out.returncode == 3, out.stderr  # the program's own status
+    assert "init returned False" in out.stdout
+    assert out.stderr.count("refused the token") == 1, out.stderr
+    assert len(_lines(out.stderr)) <= 2, out.stderr
+    assert took < 15
+
+
+def test_the_api_address_as_simvue_url_is_the_same_server(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    name = f"api-url-{uuid.uuid4().hex[:8]}"
+    for url in (local_server.url + "/api", local_server.url + "/api/"):
+        out, _ = _run(_env(url, local_server.token, tmp_path / "off"), tmp_path, name=name)
+        assert out.returncode == 3, out.stderr
+        assert _lines(out.stderr) == [], out.stderr
+    runs = _runs(client, name)
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"completed"}
+
+
+def test_an_address_that_is_not_simvue_is_one_clear_error(
+    bridge: object, local_server: LocalServer, tmp_path: Path
+) -> None:
+    """The bridge's address is a web server, but not a Simvue API."""
+    from tests.conftest import Bridge
+
+    assert isinstance(bridge, Bridge)
+    name = f"not-simvue-{uuid.uuid4().hex[:8]}"
+    env = _env(bridge.url, local_server.token, tmp_path / "off")
+    out, took = _run(env, tmp_path, name=name)
+    assert out.returncode == 1
+    last = _lines(out.stderr)[-1]
+    assert "is not a Simvue server" in last and "SIMVUE_URL" in last
+    assert took < 15
+
+
+def test_a_server_that_is_down_is_the_quiet_path_and_send_delivers_later(
+    tmp_path: Path,
+) -> None:
+    """Nothing answers at SIMVUE_URL: a warning at start, a summary at exit with the command
+    that sends the data, an exit within the shutdown timeout, the program's status kept; the
+    server comes up and `simvue-otel send` (no arguments, same environment) delivers once."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path / "srv", port=port)
+    token = server.token
+    stop_server(server)  # the server is down while the program runs
+    name = f"down-{uuid.uuid4().hex[:8]}"
+    env = _env(url, token, tmp_path / "off")
+    out, took = _run(env, tmp_path, name=name, steps=2000)
+    assert out.returncode == 3, out.stderr
+    assert took < 5 + 8, f"took {took:.1f} s with a 5 s shutdown timeout"
+    lines = _lines(out.stderr)
+    assert len(lines) == 2, out.stderr
+    assert "does not answer" in lines[0]
+    kept = re.search(r"(\d+) record\(s\)", lines[1])
+    assert kept and int(kept.group(1)) >= 2001, lines[1]  # the points, the event, the states
+    assert "simvue-otel send --cache" in lines[1]
+    server = start_server(tmp_path / "srv", port=port, first_token=token)
+    try:
+        sent = subprocess.run(
+            [sys.executable, "-m", "simvue_otel", "send", "--quiet"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        with SimvueClient(url, token) as client:
+            (run,) = _runs(client, name)
+            points = client.get_metrics(str(run["id"]), ["x"])["x"]
+            assert sorted(p["step"] for p in points) == list(range(2000))
+            assert client.get_run(str(run["id"]))["status"] == "completed"
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def proxy(local_server: LocalServer) -> Iterator[Proxy]:
+    yield from serve(local_server.url)
+
+
+def test_a_token_refused_mid_run_is_said_once_and_the_data_kept(
+    proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The token works at init, then the server refuses it (revoked): one error line, the
+    exit within the shutdown timeout, and every record kept for `send`."""
+    name = f"revoked-{uuid.uuid4().hex[:8]}"
+    env = _env(proxy.url, local_server.token, tmp_path / "off")
+    go = tmp_path / "go"
+    code = f"""
+        import os, sys, time
+        from simvue_otel import Run
+        with Run() as run:
+            run.init(name={name!r}, folder="/first-contact", resources_metrics_interval=None)
+            print("ready", flush=True)
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.05)
+            for step in range(3000):
+                run.log_metrics({{"x": float(step)}})
+        sys.exit(3)
+    """
+    started = time.monotonic()
+    program = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert program.stdout is not None and program.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # the run is created on the server
+    proxy.rules = [("*", "/", 401)] * 10_000  # from now on the token is refused
+    go.touch()
+    _, stderr = program.communicate(timeout=60)
+    took = time.monotonic() - started
+    assert program.returncode == 3, stderr
+    assert took < 1.5 + 5 + 8, f"took {took:.1f} s"
+    assert stderr.count("refused the token") == 1, stderr
+    assert len(_lines(stderr)) <= 2, stderr
+    proxy.rules = []
+    sent = subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "send", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    (run,) = _runs(client, name)
+    points = client.get_metrics(str(run["id"]), ["x"])["x"]
+    assert sorted(p["step"] for p in points) == list(range(3000))
+
+
+def test_a_run_never_closed_is_delivered_and_turns_lost(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    name = f"unclosed-{uuid.uuid4().hex[:8]}"
+    code = """
+        from simvue_otel import Run
+        run = Run()
+        run.init(name={name!r}, folder="/first-contact", resources_metrics_interval=None,
+                 timeout={timeout})
+        for step in range({steps}):
+            run.log_metrics({{"x": float(step)}})
+        run.log_event("no close")
+        # the program ends here without run.close() ({suppress})
+    """
+    env = _env(local_server.url, local_server.token, tmp_path / "off")
+    out, _ = _run(env, tmp_path, name=name, steps=300, timeout=2, code=code)
+    assert out.returncode == 0, out.stderr
+    lines = _lines(out.stderr)
+    assert len(lines) == 1 and "was not closed" in lines[0] and "lost" in lines[0], out.stderr
+    (found,) = _runs(client, name)
+    run_id = str(found["id"])
+    points = client.get_metrics(run_id, ["x"])["x"]
+    assert sorted(p["step"] for p in points) == list(range(300))
+    assert [e["message"] for e in client.get_events(run_id)] == ["no close"]
+    deadline = time.monotonic() + 20
+    status = client.get_run(run_id)["status"]
+    while status != "lost" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = client.get_run(run_id)["status"]
+    assert status == "lost"
