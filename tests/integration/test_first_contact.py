@@ -256,3 +256,65 @@ def test_a_run_never_closed_is_delivered_and_turns_lost(
         time.sleep(0.5)
         status = client.get_run(run_id)["status"]
     assert status == "lost"
+
+
+def test_spooled_data_is_only_ever_uploaded_under_the_identity_it_was_logged_with(
+    proxy: Proxy, local_server: LocalServer, tmp_path: Path
+) -> None:
+    """Alice's run cannot reach the server (every request refused with 503) and leaves its
+    data spooled; Bob, sharing the offline directory, runs against the same server: his run
+    does not adopt Alice's data, and his `send` leaves it alone, naming whose it is. Alice's
+    `send` uploads it as Alice; `--as-current-user` is Bob's explicit way to take it."""
+    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    alice_token, bob_token = local_server.token_for(alice), local_server.token_for(bob)
+    offline = tmp_path / "shared-offline"
+    name = f"alices-run-{uuid.uuid4().hex[:8]}"
+    proxy.rules = [("*", "/api/version", "pass")] + [("*", "/", 503)] * 10_000
+    out, _ = _run(_env(proxy.url, alice_token, offline), tmp_path, name=name, steps=200)
+    assert out.returncode == 3, out.stderr
+    assert "kept in" in out.stderr
+    proxy.rules = []
+
+    bobs = f"bobs-run-{uuid.uuid4().hex[:8]}"
+    out, _ = _run(_env(proxy.url, bob_token, offline), tmp_path, name=bobs, steps=10)
+    assert out.returncode == 3, out.stderr
+    with SimvueClient(local_server.url, bob_token) as as_bob:
+        assert len(_runs(as_bob, bobs)) == 1
+        assert _runs(as_bob, name) == [], "Bob's run adopted Alice's data"
+
+    send = [sys.executable, "-m", "simvue_otel", "send", "--quiet"]
+    refused = subprocess.run(
+        send, env=_env(proxy.url, bob_token, offline), capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert f"logged as {alice}@default" in refused.stderr and "--as-current-user" in refused.stderr
+    assert "not-a-token" not in refused.stderr and alice_token not in refused.stderr
+    with SimvueClient(local_server.url, bob_token) as as_bob:
+        assert _runs(as_bob, name) == []
+
+    mine = subprocess.run(
+        send, env=_env(proxy.url, alice_token, offline), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert mine.returncode == 0, mine.stderr
+    assert f"as {alice}@default" in mine.stdout
+    with SimvueClient(local_server.url, alice_token) as as_alice:
+        (run,) = _runs(as_alice, name)
+        assert run["status"] == "completed"
+        points = as_alice.get_metrics(str(run["id"]), ["x"])["x"]
+        assert sorted(p["step"] for p in points) == list(range(200))
+
+    # Bob may take such data, but only when he says so.
+    again = f"alices-second-{uuid.uuid4().hex[:8]}"
+    proxy.rules = [("*", "/api/version", "pass")] + [("*", "/", 503)] * 10_000
+    out, _ = _run(_env(proxy.url, alice_token, offline), tmp_path, name=again, steps=20)
+    assert out.returncode == 3, out.stderr
+    proxy.rules = []
+    taken = subprocess.run(
+        [*send, "--as-current-user"], env=_env(proxy.url, bob_token, offline),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert taken.returncode == 0, taken.stderr
+    with SimvueClient(local_server.url, bob_token) as as_bob:
+        (run,) = _runs(as_bob, again)
+        assert len(as_bob.get_metrics(str(run["id"]), ["x"])["x"]) == 20

@@ -78,11 +78,18 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
     spool = spool_directory(config)
     try:
+        if not args.quiet:
+            print(
+                f"simvue-otel send: sending as {config.identity()} to {client.url}",
+                file=sys.stderr,
+            )
         result = send_spool(
             spool,
             client,
             progress=None if args.quiet else sys.stderr,
             index_dir=online_spool_directory(config),
+            identity=config.identity(),
+            as_current_user=args.as_current_user,
         )
     except SpoolBusyError as exc:
         print(f"simvue-otel send: {exc}", file=sys.stderr)
@@ -95,14 +102,22 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     stats = result.stats
     refused = f", {stats.rejected} refused (see {spool / 'rejected'})" if stats.rejected else ""
     print(
-        f"sent {result.frames} batch(es) from {spool}: {stats.runs_created} run(s) created, "
+        f"sent {result.frames} batch(es) from {spool} as {config.identity()}: "
+        f"{stats.runs_created} run(s) created, "
         f"{stats.points} metric value(s), {stats.events} event(s), "
         f"{stats.states} state update(s){refused}"
     )
+    for folder, (server, who) in result.skipped:
+        print(
+            f"simvue-otel send: left {folder} alone: it holds data logged as {who or 'unknown'} "
+            f"for {server or 'an unknown server'}; send it with that user's SIMVUE_URL and "
+            f"SIMVUE_TOKEN, or add --as-current-user to upload it as {config.identity()}",
+            file=sys.stderr,
+        )
     if not result.complete:
         print(f"simvue-otel send: {result.reason}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if result.skipped else 0
 
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -215,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         "simvue.toml, or ~/.simvue)",
     )
     send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.add_argument(
+        "--as-current-user",
+        action="store_true",
+        help="also upload what online processes spooled for another server or user, as the "
+        "user of SIMVUE_TOKEN (by default such data is left alone and listed)",
+    )
     send.set_defaults(handler=_cmd_send)
 
     bridge = commands.add_parser(

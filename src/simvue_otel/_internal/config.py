@@ -8,6 +8,10 @@ home directory. The token is held in a :class:`Secret` so it never shows in a re
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -30,6 +34,7 @@ __all__ = [
     "find_config_file",
     "resolve_config",
     "server_root",
+    "token_identity",
 ]
 
 CONFIG_FILE_NAMES: tuple[str, ...] = ("simvue.toml", ".simvue.toml")
@@ -79,6 +84,11 @@ class SimvueConfig:
     token: Secret | None
     offline_directory: Path
     config_file: Path | None
+
+    def identity(self) -> str:
+        """Who this configuration sends as, in words safe to write down and show: the user
+        (and tenant) the token names, else a fingerprint of the token; never the token."""
+        return token_identity(self.token.reveal()) if self.token else "no token"
 
     def api_url(self) -> str:
         """Return the REST API root: the URL without trailing slashes, plus ``/api``."""
@@ -157,6 +167,23 @@ def _expand_home(value: str, home: Path) -> Path:
     if value == "~" or value.startswith(("~/", "~" + os.sep)):
         return home / value[2:] if len(value) > 1 else home
     return Path(os.path.expanduser(value))
+
+
+def token_identity(token: str) -> str:
+    """The identity a token speaks for: ``user`` or ``user@tenant`` from a JWT's ``sub`` and
+    ``tenant`` claims (read without verifying, as the official client reads ``exp``), else
+    ``token <fingerprint>`` (12 hex digits of its SHA-256)."""
+    parts = token.split(".")
+    if len(parts) == 3:
+        try:
+            padded = parts[1] + "=" * (-len(parts[1]) % 4)
+            claims = json.loads(base64.urlsafe_b64decode(padded))
+        except (ValueError, binascii.Error):
+            claims = None
+        if isinstance(claims, dict) and isinstance(claims.get("sub"), str) and claims["sub"]:
+            tenant = claims.get("tenant")
+            return f"{claims['sub']}@{tenant}" if isinstance(tenant, str) else claims["sub"]
+    return "token " + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def server_root(url: str) -> str:

@@ -6,6 +6,7 @@ Nothing here knows about OpenTelemetry: sinks take records from the mapping.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -22,8 +23,10 @@ __all__ = [
     "Sink",
     "create_sink",
     "online_spool_directory",
+    "read_identity",
     "resolve_mode",
     "spool_directory",
+    "write_identity",
 ]
 
 _LOG = logging.getLogger("simvue_otel.sink")
@@ -52,9 +55,37 @@ def spool_directory(config: SimvueConfig) -> Path:
 
 def online_spool_directory(config: SimvueConfig) -> Path:
     """Where an online sink keeps what the server has not taken yet: one folder per server
-    URL, so a later process sending to the same server can adopt what a crashed one left."""
-    digest = hashlib.sha256((config.url or "").rstrip("/").encode()).hexdigest()[:12]
+    URL *and identity* (the token's user), so a later process sending to the same server as
+    the same user adopts what a crashed one left, and nobody else's data is ever uploaded
+    under another name. The folder's ``identity.json`` says whose it is."""
+    who = f"{(config.url or '').rstrip('/')}\n{config.identity()}"
+    digest = hashlib.sha256(who.encode()).hexdigest()[:12]
     return spool_directory(config) / f"server-{digest}"
+
+
+IDENTITY_FILE = "identity.json"
+
+
+def write_identity(spool_dir: Path, url: str, identity: str) -> None:
+    """Record whose data a spool folder holds (server and user; never the token)."""
+    path = spool_dir / IDENTITY_FILE
+    if path.exists():
+        return
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    tmp = spool_dir / f".{IDENTITY_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"server": url, "identity": identity}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_identity(spool_dir: Path) -> tuple[str, str] | None:
+    """(server, identity) a spool folder's data was logged under, or None when unrecorded."""
+    try:
+        entry = json.loads((spool_dir / IDENTITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict):
+        return None
+    return str(entry.get("server", "")), str(entry.get("identity", ""))
 
 
 def create_sink(
@@ -99,4 +130,5 @@ def create_sink(
     except BaseException:
         client.close()
         raise
+    write_identity(spool, client.url, cfg.identity())
     return OnlineSink(client, spool, **options)

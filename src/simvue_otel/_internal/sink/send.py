@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from ..client import SimvueClient
+from . import read_identity
 from .online import SpoolProgress, run_index_for
 from .spool import SendLock, SpoolReader
 from .uploader import RetryLater, Uploader, UploadStats
@@ -38,6 +39,9 @@ class SendResult:
     stats: UploadStats
     complete: bool
     reason: str = ""
+    skipped: list[tuple[Path, tuple[str, str]]] = field(default_factory=list)
+    """Spool folders left alone: logged for another server or user (their ``(server,
+    identity)``), and not asked to upload as the current user."""
 
 
 class _Progress:
@@ -78,14 +82,29 @@ def send_spool(
     progress: TextIO | None = sys.stderr,
     attempts: int = 5,
     index_dir: Path | None = None,
+    identity: str | None = None,
+    as_current_user: bool = False,
 ) -> SendResult:
     """Upload every finished spool segment in ``spool_dir`` (offline runs) and in its
     ``server-*`` folders (what online exporters could not deliver), oldest first.
 
     ``index_dir`` is the spool folder of ``client``'s server, whose run index records which
-    server run each run key is (None: runs are found with the server's filter alone)."""
+    server run each run key is (None: runs are found with the server's filter alone).
+
+    Offline runs are uploaded as the current user (``identity``), as the official sender does.
+    A ``server-*`` folder holds what online processes could not deliver, under the server and
+    user they logged as: it is uploaded only when that is ``client``'s server and
+    ``identity``, or with ``as_current_user``; others are listed in ``skipped``."""
     total = SendResult(0, 0, UploadStats(), True)
-    folders = [spool_dir, *sorted(p for p in spool_dir.glob("server-*") if p.is_dir())]
+    folders = [spool_dir]
+    for folder in sorted(p for p in spool_dir.glob("server-*") if p.is_dir()):
+        owner = read_identity(folder)
+        mine = owner == (client.url, identity) or identity is None
+        if not mine and not as_current_user:
+            if SpoolReader(folder).segments():  # only folders that hold something matter
+                total.skipped.append((folder, owner or ("", "")))
+            continue
+        folders.append(folder)
     index = run_index_for(index_dir) if index_dir is not None else None
     uploader = Uploader(client, rejected_dir=spool_dir / "rejected", index=index)
     for folder in folders:
