@@ -318,3 +318,77 @@ def test_spooled_data_is_only_ever_uploaded_under_the_identity_it_was_logged_wit
     with SimvueClient(local_server.url, bob_token) as as_bob:
         (run,) = _runs(as_bob, again)
         assert len(as_bob.get_metrics(str(run["id"]), ["x"])["x"]) == 20
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a disk that fills up. Mounting needs the privilege to mount (root in a
+    sandbox, as in CI); without it the test is skipped, and CI sets SIMVUE_OTEL_REQUIRE_TMPFS=1
+    to make that a failure."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        reason = (
+            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root to test a full disk"
+        )
+        if os.environ.get("SIMVUE_OTEL_REQUIRE_TMPFS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_a_full_disk_never_crashes_the_program_and_never_hides_a_loss(
+    small_disk: Path, proxy: Proxy, local_server: LocalServer, tmp_path: Path, mode: str
+) -> None:
+    """100,000 steps into a 2 MiB spool directory (offline; or online with the server down):
+    the program keeps its own exit status, says once that data is being lost and at the end
+    how much; once there is room again, `send` uploads the run `completed` with an event
+    saying exactly how many records were lost, and the points that were kept."""
+    name = f"full-disk-{mode}-{uuid.uuid4().hex[:8]}"
+    env = _env(proxy.url, local_server.token, small_disk)
+    if mode == "offline":
+        env["SIMVUE_OTEL_MODE"] = "offline"
+    else:  # the server answers the version check, then nothing more (503) until the end
+        proxy.rules = [("*", "/api/version", "pass")] + [("*", "/", 503)] * 100_000
+    code = PROGRAM.replace("for step in range({steps}):", 'run.log_event("start")\n'
+                           "        for step in range({steps}):")  # fmt: skip
+    code = code.replace('{{"x": float(step)}}', '{{"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}}')
+    out, _ = _run(env, tmp_path, name=name, steps=100_000, code=code)
+    proxy.rules = []
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    lost_said = re.findall(r"(\d+) record\(s\) could (?:not be written|neither reach)", out.stderr)
+    assert len(lost_said) == 1, out.stderr
+    assert out.stderr.count("records are being lost") == 1, out.stderr
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    sent = subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "send", "--quiet"],
+        env=_env(proxy.url, local_server.token, small_disk),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    with SimvueClient(local_server.url, local_server.token) as client:
+        (run,) = _runs(client, name)
+        run_id = str(run["id"])
+        assert client.get_run(run_id)["status"] == "completed", out.stderr
+        events = client.get_events(run_id)
+        told = [e for e in events if e["message"].startswith("simvue-otel lost data:")]
+        assert told and {e["log_level"] for e in told} == {"error"}, events
+        counts = [re.search(r"(\d+) record\(s\) of this run", e["message"]) for e in told]
+        lost = sum(int(c.group(1)) for c in counts if c)
+        kept = client.get_metrics(run_id, ["a"]).get("a", [])
+        kept_points = len(kept)
+        assert len({p["step"] for p in kept}) == kept_points, "a point stored twice"
+        kept_events = len([e for e in events if e["message"] in ("start", "done")])
+        assert 0 < kept_points < 100_000
+        # 100,000 metric records and two events ("start", "done"): each kept or counted lost
+        assert kept_points + kept_events + lost == 100_002, "every record kept or counted"
+        assert int(lost_said[0]) == lost

@@ -135,6 +135,13 @@ class Pipeline:
             self._wake.set()
             self._room.set()
             self._thread.join(max(0.1, timeout - (time.monotonic() - start)))
+            if self._queue:  # never silent: what the deadline cut off is said
+                _LOG.warning(
+                    "%d telemetry item(s) were not yet mapped when the shutdown timeout (%.0f s) "
+                    "ran out, and are lost; raise SIMVUE_OTEL_SHUTDOWN_TIMEOUT",
+                    len(self._queue),
+                    timeout,
+                )
             if self.finish_foreign:
                 self._submit(self.mapper.finish_foreign())
             left = max(0.0, timeout - (time.monotonic() - start))

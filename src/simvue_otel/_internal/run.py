@@ -835,7 +835,11 @@ class Run:
         directory = self._registry()
         if self._mode != "offline" or directory is None or self._name is None:
             return
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
+            return
         entry = {
             "key": self._key,
             "name": self._name,
@@ -849,8 +853,11 @@ class Run:
             "heartbeat_timeout": self._heartbeat_timeout,
         }
         tmp = directory / f".{self._name}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, directory / f"{self._name}.json")
+        try:
+            tmp.write_text(json.dumps(entry))
+            os.replace(tmp, directory / f"{self._name}.json")
+        except OSError as exc:  # a full disk: the run goes on; only reconnect-by-name suffers
+            _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
 
     def _find_run(self, run: str) -> _FoundRun:
         if not isinstance(run, str) or not run:

@@ -14,8 +14,8 @@ class Sink(Protocol):
     """Where mapped records go: a server (online), a spool (offline), or nowhere."""
 
     def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
-        """Take records; never blocks on the network. A ``batch_key`` names the batch for
-        the server's de-duplication (the same key is stored once)."""
+        """Take records; never blocks on the network and never raises over a full disk.
+        A ``batch_key`` names the batch (the bridge derives it from a request)."""
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until what was submitted is delivered (or durable); False on timeout."""

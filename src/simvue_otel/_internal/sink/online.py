@@ -25,6 +25,7 @@ from pathlib import Path
 from ..client import SimvueClient
 from ..conventions import FINAL_STATUSES
 from ..mapping.records import MetricRecord, Record, RunRecord
+from .losses import DiskReserve, LossLedger, split_states
 from .run_index import RunIndex
 from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
 from .uploader import Progress, RetryLater, Uploader
@@ -88,6 +89,12 @@ class OnlineSink:
         self.abort_listener: Callable[[str], None] | None = None
         """Called (on the sink's thread) with the key of a run the server was asked to abort."""
         self.segment_bytes = segment_bytes
+        self.losses = LossLedger(f"the spool directory {spool_dir}")
+        self._reserve = DiskReserve(spool_dir)
+        # After the disk refuses a write, spills are counted as lost without being encoded
+        # until ``_disk_retry``, so a full disk does not also cost the program its CPU.
+        self._disk_refused: OSError | None = None
+        self._disk_retry = 0.0
         self._id = uuid.uuid4().hex[:12]
         self._seq = 0
         self._lock = threading.Lock()
@@ -176,6 +183,8 @@ class OnlineSink:
         with self._lock:
             if self._closed:
                 return not self._spilled
+            if self.losses.untold:
+                self._buffer.extend(self.losses.events())
             self._closing = True
             self._deadline = time.monotonic() + timeout
             self._wake.notify()
@@ -183,13 +192,41 @@ class OnlineSink:
         with self._lock:
             self._closed = True
             leftover = self._take_locked()
-            if leftover:
-                self._spill_locked(leftover)
+            data = [r for r in leftover if not isinstance(r, RunRecord)]
+            if data:
+                self._spill_locked(data)
+            # Then the runs' states and loss events, small, in the room the reserve kept
+            # (a full disk gave their data no room; their end must still be told).
+            self._reserve.release()
+            self._disk_refused = None
+            last: list[Record] = [r for r in self._buffer if isinstance(r, RunRecord)]
+            self._buffer.clear()
+            last += [r for r in leftover if isinstance(r, RunRecord)]
+            if self.losses.untold:
+                last.extend(self.losses.events())
+            if last:
+                self._spill_locked(last)
+            if self._buffer:  # run states a full disk refused: nowhere left to keep them
+                self.losses.total += len(self._buffer)
+                self._buffer.clear()
             if self._writer is not None:
-                self._writer.close()
-                SpoolReader(self.spool_dir).cleanup()  # our fully uploaded segments go
+                try:
+                    self._writer.close()
+                    SpoolReader(self.spool_dir).cleanup()  # our fully uploaded segments go
+                except OSError as exc:
+                    _LOG.error("cannot finish the spool in %s: %s", self.spool_dir, exc)
             remaining = self._spilled
             records = self._spilled_records
+        if self.losses.total:
+            _LOG.warning(
+                "%d record(s) could neither reach the Simvue server at %s nor be written to %s "
+                "(%s) and are lost; the runs they belong to have an event saying so where it "
+                "could be kept",
+                self.losses.total,
+                self.client.url,
+                self.spool_dir,
+                self.losses.reason,
+            )
         if remaining:
             _LOG.warning(
                 "the Simvue server at %s did not take everything before shutdown: %d record(s) "
@@ -202,7 +239,7 @@ class OnlineSink:
                 self.spool_dir.parent.parent,
             )
         self.client.close()
-        return remaining == 0
+        return remaining == 0 and self.losses.total == 0
 
     def backlog(self) -> int:
         """Batches waiting for the server (spooled frames, plus one for a non-empty memory
@@ -232,7 +269,11 @@ class OnlineSink:
         if not records:
             return
         if self._writer is None:
-            self._writer = SpoolWriter(self.spool_dir, segment_bytes=self.segment_bytes)
+            try:
+                self._writer = SpoolWriter(self.spool_dir, segment_bytes=self.segment_bytes)
+            except OSError as exc:
+                self._refused_locked(records, exc)
+                return
         chunks: list[Sequence[Record]] = [records]
         if key is None:
             chunks, chunk, cost = [], [], 0
@@ -246,10 +287,30 @@ class OnlineSink:
                 chunks.append(chunk)
         states = progress.states if progress is not None else None
         for part in chunks:
-            self._writer.append(key or self._next_key(), part, states)
+            if self._disk_refused is not None and time.monotonic() < self._disk_retry:
+                self._refused_locked(part, self._disk_refused)  # no encoding while it is full
+                continue
+            try:
+                self._writer.append(key or self._next_key(), part, states)
+            except OSError as exc:  # a full disk: counted and told, never raised
+                self._disk_refused, self._disk_retry = exc, time.monotonic() + 1.0
+                self._refused_locked(part, exc)
+                continue
+            self._disk_refused = None
             self._spilled += 1
             self._spilled_records += len(part)
             self._spill_seq += 1
+
+    def _refused_locked(self, records: Sequence[Record], exc: OSError) -> None:
+        """The disk refused records the server could not take: the points and events are lost
+        (counted, and told to their runs later); run states go back to memory, few and small,
+        so a run's final status survives a full disk."""
+        lost, states = split_states(records)
+        self.losses.add(lost, exc)
+        kept = {r.run.key: r for r in self._buffer if isinstance(r, RunRecord)}
+        fresh = [s for k, s in states.items() if k not in kept or s.observed >= kept[k].observed]
+        self._buffer.extend(fresh)
+        self._buffered += len(fresh)
 
     def _run(self) -> None:
         last_beat = time.monotonic()
@@ -281,6 +342,9 @@ class OnlineSink:
             if ok:
                 self._failures = 0
                 backoff = 0.0
+                if self.losses.untold:  # the server answers: tell it what the disk lost
+                    with self._lock:
+                        self._buffer.extend(self.losses.events())
             else:
                 self._failures += 1
                 backoff = min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8))

@@ -45,6 +45,7 @@ from types import TracebackType
 
 from ..mapping.records import Record
 from .codec import CodecError, decode_batch, encode_batch
+from .losses import stale_reserves
 
 __all__ = [
     "FRAME_MAGIC",
@@ -254,10 +255,14 @@ class SpoolWriter:
             self.bytes_written += len(frame)
             self.stems.add(self._path.stem if self._path is not None else "")
             self._dirty = True
-            if time.monotonic() - self._last_fsync > self.fsync_interval:
-                self._fsync()
-            if self._size >= self.segment_bytes:
-                self._finish_segment()
+            # The frame is written: what follows must not report it as refused.
+            try:
+                if time.monotonic() - self._last_fsync > self.fsync_interval:
+                    self._fsync()
+                if self._size >= self.segment_bytes:
+                    self._finish_segment()
+            except OSError as exc:
+                _LOG.warning("spool: cannot sync or finish %s: %s", self.directory, exc)
         return len(frame)
 
     def _undo_partial(self, start: int) -> None:
@@ -569,6 +574,9 @@ class SpoolReader:
                 if not live.exists() and not done.exists():
                     with contextlib.suppress(FileNotFoundError):
                         side.unlink()
+        for reserve in stale_reserves(self.directory):  # left by writers that were killed
+            with contextlib.suppress(FileNotFoundError):
+                reserve.unlink()
         for creating in self.directory.glob(f"*{_CREATING_SUFFIX}"):
             if _is_locked(creating) is False:  # a writer died before naming its segment
                 with contextlib.suppress(FileNotFoundError):

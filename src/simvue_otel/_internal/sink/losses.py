@@ -1,0 +1,155 @@
+"""Records that could not be kept anywhere, counted per run, so no loss is ever silent.
+
+When the spool's disk refuses a write (full, quota, file size limit) while the server cannot
+take the data either, the records are gone: the sinks never raise into the user's program over
+it. Instead this ledger counts them per run and reason, logs the first refusal once, and gives
+each run that lost data a Simvue event (level ``error``) saying how many records were lost and
+why, written as soon as there is room again (or uploaded once the server answers). The closing
+summary says how many records were lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..mapping.records import EventRecord, Record, RunRecord, RunRef
+
+__all__ = ["LOSS_EVENT_PREFIX", "DiskReserve", "LossLedger", "split_states"]
+
+_LOG = logging.getLogger("simvue_otel.sink")
+
+LOSS_EVENT_PREFIX = "simvue-otel lost data:"
+"""How the event recording a loss starts, so it can be found (and told from user events)."""
+
+
+RESERVE_PREFIX = ".reserve-"
+
+
+class DiskReserve:
+    """A small file of real bytes held in the spool directory from the start, and deleted at
+    close: on a disk that filled up meanwhile, it makes room for what a run must not lose at
+    its end (its final state and the event saying what was lost)."""
+
+    def __init__(self, directory: Path, size: int = 256 * 1024) -> None:
+        self.path: Path | None = directory / f"{RESERVE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "wb") as handle:
+                handle.write(b"\0" * size)  # written, not sparse: the space is really taken
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None  # no room even for this: nothing reserved
+
+    def release(self) -> None:
+        """Give the space back (once)."""
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.path = None
+
+
+def stale_reserves(directory: Path) -> list[Path]:
+    """Reserve files whose process is gone (killed before its close): safe to delete."""
+    found = []
+    for path in directory.glob(f"{RESERVE_PREFIX}*"):
+        pid_text = path.name[len(RESERVE_PREFIX) :].split("-", 1)[0]
+        try:
+            os.kill(int(pid_text), 0)
+        except (ValueError, ProcessLookupError):
+            found.append(path)
+        except PermissionError:
+            pass  # alive, another user's
+    return found
+
+
+def split_states(records: Sequence[Record]) -> tuple[list[Record], dict[str, RunRecord]]:
+    """A refused batch as (records to count as lost, the latest state of each run): states
+    are few and small, so sinks hold them in memory for a later write instead of losing them."""
+    lost: list[Record] = []
+    states: dict[str, RunRecord] = {}
+    for record in records:
+        if isinstance(record, RunRecord):
+            held = states.get(record.run.key)
+            if held is None or record.observed >= held.observed:
+                states[record.run.key] = record
+        else:
+            lost.append(record)
+    return lost, states
+
+
+def _is_loss_event(record: Record) -> bool:
+    return isinstance(record, EventRecord) and record.message.startswith(LOSS_EVENT_PREFIX)
+
+
+class LossLedger:
+    """Counts records lost per run; see the module docstring. Thread-safe."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.total = 0
+        """Records lost since the sink started."""
+        self.reason = ""
+        self._pending: dict[RunRef, int] = {}  # lost and not yet told in an event
+        self._lock = threading.Lock()
+
+    def add(self, records: Sequence[Record], exc: OSError) -> None:
+        """Count ``records`` as lost because writing them failed with ``exc`` (a loss event
+        among them is not a loss of the run's data: its count is told again later)."""
+        reason = exc.strerror or type(exc).__name__
+        retold = [r for r in records if isinstance(r, EventRecord) and _is_loss_event(r)]
+        with self._lock:
+            first = self.total == 0
+            self.reason = reason
+            for record in records:
+                if not _is_loss_event(record):
+                    self.total += 1
+                    self._pending[record.run] = self._pending.get(record.run, 0) + 1
+        if retold:
+            self.retell(retold)
+        if first:
+            _LOG.error(
+                "%s cannot take more data (%s) and the Simvue server has not taken it: "
+                "records are being lost; free space there. Each run that loses data gets an "
+                "event saying how much",
+                self.where,
+                reason,
+            )
+
+    def events(self) -> list[EventRecord]:
+        """One event per run with untold losses (and forget them: put the events back with
+        :meth:`add` if they cannot be kept either)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            reason = self.reason
+        now = time.time()
+        return [
+            EventRecord(
+                run=run,
+                message=f"{LOSS_EVENT_PREFIX} {count} record(s) of this run (metric points, "
+                f"events or state updates) could not be kept: {self.where} refused them "
+                f"({reason}) while the Simvue server could not take them",
+                timestamp=now,
+                level="error",
+            )
+            for run, count in pending.items()
+        ]
+
+    def retell(self, events: Sequence[EventRecord]) -> None:
+        """Loss events that could not be kept: their counts wait for the next chance."""
+        with self._lock:
+            for event in events:
+                count = int(event.message.split(" record(s)")[0].rsplit(" ", 1)[-1])
+                self._pending[event.run] = self._pending.get(event.run, 0) + count
+
+    @property
+    def untold(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
