@@ -137,8 +137,8 @@ def test_dead_child_disappears_without_error(otel: Setup) -> None:
     child = subprocess.Popen(BURN)
     try:
         monitor = ResourceMonitor(otel.meter, gpus=False)
-        assert child.pid in monitor._processes
         otel.collect()
+        assert child.pid in monitor._processes
         child.kill()
         child.wait(timeout=10)
         time.sleep(0.6)  # past the sample's reuse window
@@ -346,3 +346,21 @@ def test_gpus_false_never_touches_nvml(otel: Setup, monkeypatch: pytest.MonkeyPa
     monitor = ResourceMonitor(otel.meter, gpus=False)
     monitor.close()
     assert fake.initialised == 0
+
+
+def test_the_first_cpu_sample_is_right(burner: subprocess.Popen[bytes]) -> None:
+    """Collected the moment the monitor starts (as a Run does at init), the CPU use of a
+    process that keeps one core busy reads about one core: not 0, and not one clock tick over
+    a few milliseconds read as hundreds of percent."""
+    time.sleep(1.0)  # the burner has been busy for a while
+    firsts = []
+    for _ in range(5):
+        setup = Setup()  # a fresh provider each time, as each Run has its own
+        monitor = ResourceMonitor(setup.meter, burner.pid, gpus=False)
+        try:
+            firsts.append(value(setup.collect(), RESOURCE_CPU_PERCENT))
+        finally:
+            monitor.close()
+            setup.provider.shutdown()
+    cores = psutil.cpu_count() or 1
+    assert all(30.0 < cpu <= 100.0 * min(cores, 1) + 15.0 for cpu in firsts), firsts

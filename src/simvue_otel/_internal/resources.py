@@ -47,8 +47,10 @@ def sample_tree(
     """CPU percent (100 = one core) and resident memory in MiB of ``root`` and its descendants.
 
     ``processes_cache`` keeps one ``psutil.Process`` per pid between calls, because
-    ``cpu_percent(interval=None)`` measures since that object's previous call (its first call
-    gives 0.0). Processes that are gone or unreadable are dropped from it silently.
+    ``cpu_percent(interval=None)`` measures since that object's previous call. A process seen
+    for the first time has no previous call (psutil would say 0.0, and a call milliseconds after
+    a priming one reads one 10 ms clock tick as hundreds of percent): its share is its average
+    since it started instead. Processes that are gone or unreadable are dropped silently.
     """
     try:
         tree = [root, *root.children(recursive=True)]
@@ -59,12 +61,20 @@ def sample_tree(
     alive: set[int] = set()
     for found in tree:
         proc = processes_cache.get(found.pid)
-        if proc is None or proc != found:  # new pid, or a pid reused by another process
+        first = proc is None or proc != found  # new pid, or a pid reused by another process
+        if first:
             proc = found
             processes_cache[found.pid] = proc
+        assert proc is not None
         try:
             with proc.oneshot():
-                cpu += proc.cpu_percent(interval=None)
+                if first:
+                    proc.cpu_percent(interval=None)  # the start of the next sample's window
+                    used = proc.cpu_times()
+                    age = max(time.time() - proc.create_time(), 0.05)
+                    cpu += 100.0 * (used.user + used.system) / age
+                else:
+                    cpu += proc.cpu_percent(interval=None)
                 rss += proc.memory_info().rss
         except _GONE:
             continue
@@ -120,8 +130,6 @@ class ResourceMonitor:
         self._processes: dict[int, psutil.Process] = {}
         self._sample: tuple[float, float] | None = None
         self._sampled_at = float("-inf")
-        # Prime cpu_percent so the first collection measures since now, not 0.0.
-        sample_tree(self._processes, self._root)
 
         meter.create_observable_gauge(
             RESOURCE_CPU_PERCENT,
