@@ -49,16 +49,25 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("zero-code") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    # With the requests instrumentation too, as an app that calls HTTP services has it: the
+    # exporters' own uploads (made with requests) must not be traced back into the run.
     subprocess.run(
-        [*pip, f"{ROOT}[instrument]"], check=True, timeout=600, capture_output=True, text=True
-    )
+        [*pip, f"{ROOT}[instrument]", "opentelemetry-instrumentation-requests"],
+        check=True, timeout=600, capture_output=True, text=True,
+    )  # fmt: skip
     return venv
 
 
 def _instrumented(
-    venv: Path, server: LocalServer, tmp: Path, env_extra: dict[str, str], n: int
+    venv: Path,
+    server: LocalServer,
+    tmp: Path,
+    env_extra: dict[str, str],
+    n: int,
+    app: str = APP,
+    args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    (tmp / "app.py").write_text(APP)
+    (tmp / "app.py").write_text(app)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
     env.update(
         OTEL_TRACES_EXPORTER="simvue",
@@ -72,7 +81,7 @@ def _instrumented(
     )
     return subprocess.run(
         [str(venv / "bin" / "opentelemetry-instrument"), str(venv / "bin" / "python"), "app.py",
-         str(n)],
+         str(n), *args],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -128,6 +137,52 @@ def test_foreign_app_becomes_one_run_per_service_instance(
         assert run["tags"] == ["zero-code"] and run["metadata"]["grid"] == 128
         points = client.get_metrics(run["id"], ["energy"])["energy"]
         assert len(points) == 10
+
+
+HTTP_APP = textwrap.dedent(
+    """
+    # An app that calls an HTTP service once, then works for a few seconds while its
+    # telemetry is uploaded: only its own call may show up in its run.
+    import sys, time
+    import requests
+    from opentelemetry import _logs, trace
+
+    tracer = trace.get_tracer("app")
+    logger = _logs.get_logger("app")
+    with tracer.start_as_current_span("simvue.run"):
+        requests.get(sys.argv[2] + "/health", timeout=10)
+        for step in range(int(sys.argv[1])):
+            logger.emit(body={"x": float(step)}, event_name="simvue.metrics",
+                        attributes={"simvue.metrics.step": step})
+            time.sleep(0.05)
+        time.sleep(3.0)
+    """
+)
+
+
+def test_the_exporters_own_uploads_are_not_traced_back_into_the_run(
+    fresh_venv: Path, local_server: LocalServer, tmp_path: Path
+) -> None:
+    key = str(uuid.uuid4())
+    done = _instrumented(
+        fresh_venv, local_server, tmp_path,
+        {"OTEL_RESOURCE_ATTRIBUTES": f"simvue.run.key={key},simvue.run.name=http-app"},
+        60, HTTP_APP, (local_server.url,),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with SimvueClient(local_server.url, local_server.token) as client:
+        found = client.find_run_by_key(key)
+        assert found is not None, done.stderr
+        messages = [e["message"] for e in client.get_events(found["id"])]
+        http = [m for m in messages if m.startswith(("span 'GET'", "span 'POST'", "span 'PUT'"))]
+        assert http == [m for m in http if m.startswith("span 'GET'")] and len(http) == 1, (
+            f"only the app's own GET may be traced: {http}"
+        )
+        names = client.metric_names(found["id"])
+        assert len(client.get_metrics(found["id"], ["x"])["x"]) == 60
+        duration = [n for n in names if n.startswith("http.client")]
+        for name in duration:  # the app's one call, never the uploads (other ports, PUT, POST)
+            assert "POST" not in name and "PUT" not in name, names
 
 
 def test_without_the_configurator_nothing_would_be_exported(fresh_venv: Path) -> None:

@@ -15,18 +15,20 @@ official Simvue client, with the same paths, query keys and bodies.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import msgpack
 import requests
+from opentelemetry import context as otel_context
 
 from .config import Secret, SimvueConfig, server_root
 from .conventions import RUN_KEY_METADATA
@@ -107,6 +109,22 @@ def parse_timestamp(text: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
+
+
+@contextlib.contextmanager
+def _uninstrumented() -> Iterator[None]:
+    """Our own calls to the Simvue server are not the app's telemetry: an app under
+    ``opentelemetry-instrument`` with the requests (or urllib3) instrumentation would otherwise
+    trace every upload and export it back to Simvue, forever. The SDK's own exporters suppress
+    instrumentation the same way."""
+    ctx = otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+    ctx = otel_context.set_value(otel_context._SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx)
+    ctx = otel_context.set_value("suppress_instrumentation", True, ctx)  # older instrumentations
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -229,14 +247,15 @@ class SimvueClient:
         while True:
             wait: float | None = None
             try:
-                response = self._session.request(
-                    method,
-                    url,
-                    data=data,
-                    params=params,
-                    headers=send_headers,
-                    timeout=timeout or self.timeout,
-                )
+                with _uninstrumented():
+                    response = self._session.request(
+                        method,
+                        url,
+                        data=data,
+                        params=params,
+                        headers=send_headers,
+                        timeout=timeout or self.timeout,
+                    )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 unsent = _never_sent(exc)
                 if attempt >= self.retries or not (idempotent or unsent):
@@ -298,7 +317,8 @@ class SimvueClient:
         """
         url = f"{self.api}/version"
         try:
-            response = self._session.get(url, timeout=timeout)
+            with _uninstrumented():
+                response = self._session.get(url, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ServerUnreachableError("GET", url, type(exc).__name__) from exc
         status = response.status_code
