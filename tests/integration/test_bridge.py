@@ -68,7 +68,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from simvue_otel._internal.client import SimvueClient
+from simvue_otel._internal.client import SimvueClient, parse_timestamp
 from tests.conftest import (
     Bridge,
     LocalServer,
@@ -890,3 +890,71 @@ def test_a_resent_request_is_stored_once_even_after_a_restart(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_run_starts_when_its_root_span_started_not_when_the_bridge_first_heard_of_it(
+    bridge: Bridge, client: SimvueClient
+) -> None:
+    """A metric point reaches the bridge first (the run is created then); the root span, which
+    began 5.5 s earlier and has ended, comes after: the run's start and end are the span's."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+    key = str(uuid.uuid4())
+    resource = Resource(
+        attributes=[
+            KeyValue(key="simvue.run.key", value=AnyValue(string_value=key)),
+            KeyValue(key="simvue.run.name", value=AnyValue(string_value="late-root")),
+        ]
+    )
+    end = time.time_ns()
+    start = end - 5_500_000_000
+    body = AnyValue()
+    body.kvlist_value.values.append(KeyValue(key="x", value=AnyValue(double_value=1.0)))
+    logs = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=resource,
+                scope_logs=[
+                    ScopeLogs(
+                        log_records=[
+                            LogRecord(
+                                time_unix_nano=start + 1_500_000_000,
+                                event_name="simvue.metrics",
+                                body=body,
+                            )
+                        ]
+                    )
+                ],
+            )
+        ]
+    )
+    headers = {"Content-Type": "application/x-protobuf"}
+    reply = requests.post(
+        bridge.url + "/v1/logs", data=logs.SerializeToString(), headers=headers, timeout=30
+    )
+    assert reply.status_code == 200
+    found = poll(lambda: client.find_run_by_key(key), lambda r: r is not None, 20)
+    assert found is not None
+    root = Span(
+        trace_id=uuid.uuid4().bytes,
+        span_id=os.urandom(8),
+        name="simvue.run",
+        start_time_unix_nano=start,
+        end_time_unix_nano=end,
+    )
+    spans = ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=[root])])]
+    )
+    reply = requests.post(
+        bridge.url + "/v1/traces", data=spans.SerializeToString(), headers=headers, timeout=30
+    )
+    assert reply.status_code == 200
+    run = poll(lambda: client.get_run(found["id"]), lambda r: r["status"] == "completed", 20)
+    assert parse_timestamp(run["started"]) == pytest.approx(start / 1e9, abs=1e-3)
+    assert parse_timestamp(run["endtime"]) == pytest.approx(end / 1e9, abs=1e-3)

@@ -416,6 +416,7 @@ class Uploader:
         self.index.put(ref.key, run_id)
         self._ids[ref.key] = run_id
         sent["metadata"] = _flatten(metadata)
+        sent["started"] = started if started is not None else time.time()
         self._sent[ref.key] = sent  # status as sent, never read back from the reply
         self.stats.runs_created += 1
         return run_id
@@ -427,6 +428,10 @@ class Uploader:
         known: dict[str, Any] = {name: doc.get(name) for name in _STATE_FIELDS}
         known["metadata"] = _flatten(doc.get("metadata") or {})
         known["status"] = doc.get("status")
+        try:
+            known["started"] = _parse_timestamp(doc["started"]) if doc.get("started") else None
+        except (TypeError, ValueError):
+            known["started"] = None
         self._sent[key] = known
 
     @staticmethod
@@ -456,6 +461,11 @@ class Uploader:
                     changes["metadata"] = _unflatten(changed)  # merged by the server
             elif sent.get(name) != value:
                 changes[name] = value
+        started = sent.get("started")
+        if state.started is not None and (started is None or state.started < started - 1e-3):
+            # The run began when its root span began, not when its first record reached us
+            # (a bridge may see a metric point first): an earlier start corrects it.
+            changes["started"] = format_timestamp(state.started)
         reopen = sent.get("status") in FINAL_STATUSES and state.status not in FINAL_STATUSES
         if sent.get("status") != state.status and not reopen:
             changes["status"] = state.status
@@ -484,6 +494,8 @@ class Uploader:
                 value = {**(sent.get("metadata") or {}), **value}
             merged[name] = value
         merged["status"] = changes.get("status", sent.get("status"))
+        if "started" in changes:
+            merged["started"] = state.started
         self._sent[key] = merged
         self._observed[key] = state.observed
         self.stats.states += 1
