@@ -197,3 +197,63 @@ def test_without_the_configurator_nothing_would_be_exported(fresh_venv: Path) ->
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.stdout.strip() == "['simvue_otel._internal.autoconf:SimvueConfigurator']"
+
+
+SIGTERM_APP = textwrap.dedent(
+    """
+    import sys, time
+    from opentelemetry import _logs, trace
+
+    tracer = trace.get_tracer("app")
+    logger = _logs.get_logger("app")
+    emitted = 0
+    try:
+        with tracer.start_as_current_span("simvue.run"):
+            print("started", flush=True)
+            for step in range(int(sys.argv[1])):
+                logger.emit(body=f"event {step}", event_name="simvue.event")
+                emitted += 1
+                time.sleep(0.002)
+    finally:
+        print("emitted", emitted, flush=True)
+    """
+)
+
+
+def test_sigterm_delivers_everything_and_ends_the_run_terminated(
+    fresh_venv: Path, local_server: LocalServer, tmp_path: Path
+) -> None:
+    """An app under opentelemetry-instrument stopped with SIGTERM (as a batch scheduler
+    does): every event it emitted reaches the run, which ends `terminated`."""
+    import signal
+
+    key = str(uuid.uuid4())
+    (tmp_path / "app.py").write_text(SIGTERM_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
+    env.update(
+        OTEL_TRACES_EXPORTER="simvue", OTEL_METRICS_EXPORTER="simvue",
+        OTEL_LOGS_EXPORTER="simvue", SIMVUE_URL=local_server.url,
+        SIMVUE_TOKEN=local_server.token, SIMVUE_OFFLINE_DIRECTORY=str(tmp_path / "offline"),
+        HOME=str(tmp_path), OTEL_RESOURCE_ATTRIBUTES=f"simvue.run.key={key}",
+    )  # fmt: skip
+    app = subprocess.Popen(
+        [str(fresh_venv / "bin" / "opentelemetry-instrument"),
+         str(fresh_venv / "bin" / "python"), "app.py", "1000000"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert app.stdout is not None and app.stdout.readline().strip() == "started"
+    import time
+
+    time.sleep(2.0)
+    app.send_signal(signal.SIGTERM)
+    out, err = app.communicate(timeout=60)
+    assert app.returncode == 143, err
+    emitted = int(out.split("emitted")[-1].strip())
+    assert emitted > 100
+    with SimvueClient(local_server.url, local_server.token) as client:
+        found = client.find_run_by_key(key)
+        assert found is not None, err
+        run = client.get_run(found["id"])
+        assert run["status"] == "terminated"
+        events = [e["message"] for e in client.get_events(found["id"])]
+        assert len([m for m in events if m.startswith("event ")]) == emitted, "events lost"

@@ -3,12 +3,19 @@
 ``opentelemetry-instrument`` only reads the ``OTEL_*_EXPORTER`` variables when an
 ``opentelemetry_configurator`` entry point is installed; simvue-otel registers this one, so
 installing simvue-otel is enough. It configures the SDK exactly as OpenTelemetry's own
-configurator does, with one difference: Simvue exporters get the non-dropping Simvue
-processors instead of the SDK's batch processors (which drop on a full queue).
+configurator does, with two differences: Simvue exporters get the non-dropping Simvue
+processors instead of the SDK's batch processors (which drop on a full queue), and, when an
+exporter is Simvue's and the program has no SIGTERM handler of its own, SIGTERM unwinds the
+program (``SystemExit(143)``) instead of killing it on the spot, so everything recorded is
+delivered at exit and its runs end ``terminated`` (as a ``Run`` does).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
@@ -23,6 +30,7 @@ from .exporters import (
     SimvueSpanExporter,
     SimvueSpanProcessor,
 )
+from .pipeline import shared_terminating
 
 __all__ = ["SimvueConfigurator"]
 
@@ -41,10 +49,33 @@ def log_processor_for(exporter: LogRecordExporter, *args: Any, **kwargs: Any) ->
     return BatchLogRecordProcessor(exporter, *args, **kwargs)
 
 
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    shared_terminating()
+    raise SystemExit(128 + signum)
+
+
+def install_sigterm_handler() -> bool:
+    """Make SIGTERM unwind the program (see the module docstring), unless the program (or
+    something before it) already handles SIGTERM; True when installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return True
+
+
 class SimvueConfigurator(_OTelSDKConfigurator):
-    """OpenTelemetry's SDK configurator, with Simvue's processors for Simvue's exporters."""
+    """OpenTelemetry's SDK configurator, with Simvue's processors for Simvue's exporters (and
+    a SIGTERM that delivers what was recorded)."""
 
     def _configure(self, **kwargs: Any) -> None:
         kwargs.setdefault("export_span_processor", span_processor_for)
         kwargs.setdefault("export_log_record_processor", log_processor_for)
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+        chosen = ",".join(
+            os.environ.get(f"OTEL_{signal_name}_EXPORTER", "")
+            for signal_name in ("TRACES", "METRICS", "LOGS")
+        )
+        if "simvue" in [name.strip() for name in chosen.split(",")]:
+            install_sigterm_handler()

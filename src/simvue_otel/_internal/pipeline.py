@@ -23,7 +23,7 @@ from .mapping.records import Record
 from .mapping.sdk import map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
 
-__all__ = ["Pipeline", "acquire_shared", "release_shared"]
+__all__ = ["Pipeline", "acquire_shared", "release_shared", "shared_terminating"]
 
 _LOG = logging.getLogger("simvue_otel.pipeline")
 
@@ -120,6 +120,11 @@ class Pipeline:
             return True
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
         return self.sink.flush(left)
+
+    def terminating(self) -> None:
+        """The process is being stopped by a signal: runs whose root span ends without an
+        explicit or error status, and runs this process ends itself, end ``terminated``."""
+        self.mapper.unset_status = "terminated"
 
     def close(self, timeout: float = 30.0) -> bool:
         """Map what is queued, end foreign runs, and close the sink within ``timeout``."""
@@ -239,6 +244,13 @@ def acquire_shared(mode: str | None = None, config: SimvueConfig | None = None) 
             _Shared.users = 0
         _Shared.users += 1
         return pipeline
+
+
+def shared_terminating() -> None:
+    """The process is being stopped by a signal: tell the shared pipeline (if any)."""
+    with _shared_lock:
+        if _Shared.pipeline is not None:
+            _Shared.pipeline.terminating()
 
 
 def release_shared(pipeline: Pipeline, timeout: float) -> bool:

@@ -107,6 +107,10 @@ class Mapper:
             )
         self.span_events = span_events
         self.max_runs = max_runs
+        self.unset_status = "completed"
+        """Final status of a root span that ends OK or UNSET with no ``simvue.run.status``:
+        ``terminated`` once the process is being stopped by a signal (SIGTERM leaves spans
+        UNSET, as a clean end does)."""
         self._clock = clock
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._refs: dict[int, tuple[Mapping[str, Any], _RunState]] = {}
@@ -224,7 +228,7 @@ class Mapper:
         status = attrs.get(cv.RUN_STATUS)
         if final:
             if status not in cv.FINAL_STATUSES:
-                status = "failed" if span.status == STATUS_ERROR else "completed"
+                status = "failed" if span.status == STATUS_ERROR else self.unset_status
         elif status not in ("created", "running"):
             status = "running"
         state.origin = min(state.origin, span.start)
@@ -464,11 +468,12 @@ class Mapper:
 
     # -- end of process -------------------------------------------------------------------
 
-    def finish_foreign(self, status: str = "completed", when: float | None = None) -> list[Record]:
+    def finish_foreign(self, status: str | None = None, when: float | None = None) -> list[Record]:
         """Final state for every run this process fed without a ``simvue.run`` span (foreign
         runs, and keyed runs that only sent data): the exporting process is ending, and
         without this they would wait for the server to call them lost."""
         now = when if when is not None else self._clock()
+        status = status or self.unset_status
         out: list[Record] = []
         for s in self._runs.values():
             if s.has_state:
