@@ -1,10 +1,11 @@
 """Offline run on a worker node with no network, uploaded later with ``simvue-otel send``.
 
 What it shows: ``Run(mode="offline")`` needs no server, URL or token. Everything the run
-records is kept in a spool under the offline directory (``SIMVUE_OFFLINE_DIRECTORY``, else
-``[offline] cache`` in simvue.toml, else ``~/.simvue``). From any machine that can reach the
-server and sees that directory, ``simvue-otel send`` uploads it; it is safe to interrupt and
-to run again (nothing is stored twice).
+records is kept in a spool under the offline directory. From any machine that can reach the
+server and sees that directory, ``simvue-otel send --cache DIR`` uploads it; it is safe to
+interrupt and to run again (nothing is stored twice). This example names its offline
+directory itself (``SIMVUE_OFFLINE_DIRECTORY``, else ``~/.simvue``) and passes it to ``Run``,
+so that the upload command it prints at the end names the very directory the run is in.
 
 On the worker node::
 
@@ -22,14 +23,28 @@ Optional: ``EXAMPLE_FOLDER`` picks the Simvue folder (default ``/examples/offlin
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 from simvue_otel import Run
 
 FOLDER = os.environ.get("EXAMPLE_FOLDER", "/examples/offline")
+CACHE = Path(os.environ.get("SIMVUE_OFFLINE_DIRECTORY") or "~/.simvue").expanduser().absolute()
+
+
+def send_command(cache: Path) -> str:
+    """The upload command to paste: ``simvue-otel`` by name when the shell finds it, else by
+    the path it was installed at beside this Python (a virtual environment not activated)."""
+    program = "simvue-otel"
+    if not shutil.which(program) and (Path(sys.executable).parent / program).is_file():
+        program = str(Path(sys.executable).parent / program)
+    return f"{shlex.quote(program)} send --cache {shlex.quote(str(cache))}"
 
 
 def main() -> None:
-    with Run(mode="offline") as run:
+    with Run(mode="offline", offline_directory=CACHE) as run:
         run.init(
             name="offline-worker",
             folder=FOLDER,
@@ -47,7 +62,9 @@ def main() -> None:
             u = new
             run.log_metrics({"max_change": change}, step=sweep)
         run.log_event("sweeps done; upload with `simvue-otel send`")
-        print(f"recorded {run.name} offline; run `simvue-otel send` to upload it")
+    print(f"recorded {run.name} offline in {CACHE}")
+    print("upload it from where the server can be reached (SIMVUE_URL and SIMVUE_TOKEN set):")
+    print(f"  {send_command(CACHE)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the right number of points, and visibility between users."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -21,6 +22,24 @@ from tests.conftest import LocalServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# Set (to 1) where the browser tests must run, as in CI: then a missing browser is a failure
+# rather than a skip, so the web view is never left untested there without anyone noticing.
+REQUIRE_BROWSER = "SIMVUE_OTEL_REQUIRE_BROWSER"
+
+
+def _require_browser_binaries() -> None:
+    """Skip (or, with ``SIMVUE_OTEL_REQUIRE_BROWSER=1``, fail) when Chromium or its driver is
+    not installed: Selenium would otherwise end each test in ``NoSuchDriverException``."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if not missing:
+        return
+    reason = (
+        f"the browser tests need Debian's Chromium and its driver ({', '.join(missing)} not "
+        "found): apt-get install chromium chromium-driver"
+    )
+    if os.environ.get(REQUIRE_BROWSER, "") not in ("", "0"):
+        pytest.fail(f"{reason} ({REQUIRE_BROWSER} is set, so they may not be skipped)")
+    pytest.skip(reason)
 
 
 def _browser() -> Any:
@@ -35,6 +54,7 @@ def _browser() -> Any:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    _require_browser_binaries()
     driver = _browser()
     yield driver
     driver.quit()
@@ -58,7 +78,7 @@ def wait_for(condition: Any, message: str = "condition not met in 10 s") -> None
 
 
 def make_run(client: SimvueClient, folder: str, name: str, tags: list[str], points: int) -> str:
-    run_id = client.create_run(name=name, folder=folder, tags=tags, metadata={"n": points})["id"]
+    run_id = client.create_run(name=name, folder=folder, tags=tags, metadata={"n": points})
     t0 = time.time()
     client.post_metrics(
         run_id,

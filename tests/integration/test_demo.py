@@ -47,13 +47,32 @@ def test_demo_keeps_serving_until_interrupted(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
+        api_lines = []
         for line in proc.stdout:
+            if line.startswith("API: "):
+                api_lines.append(line.removeprefix("API: ").strip())
             if line.startswith("Serving"):
                 break
         else:
             raise AssertionError(proc.stderr.read() if proc.stderr else "no output")
         login = requests.get(f"http://127.0.0.1:{port}/login", timeout=10)
         assert login.status_code == 200 and "Sign in" in login.text
+
+        # The API line works when pasted into a shell elsewhere, while the demo serves.
+        assert len(api_lines) == 1 and api_lines[0].startswith("export SIMVUE_URL="), api_lines
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        pasted = subprocess.run(
+            ["/bin/sh", "-c", api_lines[0] + '\nprintf "%s %s" "$SIMVUE_URL" "$SIMVUE_TOKEN"'],
+            env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert pasted.returncode == 0, pasted.stderr
+        url, token = pasted.stdout.split(" ")
+        assert url == f"http://127.0.0.1:{port}"
+        whoami = requests.get(
+            f"{url}/api/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert whoami.status_code == 200, whoami.text
         proc.send_signal(2)  # Ctrl-C
         assert proc.wait(timeout=30) == 0
     finally:

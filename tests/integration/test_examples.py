@@ -190,14 +190,21 @@ def test_offline_worker_then_send(
     env = example_env(tmp_path, folder)  # the worker node: no URL, no token
     cache = tmp_path / "offline"
     out = run_example(example("offline_worker.py"), env, tmp_path)
-    assert "recorded offline-worker offline" in out.stdout
+    assert f"recorded offline-worker offline in {cache}" in out.stdout
     assert runs_in(client, folder) == [], "offline mode sent nothing"
     assert list((cache / "otel-spool").iterdir()), "the run is spooled on disk"
 
+    # The command the example prints is pasted as it is, into a shell elsewhere: another
+    # working directory, and no SIMVUE_OFFLINE_DIRECTORY (the server's settings only).
+    hint = out.stdout.strip().splitlines()[-1].strip()
+    assert hint.endswith(f"send --cache {cache}"), out.stdout
     send_env = example_env(tmp_path, folder, local_server)
-    cmd = [sys.executable, "-m", "simvue_otel", "send", "--cache", str(cache), "--quiet"]
-    out = run_example(cmd, send_env, tmp_path)
+    del send_env["SIMVUE_OFFLINE_DIRECTORY"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = run_example(["/bin/sh", "-c", hint], send_env, elsewhere)
     assert "1 run(s) created" in out.stdout, out.stdout
+    cmd = [sys.executable, "-m", "simvue_otel", "send", "--cache", str(cache), "--quiet"]
     run = only_run(client, "offline-worker", folder)
     assert run["status"] == "completed"
     assert run["tags"] == ["offline", "worker"]

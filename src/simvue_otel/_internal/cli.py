@@ -55,7 +55,7 @@ def _cmd_server_token(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if args.days <= 0:
         parser.error(f"--days must be positive, not {args.days}")
     try:
-        print(mint_token(Path(args.db), args.user, args.tenant, args.days))
+        print(mint_token(Path(args.db), args.user, args.tenant, args.days, create=args.create))
     except StoreError as exc:
         print(f"simvue-otel server token: {exc.detail}", file=sys.stderr)
         return 1
@@ -208,9 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
         "token",
         help="print a bearer token for a user (created if needed)",
         description="Print a bearer token (a JWT) for USER of the server whose database is "
-        "--db, creating the user (in --tenant, default 'default') if needed.",
+        "--db, creating the user (in --tenant, default 'default') if needed. The database "
+        "must exist (a token works only for the server that uses it) unless --create is given.",
     )
     token.add_argument("--db", default=DEFAULT_DB, help="the server's SQLite database file")
+    token.add_argument(
+        "--create",
+        action="store_true",
+        help="make --db a new database when it does not exist (for a server to be started on "
+        "it later); without it, a missing database is an error",
+    )
     token.add_argument("--user", required=True, help="user name")
     token.add_argument("--tenant", default=None, help="tenant of a new user")
     token.add_argument("--days", type=float, default=365.0, help="token lifetime in days")

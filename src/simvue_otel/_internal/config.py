@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
+from .hints import command
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,10 +40,14 @@ __all__ = [
 
 CONFIG_FILE_NAMES: tuple[str, ...] = ("simvue.toml", ".simvue.toml")
 
-_HOW_TO_CONFIGURE = (
-    "set SIMVUE_URL and SIMVUE_TOKEN, or [server] url and token in simvue.toml; "
-    "run `simvue-otel server` to get a local server with a ready token"
-)
+
+def _how_to_configure() -> str:
+    """The end of every "no server configured" message: what to set, and a command that
+    starts a local server (named as this shell can run it, see :mod:`.hints`)."""
+    return (
+        "set SIMVUE_URL and SIMVUE_TOKEN, or [server] url and token in simvue.toml; "
+        f"run `{command('server')}` to get a local server with a ready token"
+    )
 
 
 class Secret:
@@ -93,7 +98,7 @@ class SimvueConfig:
     def api_url(self) -> str:
         """Return the REST API root: the URL without trailing slashes, plus ``/api``."""
         if self.url is None:
-            raise ConfigurationError(f"no Simvue server URL configured; {_HOW_TO_CONFIGURE}")
+            raise ConfigurationError(f"no Simvue server URL configured; {_how_to_configure()}")
         return self.url.rstrip("/") + "/api"
 
     def require_online(self) -> None:
@@ -106,12 +111,12 @@ class SimvueConfig:
                 if not present
             )
             raise ConfigurationError(
-                f"no Simvue server configured ({missing} missing); {_HOW_TO_CONFIGURE}"
+                f"no Simvue server configured ({missing} missing); {_how_to_configure()}"
             )
         if not url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"the Simvue server URL must start with http:// or https:// "
-                f"(given: {url!r}); {_HOW_TO_CONFIGURE}"
+                f"(given: {url!r}); {_how_to_configure()}"
             )
 
 

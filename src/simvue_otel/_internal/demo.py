@@ -123,6 +123,7 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
 
     from .. import Run
     from .client import SimvueClient
+    from .hints import command
     from .server.app import create_app
     from .server.auth import issue_token
     from .server.store import Store
@@ -230,8 +231,9 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
             print(f"  {url}/runs/{r['id']}", file=out)
     code = issue_login_code(store.secret(), identity)
     print(f"\nSign in to the web view (link valid 1 hour): {url}/login?code={code}", file=out)
-    print(f"API: export SIMVUE_URL={url} SIMVUE_TOKEN=<see `simvue-otel server token --db "
-          f"{db} --user {identity.user}`>", file=out)  # fmt: skip
+    # Pasteable as it is: the token is minted from the demo's database when the line runs.
+    mint = command("server", "token", "--db", db, "--user", identity.user)
+    print(f"API: export SIMVUE_URL={url} SIMVUE_TOKEN=$({mint})", file=out)
     out.flush()
     try:
         if not exit_at_once:

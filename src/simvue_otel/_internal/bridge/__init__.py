@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from ..config import resolve_config
+from ..hints import command
 from ..sink import create_sink, resolve_mode, spool_directory
 
 __all__ = ["is_loopback", "parse_listen", "serve_bridge"]
@@ -112,8 +113,9 @@ def serve_bridge(
         )
         requests.close()
         if not delivered:
+            send = command("send", "--cache", config.offline_directory)
             print(
                 "simvue-otel bridge: some data could not be delivered before shutdown; it is "
-                f"kept in {spool_directory(config)}: run `simvue-otel send` to upload it",
+                f"kept in {spool_directory(config)}; upload it with: {send}",
                 file=sys.stderr,
             )
