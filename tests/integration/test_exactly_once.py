@@ -90,7 +90,10 @@ def test_answers_lost_after_storing_cost_no_duplicate(
         ("POST", "/api/metrics", "stored-then-reset"),
     ]
     name, folder = f"lost-answers-{uuid.uuid4().hex[:8]}", "/exactly-once"
-    env = _env(proxy.url, local_server.token, tmp_path / "offline")
+    # Five faults in a row back off for about 30 s: give the close room to finish online.
+    env = _env(
+        proxy.url, local_server.token, tmp_path / "offline", SIMVUE_OTEL_SHUTDOWN_TIMEOUT="120"
+    )
     _script(
         f"""
         from simvue_otel import Run

@@ -103,10 +103,10 @@ def run_script(
     return out
 
 
-def send(cache: Path, server: LocalServer) -> subprocess.CompletedProcess[str]:
+def send(cache: Path, server: LocalServer, *extra: str) -> subprocess.CompletedProcess[str]:
     env = subprocess_env(SIMVUE_URL=server.url, SIMVUE_TOKEN=server.token)
     out = subprocess.run(
-        [*SEND_CMD, str(cache)], env=env, capture_output=True, text=True, timeout=120
+        [*SEND_CMD, str(cache), *extra], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, f"send failed:\n{out.stdout}\n{out.stderr}"
     return out
@@ -822,10 +822,11 @@ def test_unreachable_server_never_raises_and_keeps_the_data(
     spool = offline_dir / "otel-spool"
     assert spool.is_dir() and any(p.stat().st_size > 0 for p in spool.rglob("*") if p.is_file())
 
-    # The server comes up on that port: what was kept on disk is all there after a send.
+    # The server comes up on that port: what was kept on disk is all there after a send. It
+    # was logged under another token than the server's: sending it as this user is explicit.
     server = start_server(tmp_path / "srv", port=port)
     try:
-        send(offline_dir, server)
+        send(offline_dir, server, "--as-current-user")
         with SimvueClient(server.url, server.token, retries=2) as c:
             found = c.find_run_by_key(key or "")
             assert found is not None

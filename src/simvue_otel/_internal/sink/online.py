@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..client import SimvueClient
 from ..conventions import FINAL_STATUSES
+from ..hints import command
 from ..mapping.records import MetricRecord, Record, RunRecord
 from .losses import DiskReserve, LossLedger, split_states
 from .run_index import RunIndex
@@ -231,12 +232,11 @@ class OnlineSink:
             _LOG.warning(
                 "the Simvue server at %s did not take everything before shutdown: %d record(s) "
                 "(metric points, events, run states) are kept in %s. The next process sending "
-                "to this server as the same user uploads them, or send them now with: "
-                "simvue-otel send --cache %s",
+                "to this server as the same user uploads them, or send them now with: %s",
                 self.client.url,
                 records,
                 self.spool_dir,
-                self.spool_dir.parent.parent,
+                command("send", "--cache", self.spool_dir.parent.parent),
             )
         self.client.close()
         return remaining == 0 and self.losses.total == 0

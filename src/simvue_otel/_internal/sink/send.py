@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..client import SimvueClient
+from ..hints import command
 from . import read_identity
 from .online import SpoolProgress, run_index_for
 from .spool import SendLock, SpoolReader
@@ -112,7 +113,9 @@ def send_spool(
         total.frames += result.frames
         total.bytes += result.bytes
         if not result.complete:
-            total.complete, total.reason = False, result.reason
+            resume = command("send", "--cache", spool_dir.parent)
+            total.complete = False
+            total.reason = f"{result.reason}; run `{resume}` again to resume"
             break
     total.stats = uploader.stats
     return total
@@ -141,8 +144,7 @@ def _send_folder(
                             bar.update(sent, uploader.stats.points, force=True)
                             return SendResult(
                                 frames, sent, uploader.stats, False,
-                                f"stopped: {exc}; what was sent is recorded, run "
-                                "`simvue-otel send` again to resume",
+                                f"stopped: {exc}; what was sent is recorded",
                             )  # fmt: skip
                         time.sleep(min(10.0, 0.5 * 2**attempt))
                 reader.ack(frame)
