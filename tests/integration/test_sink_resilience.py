@@ -137,7 +137,7 @@ def test_answers_slower_than_the_timeout_are_not_stored_twice(
     proxy: Proxy, local_server: LocalServer, tmp_path: Path
 ) -> None:
     """The server stores the batch but the answer misses the client's timeout: the batch
-    is sent again later with the same idempotency key, and stored once."""
+    is reconciled against what the server holds before anything is sent again: stored once."""
     proxy.rules = [("POST", "/api/metrics", "late"), ("POST", "/api/events", "late")]
     from simvue_otel._internal.config import resolve_config
     from simvue_otel._internal.pipeline import Pipeline

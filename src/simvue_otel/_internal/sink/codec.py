@@ -3,7 +3,7 @@
 A blob is one msgpack array ``[version, batch_key, runs, records]``:
 
 * ``version`` tells formats apart; a blob of an unknown version is refused, never guessed at;
-* ``batch_key`` is the batch's idempotency key, or nil for :func:`encode_records`;
+* ``batch_key`` names the batch (a bridge request's digest), or nil for :func:`encode_records`;
 * ``runs`` is the table of distinct :class:`RunRef` as ``[key, name, folder]``, so a batch of
   many records of one run stores its identity once;
 * each record is a short array whose first item is a one-character type tag and whose second
@@ -123,7 +123,7 @@ def encode_records(records: Sequence[Record]) -> bytes:
 
 
 def encode_batch(batch_key: str, records: Sequence[Record]) -> bytes:
-    """Encode a batch: its idempotency key and its records, as the spool stores them."""
+    """Encode a batch: its key and its records, as the spool stores them."""
     if not isinstance(batch_key, str):
         raise CodecError(f"batch key must be a str, not {type(batch_key).__name__}")
     return _encode(batch_key, records)

@@ -126,8 +126,8 @@ class OnlineSink:
         """Queue records for upload (never blocks on the network).
 
         With a ``batch_key`` (the bridge derives one from each request), the records are
-        written to the spool at once under that key: a sender that re-sends the same request
-        (to this bridge or another replica) gets it stored once on the server.
+        written to the spool at once under that key (write-ahead: on disk before the bridge
+        answers its sender).
         """
         if not records:
             return
