@@ -879,12 +879,12 @@ def orchestrate(quick: bool) -> int:
     print()
     print(
         f"Note: this machine has {cpus} CPU(s). The server, the bridge(s), the "
-        f"{sizes['senders']} senders and\nthis script all share them, and so does whatever else "
-        "runs here (the 'others' figures),\nso the replica ratio is bounded by CPU, not by the "
-        "design: replicas share no state\n(each replica looks a run up before creating it), "
-        "and each bridge is one Python process\n(one GIL), so on separate cores acceptance "
-        "grows with the number of replicas until\nthe one server is the limit. The end-to-end rate is "
-        "bounded by the one server\nwhatever the number of replicas."
+        f"{sizes['senders']} senders and\nthis script all share them, and so does whatever "
+        "else runs here (the 'others' figures),\nso the replica ratio is bounded by CPU, not "
+        "by the design: replicas share no state\n(each replica looks a run up before creating "
+        "it), and each bridge is one Python process\n(one GIL), so on separate cores acceptance "
+        "grows with the number of replicas\nuntil the one server is the limit. The end-to-end "
+        "rate is bounded by the one server\nwhatever the number of replicas."
     )
     print()
     if errors:
