@@ -350,6 +350,21 @@ def test_root_span_metadata_as_json_string(traces) -> None:
     assert record.metadata == {"solver.tol": 0.5, "solver.iters": 10, "x": "y"}
 
 
+def test_array_metadata_values_become_their_json_text(traces) -> None:
+    """Simvue metadata values are scalars: an OTel array (or a JSON list) is stored as text."""
+    span = ended_span(
+        traces(),
+        cv.ROOT_SPAN,
+        **{
+            cv.RUN_METADATA_PREFIX + "sizes": [1, 2, 3],
+            cv.RUN_METADATA_PREFIX + "names": ("a", "b"),
+            "simvue.run.metadata": '{"grid": [64, 64]}',
+        },
+    )
+    (record,) = Mapper().spans([span])
+    assert record.metadata == {"sizes": "[1, 2, 3]", "names": '["a", "b"]', "grid": "[64, 64]"}
+
+
 def test_invalid_run_attributes_are_left_out(traces) -> None:
     """Bad visibility, non-positive retention and a non-string description are dropped."""
     span = ended_span(
