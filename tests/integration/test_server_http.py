@@ -72,6 +72,7 @@ def test_token_signed_by_another_server_is_refused(
             "token",
             "--db",
             str(other_db),
+            "--create",
             "--user",
             "eve",
         ],
@@ -148,6 +149,82 @@ def test_token_cli_rejects_moving_user_to_another_tenant(local_server: LocalServ
     )
     assert out.returncode == 1
     assert "t-one" in out.stderr and "t-two" in out.stderr
+
+
+def _token_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`simvue-otel server token ARGS...` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "server", "token", *args],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_token_cli_on_a_database_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    out = _token_cli("--db", "typo.db", "--user", "bob", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stdout == "", "no token is printed"
+    message = out.stderr.strip()
+    assert message.startswith("simvue-otel server token: no server database at ")
+    assert str(typo) in message, "the message names the path, in full"
+    assert "--create" in message and "point --db at the database" in message
+    assert len(message.splitlines()) == 1
+    assert not typo.exists(), "nothing is created"
+
+
+def test_token_cli_create_makes_a_database_a_server_then_accepts_tokens_of(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "new.db"
+    made = _token_cli("--db", str(db), "--create", "--user", "carol", "--tenant", "lab")
+    assert made.returncode == 0, made.stderr
+    assert db.exists()
+    again = _token_cli("--db", str(db), "--user", "dave")  # exists now: no --create needed
+    assert again.returncode == 0, again.stderr
+    server = start_server(tmp_path / "srv", db=db)
+    try:
+        for token, user in ((made.stdout.strip(), "carol"), (again.stdout.strip(), "dave")):
+            reply = requests.get(
+                f"{server.api}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
+            assert reply.status_code == 200, reply.text
+            assert user in reply.text
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_token_cli_refuses_a_file_that_is_not_a_server_database(
+    tmp_path: Path, create: bool
+) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n")
+    out = _token_cli("--db", str(notes), "--user", "bob", *(["--create"] if create else []))
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert f"{notes} is not a simvue-otel server database" in out.stderr
+    assert notes.read_text() == "not a database\n", "the file is left as it was"
+
+
+def test_token_hint_the_server_prints_works_when_pasted(
+    local_server: LocalServer, tmp_path: Path
+) -> None:
+    hints = [
+        line.split(": ", 1)[1]
+        for line in local_server.log.read_text().splitlines()
+        if line.startswith("Tokens (another --user for another user): ")
+    ]
+    assert len(hints) == 1, local_server.log.read_text()
+    # Pasted in another directory: the database is named by its full path.
+    out = subprocess.run(
+        ["/bin/sh", "-c", hints[0]], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    reply = requests.get(
+        f"{local_server.api}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert reply.status_code == 200, reply.text
 
 
 # -- visibility ---------------------------------------------------------------------------------

@@ -83,12 +83,16 @@ def decode_request(signal: str, body: bytes, content_type: str) -> Message:
             tree = json.loads(body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise OtlpDecodeError(f"the body is not JSON: {exc}") from None
+        except RecursionError:  # nesting no OTLP request has: a 400, not a crash
+            raise OtlpDecodeError("the body is not OTLP/JSON: it is nested too deeply") from None
         if not isinstance(tree, dict):
             raise OtlpDecodeError("the body must be a JSON object")
         try:
             json_format.ParseDict(_hex_ids_to_base64(tree), message, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
             raise OtlpDecodeError(f"not an OTLP/JSON {signal} request: {exc}") from None
+        except RecursionError:
+            raise OtlpDecodeError("the body is not OTLP/JSON: it is nested too deeply") from None
         return message
     try:
         message.ParseFromString(body)

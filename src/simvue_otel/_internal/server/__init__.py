@@ -73,6 +73,23 @@ def mint_token(
         store.close()
 
 
+def revoke_tokens(db: Path, user: str) -> None:
+    """End every token, sign-in link and web session ``user`` has on the server at ``db``
+    (tokens minted afterwards work). :class:`NotFound` for a missing database or user."""
+    from .store import Invalid, NotFound, Store
+
+    if not db.exists():
+        raise NotFound(f"no server database at {db.absolute()}")
+    if not is_server_database(db):
+        raise Invalid(f"{db.absolute()} is not a simvue-otel server database")
+    store = Store(db)
+    try:
+        if not store.revoke_tokens(user):
+            raise NotFound(f"no user {user!r} on the server at {db.absolute()}")
+    finally:
+        store.close()
+
+
 def serve(
     host: str,
     port: int,

@@ -5,6 +5,11 @@ expects: JSON replies everywhere (200 on creation, never 201/204), ``{"detail": 
 errors, 409 with the existing id for a folder that exists, msgpack metric and event batches,
 ``{"data": [...], "count": N}`` for lists. Nothing beyond what a Simvue server is known to do:
 a run POSTed twice is two runs, a batch POSTed twice is stored twice.
+
+Hostile or careless requests get a quick 4xx, never a 500 or a stall: bodies are bounded
+before they are read (413), nested at most 64 deep and free of lone surrogates (422), query
+parameters are checked (400), and every handler, with its database work and the rendering of
+its reply, runs in a worker thread, so the event loop keeps answering other clients.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from typing import Any
 
 import msgpack
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Identity, TokenError, verify_token
 from .filters import FilterError, parse_filters
@@ -32,6 +40,10 @@ API_VERSION = "1.2.16"
 """The Simvue REST API version answered; the official client accepts [1.1.0, 2.0.0)."""
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+LOGIN_MAX_BODY = 16 * 1024
+"""Largest sign-in form: a token and a path fit many times over."""
+MAX_NESTING = 64
+"""Deepest nesting of lists and objects accepted in a request body."""
 _LOG = logging.getLogger("simvue_otel.server")
 _RUN_TIMES = {
     "created": "_created",
@@ -40,7 +52,7 @@ _RUN_TIMES = {
     "modified": "_modified",
 }
 
-Handler = Callable[[Request, Identity], Awaitable[Any]]
+Handler = Callable[[Request, Identity], Any]
 
 
 class JSONReply(Response):
@@ -70,7 +82,9 @@ def _int(request: Request, name: str, default: int | None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise StoreError(f"query parameter {name!r} must be an integer, not {raw!r}") from None
+        raise StoreError(
+            f"query parameter {name!r} must be an integer, not {raw[:100]!r}"
+        ) from None
 
 
 def _json_param(request: Request, name: str) -> Any:
@@ -82,6 +96,70 @@ def _json_param(request: Request, name: str) -> Any:
     except json.JSONDecodeError:
         # A bare run id or name is tolerated where a JSON list is expected.
         return [raw]
+    except (ValueError, RecursionError):  # thousands of digits, or nested thousands deep
+        raise StoreError(f"query parameter {name!r} is not usable JSON") from None
+
+
+def _names(request: Request, name: str) -> list[str]:
+    """A query parameter holding a JSON list of ids or names (a bare one is a list of one)."""
+    value = _json_param(request, name)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in value
+    ):
+        raise StoreError(f"query parameter {name!r} must be a JSON list of strings")
+    return [str(v) for v in value]
+
+
+def _refused(request: Request, status: int, detail: Any) -> None:
+    """Log a refused request (at info: shown with ``--log-level info``), with its reason."""
+    _LOG.info("%s %s -> %d: %.500s", request.method, request.url.path, status, detail)
+
+
+def _body_error(msg: str, loc: tuple[Any, ...] = ()) -> Invalid:
+    return Invalid([{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_tree(root: Any) -> None:
+    """Refuse (422, naming where) a body nested deeper than :data:`MAX_NESTING`, holding a
+    lone surrogate (which SQLite cannot store), or, from msgpack, something JSON has no
+    form for (bytes, extension types): all of it must be storable and readable back.
+    Iterative, so a deep body cannot exhaust the stack while being checked."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if _has_surrogate(node):
+                raise _body_error("holds a lone surrogate, which is not text", path)
+            continue
+        if isinstance(node, dict):
+            items: Any = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        elif isinstance(node, _SCALARS):
+            continue
+        else:
+            raise _body_error(f"must be JSON data, not {type(node).__name__}", path)
+        if len(path) >= MAX_NESTING:
+            raise _body_error(f"nested deeper than {MAX_NESTING} levels", path)
+        for key, value in items:
+            if not isinstance(key, _SCALARS) or (isinstance(key, str) and _has_surrogate(key)):
+                raise _body_error("keys must be text", path)
+            if isinstance(value, str):
+                if _has_surrogate(value):
+                    raise _body_error("holds a lone surrogate, which is not text", (*path, key))
+            elif isinstance(value, (dict, list)) or not isinstance(value, _SCALARS):
+                stack.append((value, (*path, key)))
 
 
 class _API:
@@ -92,74 +170,91 @@ class _API:
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def identify(self, header: str | None) -> Identity:
+        """Whose token ``header`` carries; TokenError when it is refused (401)."""
+        who = verify_token(self.secret, header)
+        problem = self.store.token_problem(who)
+        if problem:
+            raise TokenError(problem)
+        return who
+
     def route(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                who = verify_token(self.secret, request.headers.get("authorization"))
-                if not self.store.user_exists(who):
-                    raise TokenError("the token's user does not exist on this server")
+                who = await run_in_threadpool(self.identify, request.headers.get("authorization"))
             except TokenError as exc:
                 return _error(401, str(exc))
             try:
-                result = await handler(request, who)
+                request.state.raw_body = await read_body(request, self.max_body)
+                return await run_in_threadpool(self._call, handler, request, who)
             except StoreError as exc:
+                _refused(request, exc.status, exc.detail)
                 return _error(exc.status, exc.detail, **exc.extra)
-            except FilterError as exc:
-                return _error(400, str(exc))
             except Exception:
                 # A bug, not the client's fault: log it in full, answer JSON the client can read.
                 _LOG.exception("%s %s failed", request.method, request.url.path)
                 return _error(500, "internal server error; see the server log")
-            if isinstance(result, Response):
-                return result
-            return JSONReply(result)
 
         return endpoint
 
-    async def body(self, request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body:
-            raise _TooLarge(self.max_body)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise _TooLarge(self.max_body)
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+    @staticmethod
+    def _call(handler: Handler, request: Request, who: Identity) -> Response:
+        """Run ``handler`` and render its reply, in a worker thread (rendering a long list
+        is work too)."""
+        try:
+            result = handler(request, who)
+        except StoreError as exc:
+            _refused(request, exc.status, exc.detail)
+            return _error(exc.status, exc.detail, **exc.extra)
+        except FilterError as exc:
+            _refused(request, 400, str(exc))
+            return _error(400, str(exc))
+        if isinstance(result, Response):
+            return result
+        return JSONReply(result)
+
+    def body(self, request: Request) -> Any:
+        """The request body, parsed (JSON, or msgpack by its content type) and checked."""
+        raw: bytes = getattr(request.state, "raw_body", b"")
         if not raw:
             return {}
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if ctype in ("application/msgpack", "application/x-msgpack"):
-                return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-            return json.loads(raw)
+                tree = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            else:
+                tree = json.loads(raw)
         except (ValueError, msgpack.UnpackException) as exc:
-            raise Invalid(f"the request body is not valid {ctype or 'JSON'}: {exc}") from None
+            raise _body_error(
+                f"the request body is not valid {ctype or 'JSON'}: {str(exc)[:200]}"
+            ) from None
+        except RecursionError:
+            raise _body_error(f"nested deeper than {MAX_NESTING} levels") from None
+        check_tree(tree)
+        return tree
 
     # -- misc -----------------------------------------------------------------------------
 
-    async def version(self, request: Request, who: Identity) -> Any:
+    def version(self, request: Request, who: Identity) -> Any:
         return {"version": API_VERSION}
 
-    async def whoami(self, request: Request, who: Identity) -> Any:
+    def whoami(self, request: Request, who: Identity) -> Any:
         return {"username": who.user, "user": who.user, "tenant": who.tenant}
 
-    async def alerts(self, request: Request, who: Identity) -> Any:
+    def alerts(self, request: Request, who: Identity) -> Any:
         return {"data": [], "count": 0}
 
-    async def empty_list(self, request: Request, who: Identity) -> Any:
+    def empty_list(self, request: Request, who: Identity) -> Any:
         self.store.get_run(who, request.path_params["run_id"])
         return []
 
     # -- folders --------------------------------------------------------------------------
 
-    async def folders_post(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
+    def folders_post(self, request: Request, who: Identity) -> Any:
+        body = self.body(request)
         path = body.get("path") if isinstance(body, dict) else None
         if not isinstance(path, str):
-            raise Invalid([{"loc": ["body", "path"], "msg": "a folder path string is required"}])
+            raise _body_error("a folder path string is required", ("path",))
         folder_id, created = self.store.create_folder(who, path)
         if not created:
             return JSONReply({"id": folder_id, "detail": "folder already exists"}, status_code=409)
@@ -168,28 +263,27 @@ class _API:
             self.store.update_folder(who, folder_id, extra)
         return {"id": folder_id}
 
-    async def folders_get(self, request: Request, who: Identity) -> Any:
+    def folders_get(self, request: Request, who: Identity) -> Any:
         predicate = parse_filters(request.query_params.get("filters"))
         data, total = self.store.list_folders(
             who, predicate, _int(request, "start", 0) or 0, _int(request, "count", None)
         )
         return {"data": data, "count": total}
 
-    async def folder_get(self, request: Request, who: Identity) -> Any:
+    def folder_get(self, request: Request, who: Identity) -> Any:
         return self.store.get_folder(who, request.path_params["folder_id"])
 
-    async def folder_put(self, request: Request, who: Identity) -> Any:
-        self.store.update_folder(who, request.path_params["folder_id"], await self.body(request))
+    def folder_put(self, request: Request, who: Identity) -> Any:
+        self.store.update_folder(who, request.path_params["folder_id"], self.body(request))
         return self.store.get_folder(who, request.path_params["folder_id"])
 
-    async def folder_starred(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
+    def folder_starred(self, request: Request, who: Identity) -> Any:
         self.store.update_folder(
-            who, request.path_params["folder_id"], {"starred": bool(body.get("starred", True))}
+            who, request.path_params["folder_id"], {"starred": _starred(self.body(request))}
         )
         return {}
 
-    async def folder_delete(self, request: Request, who: Identity) -> Any:
+    def folder_delete(self, request: Request, who: Identity) -> Any:
         return self.store.delete_folder(
             who,
             request.path_params["folder_id"],
@@ -200,19 +294,19 @@ class _API:
 
     # -- runs -----------------------------------------------------------------------------
 
-    async def runs_post(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
+    def runs_post(self, request: Request, who: Identity) -> Any:
+        body = self.body(request)
         if isinstance(body, list):
             return [self.store.create_run(who, item) for item in body]
         return self.store.create_run(who, body)
 
-    async def runs_get(self, request: Request, who: Identity) -> Any:
+    def runs_get(self, request: Request, who: Identity) -> Any:
         predicate = parse_filters(
             request.query_params.get("filters"), _RUN_TIMES, {"folder.path": "folder"}
         )
         sorting = _json_param(request, "sorting") or []
         if not isinstance(sorting, list) or not all(isinstance(s, dict) for s in sorting):
-            raise StoreError("sorting must be a JSON list of {id, desc}")
+            raise StoreError("query parameter 'sorting' must be a JSON list of {id, desc}")
         data, total = self.store.list_runs(
             who,
             predicate,
@@ -223,94 +317,93 @@ class _API:
         )
         return {"data": data, "count": total}
 
-    async def run_get(self, request: Request, who: Identity) -> Any:
+    def run_get(self, request: Request, who: Identity) -> Any:
         return self.store.get_run(who, request.path_params["run_id"])
 
-    async def run_put(self, request: Request, who: Identity) -> Any:
+    def run_put(self, request: Request, who: Identity) -> Any:
         run_id = request.path_params["run_id"]
-        self.store.update_run(who, run_id, await self.body(request))
+        self.store.update_run(who, run_id, self.body(request))
         return {"id": run_id}
 
-    async def run_delete(self, request: Request, who: Identity) -> Any:
+    def run_delete(self, request: Request, who: Identity) -> Any:
         self.store.delete_run(who, request.path_params["run_id"])
         return {}
 
-    async def heartbeat(self, request: Request, who: Identity) -> Any:
+    def heartbeat(self, request: Request, who: Identity) -> Any:
         self.store.heartbeat(who, request.path_params["run_id"])
         return {}
 
-    async def abort_get(self, request: Request, who: Identity) -> Any:
+    def abort_get(self, request: Request, who: Identity) -> Any:
         return {"status": self.store.abort_requested(who, request.path_params["run_id"])}
 
-    async def abort_put(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
+    def abort_put(self, request: Request, who: Identity) -> Any:
+        body = self.body(request)
         reason = body.get("reason") if isinstance(body, dict) else None
         self.store.set_abort(who, request.path_params["run_id"], reason)
         return {}
 
-    async def run_starred(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
-        self.store.set_starred(who, request.path_params["run_id"], bool(body.get("starred", True)))
+    def run_starred(self, request: Request, who: Identity) -> Any:
+        starred = _starred(self.body(request))
+        self.store.set_starred(who, request.path_params["run_id"], starred)
         return {}
 
     # -- tags -----------------------------------------------------------------------------
 
-    async def tags_post(self, request: Request, who: Identity) -> Any:
-        tag_id, created = self.store.create_tag(who, await self.body(request))
+    def tags_post(self, request: Request, who: Identity) -> Any:
+        tag_id, created = self.store.create_tag(who, self.body(request))
         if not created:
             return JSONReply({"id": tag_id, "detail": "tag already exists"}, status_code=409)
         return {"id": tag_id}
 
-    async def tags_get(self, request: Request, who: Identity) -> Any:
+    def tags_get(self, request: Request, who: Identity) -> Any:
         predicate = parse_filters(request.query_params.get("filters"))
         data, total = self.store.list_tags(
             who, predicate, _int(request, "start", 0) or 0, _int(request, "count", None)
         )
         return {"data": data, "count": total}
 
-    async def tag_get(self, request: Request, who: Identity) -> Any:
+    def tag_get(self, request: Request, who: Identity) -> Any:
         return self.store.get_tag(who, request.path_params["tag_id"])
 
-    async def tag_put(self, request: Request, who: Identity) -> Any:
-        self.store.update_tag(who, request.path_params["tag_id"], await self.body(request))
+    def tag_put(self, request: Request, who: Identity) -> Any:
+        self.store.update_tag(who, request.path_params["tag_id"], self.body(request))
         return self.store.get_tag(who, request.path_params["tag_id"])
 
-    async def tag_delete(self, request: Request, who: Identity) -> Any:
+    def tag_delete(self, request: Request, who: Identity) -> Any:
         self.store.delete_tag(who, request.path_params["tag_id"])
         return {}
 
     # -- metrics and events ---------------------------------------------------------------
 
-    async def metrics_post(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
+    def metrics_post(self, request: Request, who: Identity) -> Any:
+        body = self.body(request)
         if not isinstance(body, dict):
-            raise Invalid("the body must be {run, metrics: [...]}")
+            raise _body_error("must be an object {run, metrics: [...]}")
         self.store.add_metrics(who, body.get("run"), body.get("metrics"))
         return {}
 
-    async def metrics_get(self, request: Request, who: Identity) -> Any:
-        runs = _json_param(request, "runs") or []
-        names = _json_param(request, "metrics") or []
+    def metrics_get(self, request: Request, who: Identity) -> Any:
+        runs = _names(request, "runs")
+        names = _names(request, "metrics")
         xaxis = request.query_params.get("xaxis", "step")
         if xaxis not in ("step", "time", "timestamp"):
-            raise StoreError(f"xaxis must be step, time or timestamp, not {xaxis!r}")
-        data = self.store.get_metrics(who, [str(r) for r in runs], [str(n) for n in names], xaxis)
+            raise StoreError(f"xaxis must be step, time or timestamp, not {xaxis[:100]!r}")
+        data = self.store.get_metrics(who, runs, names, xaxis)
         if _flag(request, "aggregate"):
             return _aggregate(data, xaxis)
         return data
 
-    async def metric_names(self, request: Request, who: Identity) -> Any:
-        runs = _json_param(request, "runs") or []
-        return self.store.metric_names(who, [str(r) for r in runs])
+    def metric_names(self, request: Request, who: Identity) -> Any:
+        return self.store.metric_names(who, _names(request, "runs"))
 
-    async def events_post(self, request: Request, who: Identity) -> Any:
-        body = await self.body(request)
+    def events_post(self, request: Request, who: Identity) -> Any:
+        body = self.body(request)
         if not isinstance(body, dict):
-            raise Invalid("the body must be {run, events: [...]}")
+            raise _body_error("must be an object {run, events: [...]}")
         self.store.add_events(who, body.get("run"), body.get("events"))
         return {}
 
-    async def events_get(self, request: Request, who: Identity) -> Any:
+    def events_get(self, request: Request, who: Identity) -> Any:
         run_id = request.query_params.get("run")
         if not run_id:
             raise StoreError("query parameter 'run' is required")
@@ -328,6 +421,56 @@ class _TooLarge(StoreError):
         super().__init__(f"request body larger than the server's limit of {limit} bytes")
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body of a request that may carry one (POST, PUT, PATCH), read up to ``limit``
+    bytes and no further (413 past it, whatever Content-Length said)."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return b""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class BodyLimit:
+    """Refuse with 413, before the application reads anything, a request whose declared
+    Content-Length is over the limit of its path (the sign-in form's is small). Bodies sent
+    without a length are counted as they are read, by :func:`read_body`."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = LOGIN_MAX_BODY if scope["path"] == "/login" else self.max_body
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > limit:
+                    reply = _error(413, _TooLarge(limit).detail)
+                    reply.headers["connection"] = "close"
+                    await reply(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _starred(body: Any) -> bool:
+    if not isinstance(body, dict):
+        raise _body_error("must be an object {starred: true|false}")
+    return bool(body.get("starred", True))
+
+
+def _x_order(item: tuple[Any, Any]) -> tuple[bool, Any]:
+    """Sort key of x values, with points that have none (no time) last."""
+    return (item[0] is None, item[0] if item[0] is not None else 0)
+
+
 def _aggregate(
     data: dict[str, dict[str, list[dict[str, Any]]]], xaxis: str
 ) -> dict[str, list[dict[str, Any]]]:
@@ -340,7 +483,7 @@ def _aggregate(
     return {
         name: [
             {xaxis: x, "average": sum(v) / len(v), "min": min(v), "max": max(v), "count": len(v)}
-            for x, v in sorted(by_x.items())
+            for x, v in sorted(by_x.items(), key=_x_order)
         ]
         for name, by_x in grouped.items()
     }
@@ -348,6 +491,12 @@ def _aggregate(
 
 async def _health(request: Request) -> Response:
     return JSONReply({"status": "ok", "version": API_VERSION})
+
+
+def _openapi(request: Request) -> Response:
+    from .openapi import openapi
+
+    return JSONReply(openapi(API_VERSION))
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -367,6 +516,7 @@ def create_app(
     r = api.route
     routes = [
         Route("/health", _health, methods=["GET"]),
+        Route("/api/openapi.json", _openapi, methods=["GET"]),
         Route("/api/version", r(api.version), methods=["GET"]),
         # Simvue 2.6 clients also probe this companion-service version; same answer.
         Route("/api/nosim/version", r(api.version), methods=["GET"]),
@@ -426,5 +576,6 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(BodyLimit, max_body=max_body)],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )

@@ -2,16 +2,19 @@
 
 The official Simvue client reads the ``exp`` claim of its token (without verifying it) and
 refuses a token that is not a JWT, so the server's tokens are real JWTs with an expiry.
+``iat`` is kept to the microsecond: the store refuses tokens issued before a user's cut-off
+(its creation, or the last revocation), so revoking takes effect at once and a user deleted
+and created again does not bring its old tokens back.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jwt
 
-__all__ = ["Identity", "TokenError", "issue_token", "verify_token"]
+__all__ = ["Identity", "TokenError", "issue_token", "issued_at", "verify_token"]
 
 _ISSUER = "simvue-otel-server"
 _ALGORITHM = "HS256"
@@ -23,21 +26,23 @@ class TokenError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a valid token speaks for."""
+    """Who a valid token speaks for; ``issued`` is when the token was issued (epoch seconds),
+    checked against the user's cut-off by the store, and ignored by comparisons."""
 
     user: str
     tenant: str
+    issued: float = field(default=0.0, compare=False)
 
 
 def issue_token(secret: str, user: str, tenant: str, *, lifetime_days: float = 365.0) -> str:
     """A signed token for ``user`` of ``tenant`` that expires after ``lifetime_days``."""
-    now = int(time.time())
+    now = time.time()
     claims = {
         "sub": user,
         "tenant": tenant,
         "iss": _ISSUER,
         "iat": now,
-        "exp": now + int(lifetime_days * 86400),
+        "exp": int(now + lifetime_days * 86400),
     }
     return jwt.encode(claims, secret, algorithm=_ALGORITHM)
 
@@ -65,4 +70,17 @@ def verify_token(secret: str, header: str | None) -> Identity:
         raise TokenError("the token is not valid for this server") from None
     if claims.get("use"):  # a web sign-in code is not an API token
         raise TokenError("the token is not valid for this server")
-    return Identity(user=str(claims["sub"]), tenant=str(claims.get("tenant") or "default"))
+    return Identity(
+        user=str(claims["sub"]),
+        tenant=str(claims.get("tenant") or "default"),
+        issued=issued_at(claims),
+    )
+
+
+def issued_at(claims: dict[str, object]) -> float:
+    """The token's ``iat`` as a number, 0 when absent or not a number (then only users with no
+    cut-off, made before cut-offs existed, accept it)."""
+    value = claims.get("iat")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return 0.0

@@ -1,13 +1,23 @@
 """SQLite storage of the local Simvue-compatible server.
 
-One connection in WAL mode, serialised by a lock: the server is a development and test tool,
-and SQLite's single writer is the real limit anyway. Every read and write takes the caller's
-:class:`~.auth.Identity` and enforces run visibility here, so no endpoint can forget it.
+Writes go through one connection in WAL mode, serialised by a lock (SQLite's single writer is
+the real limit anyway); reads take a connection of their own from a pool, which WAL lets run
+beside a write,
+so a long write (a run with 100,000 tags) does not hold up other users' reads or token checks.
+Every read and write takes the caller's :class:`~.auth.Identity` and enforces run visibility
+here, so no endpoint can forget it.
+
+What is stored must stay readable by every later query: times must be finite and within the
+range that can be formatted, integers must fit SQLite's 64 bits, folder paths are bounded.
+Rows are also formatted defensively, so one damaged row (from an older version) never fails
+another user's listing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import re
 import secrets
@@ -15,7 +25,8 @@ import sqlite3
 import string
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +48,13 @@ RUN_STATUSES = ("created", "running", "completed", "failed", "terminated", "lost
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:]+$")
 _ID_ALPHABET = string.ascii_letters + string.digits
+_LOG = logging.getLogger("simvue_otel.server")
+_MAX_INT = 2**63 - 1
+"""SQLite integers are signed 64-bit; larger Python ints cannot be stored as integers."""
+MAX_SECONDS = 2**53
+"""Largest ttl or heartbeat timeout accepted, in seconds (exact as a double)."""
+MAX_FOLDER_LENGTH = 1024
+MAX_FOLDER_DEPTH = 64
 
 
 class StoreError(Exception):
@@ -67,33 +85,72 @@ class Invalid(StoreError):
 
 
 def new_id() -> str:
-    """A 22-character alphanumeric id, the shape of Simvue's object ids."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+    """A 22-character alphanumeric id, the shape of Simvue's object ids (uniform: bytes of 248
+    or more are dropped so that ``% 62`` has no bias)."""
+    out: list[str] = []
+    while len(out) < 22:
+        out.extend(_ID_ALPHABET[b % 62] for b in secrets.token_bytes(32) if b < 248)
+    return "".join(out[:22])
 
 
-def format_time(epoch: float | None) -> str | None:
+def format_time(epoch: Any) -> str | None:
+    """A stored epoch as Simvue's UTC timestamp text; None for no time, and for a value that
+    cannot be formatted (a row written before times were checked), so reads never fail."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime(_TIME_FORMAT)
+    try:
+        return datetime.fromtimestamp(float(epoch), tz=timezone.utc).strftime(_TIME_FORMAT)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not a number (bools are not) or has no
+    finite double (NaN, infinities, integers of hundreds of digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse_time(value: Any, field: str) -> float | None:
-    """Simvue timestamps are UTC strings without a zone suffix; epoch numbers are accepted too."""
+    """Simvue timestamps are UTC strings without a zone suffix; epoch numbers are accepted too.
+
+    The time must be one the server can format back (years 1 to 9999, finite), else 422:
+    a stored time that cannot be formatted would break every later read of the run."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        epoch = finite_number(value)
+        if epoch is None or format_time(epoch) is None:
+            raise _invalid(field, f"must be a finite time within years 1 to 9999, not {value!r}")
+        return epoch
     if isinstance(value, str):
         text = value.strip().replace(" ", "T")
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
             raise Invalid(
-                [{"loc": ["body", field], "msg": f"not a timestamp: {value!r}", "type": "value"}]
+                [
+                    {
+                        "loc": ["body", field],
+                        "msg": f"not a timestamp: {value[:100]!r}",
+                        "type": "value",
+                    }
+                ]
             ) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
+        try:
+            epoch = parsed.timestamp()
+        except (OverflowError, ValueError, OSError):
+            epoch = math.nan
+        if format_time(epoch) is None:
+            raise _invalid(field, f"must be a time within years 1 to 9999, not {value[:100]!r}")
+        return epoch
     raise Invalid([{"loc": ["body", field], "msg": "must be a timestamp string", "type": "type"}])
 
 
@@ -131,9 +188,12 @@ def _visibility(value: Any) -> dict[str, Any]:
 def _check_ttl(value: Any, field: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _invalid(field, "must be a positive number of seconds or null")
-    return int(value)
+    seconds = finite_number(value)
+    if seconds is None or not 0 < seconds <= MAX_SECONDS:
+        raise _invalid(
+            field, f"must be a positive number of seconds, at most {MAX_SECONDS}, or null"
+        )
+    return int(seconds)
 
 
 def _check_tags(value: Any) -> list[str]:
@@ -149,13 +209,32 @@ def _check_folder(value: Any, field: str = "folder") -> str:
         raise _invalid(field, "must be a path starting with '/'")
     if value != "/" and value.endswith("/"):
         value = value.rstrip("/") or "/"
+    if len(value) > MAX_FOLDER_LENGTH or value.count("/") > MAX_FOLDER_DEPTH:
+        raise _invalid(
+            field,
+            f"must be at most {MAX_FOLDER_LENGTH} characters and {MAX_FOLDER_DEPTH} levels deep",
+        )
     return str(value)
+
+
+def _optional_text(body: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """``body[key]`` when it is a string or null (``default`` when absent), else 422."""
+    value = body.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise _invalid(key, "must be a string or null")
+    return value
+
+
+def _session_key(session_id: str) -> str:
+    """What the database keeps of a session id: its hash, so a copy of the file holds no
+    usable session."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
-    name TEXT PRIMARY KEY, tenant TEXT NOT NULL, created REAL NOT NULL);
+    name TEXT PRIMARY KEY, tenant TEXT NOT NULL, created REAL NOT NULL, tokens_after REAL);
 CREATE TABLE IF NOT EXISTS folders (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, tenant TEXT NOT NULL, path TEXT NOT NULL,
     doc TEXT NOT NULL, created REAL NOT NULL, UNIQUE (owner, path));
@@ -181,6 +260,12 @@ DROP TABLE IF EXISTS batches;
 CREATE TABLE IF NOT EXISTS tags (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, colour TEXT,
     description TEXT, created REAL NOT NULL, UNIQUE (owner, name));
+-- Web sessions (the cookie holds a random id; only its hash is kept here).
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY, user TEXT NOT NULL, tenant TEXT NOT NULL,
+    created REAL NOT NULL, expires REAL NOT NULL);
+-- Sign-in links already used (each works once), kept until they would have expired.
+CREATE TABLE IF NOT EXISTS used_codes (jti TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 
 # Visibility of runs, in SQL: owner, public, same tenant when shared with it, or named user.
@@ -203,16 +288,59 @@ class Store:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=10000")
             self._conn.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(users)")}
+            if "tokens_after" not in columns:  # a database made before revocation existed
+                self._conn.execute("ALTER TABLE users ADD COLUMN tokens_after REAL")
         self._last_sweep = 0.0
+        # Readers: idle connections, taken by one read at a time (WAL lets them read while
+        # the writer writes); as many as reads ever ran at once, which the server's thread
+        # pool bounds. An in-memory database exists only in its one connection.
+        self._shared = self.path == ":memory:" or self.path.startswith("file::memory:")
+        self._idle: list[sqlite3.Connection] = []
+        self._idle_lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._idle_lock:
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
 
     # -- transactions ---------------------------------------------------------------------
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._conn, self._lock)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only transaction on a connection of its own: a consistent snapshot that
+        neither waits for nor holds up the writer."""
+        if self._shared:
+            with self._tx() as db:
+                yield db
+            return
+        with self._idle_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        try:
+            yield conn  # errors of the caller (a 404 inside the block) pass through
+        finally:
+            try:
+                conn.execute("COMMIT")  # ends the snapshot; nothing was written
+            except sqlite3.Error:
+                conn.close()  # in an unknown state: not reused
+            else:
+                with self._idle_lock:
+                    self._idle.append(conn)
 
     # -- meta and users -------------------------------------------------------------------
 
@@ -251,19 +379,87 @@ class Store:
                     )
                 return Identity(name, str(row["tenant"])), False
             tenant = tenant or "default"
+            now = time.time()
+            # Tokens issued before a user's creation are refused: a user deleted and created
+            # again under the same name does not bring its old tokens (or sessions) back.
             db.execute(
-                "INSERT INTO users (name, tenant, created) VALUES (?, ?, ?)",
-                (name, tenant, time.time()),
+                "INSERT INTO users (name, tenant, created, tokens_after) VALUES (?, ?, ?, ?)",
+                (name, tenant, now, now),
             )
             return Identity(name, tenant), True
 
     def user_exists(self, identity: Identity) -> bool:
-        with self._tx() as db:
+        with self._read() as db:
             row = db.execute(
                 "SELECT 1 FROM users WHERE name = ? AND tenant = ?",
                 (identity.user, identity.tenant),
             ).fetchone()
             return row is not None
+
+    def token_problem(self, identity: Identity) -> str | None:
+        """Why a correctly signed token (or session) for ``identity`` is refused, or None when
+        it is good: its user must exist, in its tenant, and it must be issued after the user's
+        cut-off (creation, or the last :meth:`revoke_tokens`)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT tenant, tokens_after FROM users WHERE name = ?", (identity.user,)
+            ).fetchone()
+        if row is None or row["tenant"] != identity.tenant:
+            return "the token's user does not exist on this server"
+        if row["tokens_after"] is not None and identity.issued < row["tokens_after"]:
+            return "the token has been revoked: mint a new one with 'simvue-otel server token'"
+        return None
+
+    def revoke_tokens(self, user: str) -> bool:
+        """End every token, sign-in link and web session of ``user`` issued until now; tokens
+        minted afterwards work. False when there is no such user."""
+        with self._tx() as db:
+            found = db.execute(
+                "UPDATE users SET tokens_after = ? WHERE name = ?", (time.time(), user)
+            ).rowcount
+            db.execute("DELETE FROM sessions WHERE user = ?", (user,))
+        return bool(found)
+
+    # -- web sessions and sign-in links ----------------------------------------------------
+
+    def create_session(self, who: Identity, lifetime: float) -> str:
+        """A new web session for ``who``, valid ``lifetime`` seconds; returns its secret id."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO sessions (key, user, tenant, created, expires) VALUES (?,?,?,?,?)",
+                (_session_key(session_id), who.user, who.tenant, now, now + lifetime),
+            )
+        return session_id
+
+    def session_identity(self, session_id: str) -> Identity | None:
+        """Who the session ``session_id`` belongs to; None when it is unknown, expired, ended,
+        or its user's tokens were revoked since it began."""
+        if not session_id or len(session_id) > 200:
+            return None
+        with self._read() as db:
+            row = db.execute(
+                "SELECT user, tenant, created FROM sessions WHERE key = ? AND expires > ?",
+                (_session_key(session_id), time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        who = Identity(str(row["user"]), str(row["tenant"]), issued=float(row["created"]))
+        return None if self.token_problem(who) else who
+
+    def end_session(self, session_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE key = ?", (_session_key(session_id),))
+
+    def redeem_code(self, jti: str, expires: float) -> bool:
+        """Mark the sign-in link ``jti`` used; False when it was used before."""
+        with self._tx() as db:
+            return bool(
+                db.execute(
+                    "INSERT OR IGNORE INTO used_codes (jti, expires) VALUES (?, ?)", (jti, expires)
+                ).rowcount
+            )
 
     # -- folders --------------------------------------------------------------------------
 
@@ -274,28 +470,38 @@ class Store:
             return self._ensure_folder(db, who, path)
 
     def _ensure_folder(self, db: sqlite3.Connection, who: Identity, path: str) -> tuple[str, bool]:
-        row = db.execute(
-            "SELECT id FROM folders WHERE owner = ? AND path = ?", (who.user, path)
-        ).fetchone()
-        if row:
-            return str(row["id"]), False
-        if path != "/":
-            parent = path.rsplit("/", 1)[0] or "/"
-            self._ensure_folder(db, who, parent)
-        folder_id = new_id()
+        """The folder ``path`` and its missing parents (walked up in a loop, not recursion,
+        then created from the top down); returns (id, created)."""
+        missing: list[str] = []
+        current = path
+        while True:
+            row = db.execute(
+                "SELECT id FROM folders WHERE owner = ? AND path = ?", (who.user, current)
+            ).fetchone()
+            if row is not None and not missing:
+                return str(row["id"]), False
+            if row is not None:
+                break
+            missing.append(current)
+            if current == "/":
+                break
+            current = current.rsplit("/", 1)[0] or "/"
         now = time.time()
-        doc: dict[str, Any] = {
-            "description": None,
-            "tags": [],
-            "metadata": {},
-            "starred": False,
-            "ttl": None,
-            "name": path.rsplit("/", 1)[-1] or "/",
-        }
-        db.execute(
-            "INSERT INTO folders (id, owner, tenant, path, doc, created) VALUES (?,?,?,?,?,?)",
-            (folder_id, who.user, who.tenant, path, json.dumps(doc), now),
-        )
+        folder_id = ""
+        for folder in reversed(missing):
+            folder_id = new_id()
+            doc: dict[str, Any] = {
+                "description": None,
+                "tags": [],
+                "metadata": {},
+                "starred": False,
+                "ttl": None,
+                "name": folder.rsplit("/", 1)[-1] or "/",
+            }
+            db.execute(
+                "INSERT INTO folders (id, owner, tenant, path, doc, created) VALUES (?,?,?,?,?,?)",
+                (folder_id, who.user, who.tenant, folder, json.dumps(doc), now),
+            )
         return folder_id, True
 
     def _folder_api(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -317,15 +523,15 @@ class Store:
     def list_folders(
         self, who: Identity, predicate: Predicate, start: int = 0, count: int | None = None
     ) -> tuple[list[dict[str, Any]], int]:
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT * FROM folders WHERE owner = ? ORDER BY created, path", (who.user,)
             ).fetchall()
-        found = [f for f in (self._folder_api(r) for r in rows) if predicate(f, who.user)]
+        found = [f for f in _formatted(rows, self._folder_api) if predicate(f, who.user)]
         return _page(found, start, count), len(found)
 
     def get_folder(self, who: Identity, folder_id: str) -> dict[str, Any]:
-        with self._tx() as db:
+        with self._read() as db:
             row = db.execute(
                 "SELECT * FROM folders WHERE id = ? AND owner = ?", (folder_id, who.user)
             ).fetchone()
@@ -334,6 +540,8 @@ class Store:
         return self._folder_api(row)
 
     def update_folder(self, who: Identity, folder_id: str, changes: Mapping[str, Any]) -> None:
+        if not isinstance(changes, Mapping):
+            raise _invalid("body", "an update must be a JSON object")
         with self._tx() as db:
             row = db.execute(
                 "SELECT doc FROM folders WHERE id = ? AND owner = ?", (folder_id, who.user)
@@ -406,9 +614,13 @@ class Store:
         )
 
     def create_tag(self, who: Identity, body: Mapping[str, Any]) -> tuple[str, bool]:
+        if not isinstance(body, Mapping):
+            raise _invalid("body", "a tag must be a JSON object {name, colour, description}")
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise _invalid("name", "a tag needs a non-empty name")
+        colour = _optional_text(body, "colour")
+        description = _optional_text(body, "description")
         with self._tx() as db:
             row = db.execute(
                 "SELECT id FROM tags WHERE owner = ? AND name = ?", (who.user, name)
@@ -419,7 +631,7 @@ class Store:
             db.execute(
                 "INSERT INTO tags (id, owner, name, colour, description, created) "
                 "VALUES (?,?,?,?,?,?)",
-                (tag_id, who.user, name, body.get("colour"), body.get("description"), time.time()),
+                (tag_id, who.user, name, colour, description, time.time()),
             )
             return tag_id, True
 
@@ -436,15 +648,15 @@ class Store:
     def list_tags(
         self, who: Identity, predicate: Predicate, start: int = 0, count: int | None = None
     ) -> tuple[list[dict[str, Any]], int]:
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT * FROM tags WHERE owner = ? ORDER BY created, name", (who.user,)
             ).fetchall()
-        found = [t for t in (self._tag_api(r) for r in rows) if predicate(t, who.user)]
+        found = [t for t in _formatted(rows, self._tag_api) if predicate(t, who.user)]
         return _page(found, start, count), len(found)
 
     def get_tag(self, who: Identity, tag_id: str) -> dict[str, Any]:
-        with self._tx() as db:
+        with self._read() as db:
             row = db.execute(
                 "SELECT * FROM tags WHERE id = ? AND owner = ?", (tag_id, who.user)
             ).fetchone()
@@ -453,31 +665,43 @@ class Store:
         return self._tag_api(row)
 
     def update_tag(self, who: Identity, tag_id: str, changes: Mapping[str, Any]) -> None:
+        if not isinstance(changes, Mapping):
+            raise _invalid("body", "an update must be a JSON object")
         current = self.get_tag(who, tag_id)
+        name = changes.get("name", current["name"])
+        if not isinstance(name, str) or not name:
+            raise _invalid("name", "a tag needs a non-empty name")
+        colour = _optional_text(changes, "colour", current["colour"])
+        description = _optional_text(changes, "description", current["description"])
         with self._tx() as db:
+            clash = db.execute(
+                "SELECT id FROM tags WHERE owner = ? AND name = ? AND id != ?",
+                (who.user, name, tag_id),
+            ).fetchone()
+            if clash:
+                raise Conflict(f"a tag named {name!r} already exists", id=str(clash["id"]))
             db.execute(
                 "UPDATE tags SET name = ?, colour = ?, description = ? WHERE id = ?",
-                (
-                    changes.get("name", current["name"]),
-                    changes.get("colour", current["colour"]),
-                    changes.get("description", current["description"]),
-                    tag_id,
-                ),
+                (name, colour, description, tag_id),
             )
 
     def delete_tag(self, who: Identity, tag_id: str) -> None:
         tag = self.get_tag(who, tag_id)
+        # Runs are found in Python, not with SQLite's JSON functions: a document holding NaN
+        # (which Python's JSON writes and SQLite calls malformed) must not break this.
+        needle = json.dumps(tag["name"])
         with self._tx() as db:
             db.execute("DELETE FROM tags WHERE id = ?", (tag_id,))
             rows = db.execute(
-                "SELECT r.id AS id, r.doc AS doc "
-                "FROM runs r, json_each(json_extract(r.doc, '$.tags')) t "
-                "WHERE r.owner = ? AND t.value = ?",
-                (who.user, tag["name"]),
+                "SELECT id, doc FROM runs WHERE owner = ? AND instr(doc, ?) > 0",
+                (who.user, needle),
             ).fetchall()
             for row in rows:
                 doc = json.loads(row["doc"])
-                doc["tags"] = [t for t in doc.get("tags", []) if t != tag["name"]]
+                tags = doc.get("tags")
+                if not isinstance(tags, list) or tag["name"] not in tags:
+                    continue
+                doc["tags"] = [t for t in tags if t != tag["name"]]
                 db.execute("UPDATE runs SET doc = ? WHERE id = ?", (json.dumps(doc), row["id"]))
 
     # -- runs -----------------------------------------------------------------------------
@@ -596,7 +820,7 @@ class Store:
 
     def _run_api(self, db: sqlite3.Connection, row: sqlite3.Row, metrics: bool) -> dict[str, Any]:
         doc = json.loads(row["doc"])
-        started, endtime = doc.get("started"), doc.get("endtime")
+        started, endtime = _epoch(doc.get("started")), _epoch(doc.get("endtime"))
         runtime = None
         if started is not None:
             end = endtime if endtime is not None else time.time()
@@ -633,7 +857,7 @@ class Store:
 
     def get_run(self, who: Identity, run_id: str) -> dict[str, Any]:
         self.sweep()
-        with self._tx() as db:
+        with self._read() as db:
             return _public(self._run_api(db, self._load_run(db, who, run_id), metrics=True))
 
     def list_runs(
@@ -647,13 +871,29 @@ class Store:
         metrics: bool = True,
     ) -> tuple[list[dict[str, Any]], int]:
         self.sweep()
-        with self._tx() as db:
+        # Metric summaries are the costly part of a run: made for every run only when a filter
+        # or the sorting reads them, else only for the page served.
+        fields = getattr(predicate, "fields", None)
+        keys = [str(spec.get("id", "")) for spec in sorting]
+        early = metrics and (
+            fields is None or any(k.startswith("metrics") for k in (*fields, *keys))
+        )
+        with self._read() as db:
             rows = db.execute(
                 f"SELECT * FROM runs r WHERE {_VISIBLE} ORDER BY r.created",  # noqa: S608
                 {"user": who.user, "tenant": who.tenant},
             ).fetchall()
-            runs = [self._run_api(db, r, metrics=metrics) for r in rows]
-        found = [r for r in runs if predicate(r, who.user)]
+            runs = _formatted(rows, lambda r: self._run_api(db, r, metrics=early))
+            found = [r for r in runs if predicate(r, who.user)]
+            self._sort_runs(found, sorting)
+            page = _page(found, start, count)
+            if metrics and not early:
+                for run in page:
+                    run["metrics"] = self._metric_summary(db, run["id"])
+        return [_public(r) for r in page], len(found)
+
+    @staticmethod
+    def _sort_runs(found: list[dict[str, Any]], sorting: Sequence[Mapping[str, Any]]) -> None:
         for spec in reversed(list(sorting)):
             key = str(spec.get("id", "created"))
             numeric = {
@@ -667,7 +907,6 @@ class Store:
                 return _sort_key(run[n] if n else _dig(run, k))
 
             found.sort(key=sort_key, reverse=bool(spec.get("desc", False)))
-        return [_public(r) for r in _page(found, start, count)], len(found)
 
     def update_run(self, who: Identity, run_id: str, changes: Mapping[str, Any]) -> None:
         """A partial update: only the keys given change; metadata merges into what is there."""
@@ -758,7 +997,7 @@ class Store:
             db.execute("UPDATE runs SET doc = ? WHERE id = ?", (json.dumps(doc), run_id))
 
     def abort_requested(self, who: Identity, run_id: str) -> bool:
-        with self._tx() as db:
+        with self._read() as db:
             return bool(json.loads(self._load_run(db, who, run_id)["doc"]).get("abort"))
 
     def set_starred(self, who: Identity, run_id: str, starred: bool) -> None:
@@ -790,11 +1029,17 @@ class Store:
             if not isinstance(entry, Mapping):
                 raise _invalid(f"metrics.{i}", "must be an object")
             step = entry.get("step", 0)
-            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise _invalid(f"metrics.{i}.step", f"must be a non-negative integer, not {step!r}")
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_INT:
+                raise _invalid(
+                    f"metrics.{i}.step", f"must be an integer from 0 to {_MAX_INT}, not {step!r}"
+                )
             t = entry.get("time")
-            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
-                raise _invalid(f"metrics.{i}.time", "must be a number of seconds")
+            if t is not None:
+                t = finite_number(t)
+                if t is None or abs(t) > MAX_SECONDS:
+                    raise _invalid(
+                        f"metrics.{i}.time", f"must be a number of seconds, at most {MAX_SECONDS}"
+                    )
             stamp = entry.get("timestamp")
             if stamp is not None and not isinstance(stamp, str):
                 raise _invalid(f"metrics.{i}.timestamp", "must be a timestamp string")
@@ -804,9 +1049,15 @@ class Store:
             for name, value in values.items():
                 if not isinstance(name, str) or not name:
                     raise _invalid(f"metrics.{i}.values", "metric names must be strings")
-                if not isinstance(value, (int, float)):
+                if not isinstance(value, (int, float)):  # bools count: Simvue takes them
                     raise _invalid(f"metrics.{i}.values.{name}", "must be a number")
-                rows.append((run_id, name, step, t, stamp, _nan_safe(float(value))))
+                try:
+                    number = float(value)
+                except OverflowError:
+                    raise _invalid(
+                        f"metrics.{i}.values.{name}", "must be a number a double can hold"
+                    ) from None
+                rows.append((run_id, name, step, t, stamp, _nan_safe(number)))
         with self._tx() as db:
             self._run_for_write(db, who, run_id)
             db.executemany(
@@ -854,7 +1105,7 @@ class Store:
     ) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Points per run and metric, ordered by step (then arrival)."""
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        with self._tx() as db:
+        with self._read() as db:
             for run_id in self._visible_runs(db, who, run_ids):
                 per_metric: dict[str, list[dict[str, Any]]] = {}
                 for name in names:
@@ -877,7 +1128,7 @@ class Store:
         return out
 
     def metric_names(self, who: Identity, run_ids: Sequence[str]) -> list[str]:
-        with self._tx() as db:
+        with self._read() as db:
             visible = self._visible_runs(db, who, run_ids)
             names: dict[str, None] = {}
             for run_id in visible:
@@ -890,7 +1141,7 @@ class Store:
     def get_events(
         self, who: Identity, run_id: str, predicate: Predicate, start: int, count: int | None
     ) -> tuple[list[dict[str, Any]], int]:
-        with self._tx() as db:
+        with self._read() as db:
             self._load_run(db, who, run_id)
             rows = db.execute(
                 "SELECT message, log_level, timestamp FROM events WHERE run_id = ? ORDER BY seq",
@@ -914,8 +1165,19 @@ class Store:
         now = time.time()
         if not force and now - self._last_sweep < 0.25:
             return
+        # Before a read, wait only briefly for a busy writer: the background sweep follows.
+        if not self._lock.acquire(timeout=-1 if force else 0.2):
+            return
+        try:
+            self._sweep(now)
+        finally:
+            self._lock.release()
+
+    def _sweep(self, now: float) -> None:
         self._last_sweep = now
         with self._tx() as db:
+            db.execute("DELETE FROM used_codes WHERE expires < ?", (now,))
+            db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
             db.execute(
                 "UPDATE runs SET status = 'lost', modified = :now WHERE status = 'running' "
                 "AND heartbeat_timeout IS NOT NULL "
@@ -959,6 +1221,23 @@ def _page(items: list[dict[str, Any]], start: int, count: int | None) -> list[di
     return items[start : start + count]
 
 
+def _formatted(rows: Iterable[sqlite3.Row], api: Any) -> list[dict[str, Any]]:
+    """Rows as API objects; a row that cannot be formatted (damaged by hand, or written by an
+    older version) is logged and left out, so it never fails a listing."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            out.append(api(row))
+        except Exception:
+            _LOG.exception("skipped a damaged row %r in a listing", row["id"])
+    return out
+
+
+def _epoch(value: Any) -> float | None:
+    """A stored time as a finite number, None otherwise (never raises)."""
+    return finite_number(value)
+
+
 def _public(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if not k.startswith("_")}
 
@@ -980,7 +1259,9 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, str(value))
 
 
-def _format_duration(seconds: float) -> str:
+def _format_duration(seconds: float) -> str | None:
+    if not math.isfinite(seconds):
+        return None
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{int(hours):02d}:{int(minutes):02d}:{secs:09.6f}"

@@ -1,33 +1,45 @@
 """The local server's web view: a runs list and a page per run, rendered on the server.
 
 Pages are plain HTML with inline CSS and server-drawn SVG plots, so they work with no
-network and no scripts fetched from anywhere. A browser signs in once (a login link the
-server prints, or by pasting an API token into the form) and then holds a session cookie;
+network and no scripts fetched from anywhere. A browser signs in once (a single-use login link
+the server prints, or by pasting an API token into the form) and then holds a session cookie;
 every page is read as that user, with the same visibility rules as the API.
+
+The cookie names a server-side session, not an API token: signing out ends it, as does
+revoking the user's tokens. The sign-in form is protected against cross-site use (an Origin
+check and a double-submit token in a SameSite cookie), and redirects after sign-in go only to
+paths on this server.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import json
 import math
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import jwt
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .auth import _ALGORITHM, _ISSUER, Identity, TokenError, issue_token, verify_token
+from .app import LOGIN_MAX_BODY, read_body
+from .auth import _ALGORITHM, _ISSUER, Identity, TokenError, issued_at, verify_token
 from .filters import FilterError, parse_filters
-from .store import NotFound, Store
+from .store import NotFound, Store, StoreError
 
 __all__ = ["issue_login_code", "web_routes"]
 
 COOKIE = "simvue_otel_session"
+CSRF_COOKIE = "simvue_otel_csrf"
+SESSION_SECONDS = 7 * 86400
+"""How long a web session lasts (signing out, or revoking the user's tokens, ends it sooner)."""
 _LOGIN_USE = "web-login"
 _STATUSES = ("created", "running", "completed", "failed", "terminated", "lost")
 
@@ -51,17 +63,33 @@ dt{font-weight:600}dd{margin:0}.muted{color:#6c757d}
 
 
 def issue_login_code(secret: str, identity: Identity, *, minutes: float = 60.0) -> str:
-    """A short-lived sign-in code for the web view (refused as an API token)."""
-    now = int(time.time())
+    """A short-lived, single-use sign-in code for the web view (refused as an API token)."""
+    now = time.time()
     claims = {
         "sub": identity.user,
         "tenant": identity.tenant,
         "iss": _ISSUER,
         "use": _LOGIN_USE,
+        "jti": secrets.token_urlsafe(16),
         "iat": now,
-        "exp": now + int(minutes * 60),
+        "exp": int(now + minutes * 60),
     }
     return jwt.encode(claims, secret, algorithm=_ALGORITHM)
+
+
+def local_path(target: str) -> str:
+    """``target`` when it is a path on this server, else ``/``: never a redirect elsewhere
+    (``//host``, ``/\\host``, a scheme, control characters)."""
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or len(target) > 2000
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+        or urlsplit(target).netloc
+    ):
+        return "/"
+    return target
 
 
 def _e(value: Any) -> str:
@@ -120,10 +148,10 @@ def svg_plot(points: Sequence[tuple[float, float]], *, x_label: str, width: int 
         y0, y1 = y0 - 0.5, y1 + 0.5
 
     def sx(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (width - pad - 10)
+        return pad + _position(x, x0, x1) * (width - pad - 10)
 
     def sy(y: float) -> float:
-        return height - 25 - (y - y0) / (y1 - y0) * (height - 35)
+        return height - 25 - _position(y, y0, y1) * (height - 35)
 
     drawn = _envelope(finite, 2000) if len(finite) > 4000 else finite
     coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in drawn)
@@ -148,6 +176,16 @@ def svg_plot(points: Sequence[tuple[float, float]], *, x_label: str, width: int 
     )
 
 
+def _position(value: float, low: float, high: float) -> float:
+    """Where ``value`` lies from ``low`` (0) to ``high`` (1); 0.5 when they coincide (as +1
+    does not separate them for values near 1e16 and beyond). Halved first, so that values
+    near the largest double do not overflow to infinity."""
+    span = high / 2 - low / 2
+    if span <= 0:
+        return 0.5
+    return (value / 2 - low / 2) / span
+
+
 def _envelope(points: Sequence[tuple[float, float]], buckets: int) -> list[tuple[float, float]]:
     """Long series drawn as their envelope: per bucket of consecutive points, the lowest and
     the highest (in x order), so spikes stay visible and the page stays small."""
@@ -166,76 +204,130 @@ def web_routes(store: Store) -> list[Route]:
     secret = store.secret()
 
     def identity(request: Request) -> Identity | None:
-        token = request.cookies.get(COOKIE)
-        if not token:
-            return None
-        try:
-            who = verify_token(secret, f"Bearer {token}")
-        except TokenError:
-            return None
-        return who if store.user_exists(who) else None
+        session_id = request.cookies.get(COOKIE)
+        return store.session_identity(session_id) if session_id else None
 
     def to_login(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
     def session(who: Identity, target: str) -> Response:
-        response = RedirectResponse(target if target.startswith("/") else "/", status_code=303)
+        response = RedirectResponse(local_path(target), status_code=303)
         response.set_cookie(
             COOKIE,
-            issue_token(secret, who.user, who.tenant, lifetime_days=7),
-            max_age=7 * 86400,
+            store.create_session(who, SESSION_SECONDS),
+            max_age=SESSION_SECONDS,
             httponly=True,
             samesite="strict",
         )
         return response
 
-    async def login(request: Request) -> Response:
-        target = request.query_params.get("next", "/")
-        code = request.query_params.get("code")
-        error = ""
-        if request.method == "POST":
-            # An urlencoded form, read without a multipart parser (a dependency we can skip).
-            form = parse_qs((await request.body()).decode("utf-8", "replace"))
-            token = (form.get("token") or [""])[0].strip()
-            target = (form.get("next") or ["/"])[0]
-            try:
-                who = verify_token(secret, f"Bearer {token}")
-                if store.user_exists(who):
-                    return session(who, target)
-                error = "the token's user does not exist on this server"
-            except TokenError as exc:
-                error = str(exc)
-        elif code:
-            try:
-                claims = jwt.decode(code, secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
-                if claims.get("use") != _LOGIN_USE:
-                    raise jwt.InvalidTokenError
-                who = Identity(str(claims["sub"]), str(claims.get("tenant") or "default"))
-                if store.user_exists(who):
-                    return session(who, target)
-                error = "the sign-in link's user does not exist on this server"
-            except jwt.ExpiredSignatureError:
-                error = "this sign-in link has expired: restart the server or paste a token"
-            except (jwt.InvalidTokenError, KeyError):
-                error = "this sign-in link is not valid for this server"
+    def with_token(token: str, target: str) -> Response | str:
+        """Sign in with a pasted API token: a session, or the reason it is refused."""
+        try:
+            who = verify_token(secret, f"Bearer {token}")
+        except TokenError as exc:
+            return str(exc)
+        problem = store.token_problem(who)
+        return problem if problem else session(who, target)
+
+    def with_code(code: str, target: str) -> Response | str:
+        """Sign in with a link's code, which works once: a session, or why it is refused."""
+        try:
+            claims = jwt.decode(code, secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
+            if claims.get("use") != _LOGIN_USE or not isinstance(claims.get("jti"), str):
+                raise jwt.InvalidTokenError
+            who = Identity(
+                str(claims["sub"]),
+                str(claims.get("tenant") or "default"),
+                issued=issued_at(claims),
+            )
+        except jwt.ExpiredSignatureError:
+            return "this sign-in link has expired: restart the server or paste a token"
+        except (jwt.InvalidTokenError, KeyError):
+            return "this sign-in link is not valid for this server"
+        problem = store.token_problem(who)
+        if problem:
+            return problem.replace("the token", "the sign-in link")
+        if not store.redeem_code(claims["jti"], float(claims["exp"])):
+            return (
+                "this sign-in link has already been used (each works once): paste a token, "
+                "or restart the server for a new link"
+            )
+        return session(who, target)
+
+    def cross_site(request: Request) -> bool:
+        """Whether a form POST comes from another origin. Browsers say so in Sec-Fetch-Site
+        (which a reverse proxy leaves alone; another port of this host is "same-site", and
+        refused too); without it, the Origin must name this server's Host."""
+        fetch_site = request.headers.get("sec-fetch-site")
+        if fetch_site is not None:
+            return fetch_site not in ("same-origin", "none")
+        origin = request.headers.get("origin")
+        if origin is None:
+            return False
+        hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+        return urlsplit(origin).netloc not in hosts
+
+    def form_page(request: Request, target: str, error: str, status: int) -> Response:
+        csrf = request.cookies.get(CSRF_COOKIE) or ""
+        if not (20 <= len(csrf) <= 100 and csrf.isascii()):
+            csrf = secrets.token_urlsafe(24)
         body = (
             "<h2>Sign in</h2>"
             + (f'<p style="color:#c0392b">{_e(error)}</p>' if error else "")
             + '<form method="post" action="/login"><p>Paste a token (the SIMVUE_TOKEN the '
             "server printed, or one from <code>simvue-otel server token</code>):</p>"
             '<textarea name="token" rows="4" cols="80"></textarea>'
-            f'<input type="hidden" name="next" value="{_e(target)}"><p>'
+            f'<input type="hidden" name="next" value="{_e(local_path(target))}">'
+            f'<input type="hidden" name="csrf" value="{_e(csrf)}"><p>'
             '<button type="submit">Sign in</button></p></form>'
         )
-        return _page("Sign in", body)
+        response = _page("Sign in", body, status=status)
+        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login")
+        return response
 
-    async def logout(request: Request) -> Response:
+    async def login(request: Request) -> Response:
+        target = request.query_params.get("next", "/")
+        code = request.query_params.get("code")
+        error, status = "", 200
+        if request.method == "POST":
+            try:
+                raw = await read_body(request, LOGIN_MAX_BODY)
+            except StoreError as exc:
+                return _page("Sign in", f"<p>{_e(exc.detail)}</p>", status=exc.status)
+            # An urlencoded form, read without a multipart parser (a dependency we can skip).
+            form = parse_qs(raw.decode("utf-8", "replace"))
+            token = (form.get("token") or [""])[0].strip()
+            target = (form.get("next") or ["/"])[0]
+            sent = (form.get("csrf") or [""])[0]
+            expected = request.cookies.get(CSRF_COOKIE) or ""
+            if cross_site(request):
+                error, status = "sign-in from another site is refused", 403
+            elif not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+                error = "the sign-in form has expired: paste the token again"
+                status = 403
+            else:
+                outcome = await run_in_threadpool(with_token, token, target)
+                if isinstance(outcome, Response):
+                    return outcome
+                error, status = outcome, 401
+        elif code:
+            outcome = await run_in_threadpool(with_code, code, target)
+            if isinstance(outcome, Response):
+                return outcome
+            error, status = outcome, 401
+        return form_page(request, target, error, status)
+
+    def logout(request: Request) -> Response:
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            store.end_session(session_id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
 
-    async def runs(request: Request) -> Response:
+    def runs(request: Request) -> Response:
         who = identity(request)
         if who is None:
             return to_login(request)
@@ -252,7 +344,7 @@ def web_routes(store: Store) -> list[Route]:
         try:
             predicate = parse_filters(json.dumps(filters), None, {"folder.path": "folder"})
         except FilterError as exc:
-            return _page("Runs", f"<p>{_e(exc)}</p>", who)
+            return _page("Runs", f"<p>{_e(exc)}</p>", who, status=400)
         found, total = store.list_runs(
             who, predicate, sorting=[{"id": "started", "desc": True}], metrics=True
         )
@@ -282,7 +374,7 @@ def web_routes(store: Store) -> list[Route]:
         )
         return _page("Runs", body, who)
 
-    async def run_page(request: Request) -> Response:
+    def run_page(request: Request) -> Response:
         who = identity(request)
         if who is None:
             return to_login(request)
@@ -311,7 +403,11 @@ def web_routes(store: Store) -> list[Route]:
             return "".join(
                 f'<div class="plot" data-metric="{_e(name)}"><h4>{_e(name)}</h4>'
                 + svg_plot(
-                    [(float(p[x_axis]), float(p["value"])) for p in series.get(name, [])],
+                    [
+                        (float(p[x_axis]), float(p["value"]))
+                        for p in series.get(name, [])
+                        if p[x_axis] is not None  # a point logged without a time
+                    ],
                     x_label=x_axis,
                 )
                 + "</div>"
