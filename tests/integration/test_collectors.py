@@ -14,9 +14,11 @@ What is checked, and how far:
   exists in the distribution the file names in its ``# distribution:`` line (table below), that
   the pipelines refer only to defined components, that every hop towards a bridge uses the port
   and protocol the bridge really listens on (OTLP/gRPC for ``loadbalancing``, OTLP/HTTP for
-  ``otlphttp``), that every such hop carries the bridge's token, and that the load-balancing
-  routing keys keep a run on one replica. Validate them with ``otelcol validate`` on the build
-  you deploy.
+  ``otlp_http``), that every such hop carries the bridge's token, and that the load-balancing
+  routing keys keep a run on one replica. Component names are accepted under their current
+  names and their deprecated aliases (``otlp_http``/``otlphttp``, ``otlp_grpc``/``otlp``,
+  ``load_balancing``/``loadbalancing``); the shipped files use the current OTLP exporter names.
+  Validate them with ``otelcol validate`` on the build you deploy.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ TOKEN_REF = "Bearer ${env:SIMVUE_OTEL_BRIDGE_TOKEN}"
 _CORE: dict[str, set[str]] = {
     "receivers": {"otlp", "nop"},
     "processors": {"batch", "memory_limiter"},
-    "exporters": {"debug", "nop", "otlp", "otlphttp"},
+    # `otlp_grpc` and `otlp_http` are the names since collector v0.144.0; `otlp` and `otlphttp`
+    # stay as deprecated aliases (a warning at start).
+    "exporters": {"debug", "nop", "otlp", "otlp_grpc", "otlphttp", "otlp_http"},
     "extensions": {"memory_limiter", "zpages"},
     "connectors": {"forward"},
 }
@@ -84,6 +88,11 @@ DISTRIBUTIONS: dict[str, dict[str, set[str]]] = {
 KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
 SIGNALS = ("traces", "metrics", "logs")
 LOADBALANCING = {"loadbalancing", "load_balancing"}
+OTLP_HTTP = {"otlp_http", "otlphttp"}
+OTLP_GRPC = {"otlp_grpc", "otlp"}
+# Deprecated exporter names the shipped files must not use, and their current names. The
+# `loadbalancing` alias stays allowed: `load_balancing` exists only in the newest contrib releases.
+DEPRECATED_EXPORTERS = {"otlphttp": "otlp_http", "otlp": "otlp_grpc"}
 
 # The routing keys of the load-balancing exporter that keep a run's data of one signal on one
 # replica (see gateway.yaml for the release notes behind this table). `service` is valid too but
@@ -105,8 +114,17 @@ def _bridge_ports() -> tuple[int, int]:
 GRPC_PORT, HTTP_PORT = _bridge_ports()
 
 
+# The structure checks run on each file, and on the files with the OTLP/HTTP exporter under its
+# pre-v0.144.0 name, as a site on an older collector would rename it.
+OLD_NAMES = " (otlphttp)"
+STRUCTURE_CASES = YAML_CONFIGS + [f"{n}{OLD_NAMES}" for n in ("agent.yaml", "bridge-direct.yaml")]
+
+
 def _load(name: str) -> tuple[str, dict[str, Any]]:
-    text = (CONFIG_DIR / name).read_text()
+    text = (CONFIG_DIR / name.removesuffix(OLD_NAMES)).read_text()
+    if name.endswith(OLD_NAMES):
+        assert "otlp_http/" in text
+        text = text.replace("otlp_http/", "otlphttp/")
     match = re.search(r"^# distribution: (\S+)$", text, re.MULTILINE)
     assert match, f"{name}: no '# distribution: <otelcol|otelcol-contrib>' line"
     config = yaml.safe_load(text)
@@ -136,7 +154,7 @@ def test_every_collector_configuration_is_covered() -> None:
     assert sorted(p.name for p in CONFIG_DIR.glob("*.y*ml")) == sorted(YAML_CONFIGS)
 
 
-@pytest.mark.parametrize("name", YAML_CONFIGS)
+@pytest.mark.parametrize("name", STRUCTURE_CASES)
 def test_components_exist_in_the_named_distribution(name: str) -> None:
     distribution, config = _load(name)
     assert distribution in DISTRIBUTIONS, f"{name}: unknown distribution {distribution!r}"
@@ -149,7 +167,7 @@ def test_components_exist_in_the_named_distribution(name: str) -> None:
             )
 
 
-@pytest.mark.parametrize("name", YAML_CONFIGS)
+@pytest.mark.parametrize("name", STRUCTURE_CASES)
 def test_pipelines_use_only_defined_components(name: str) -> None:
     _, config = _load(name)
     service = config["service"]
@@ -175,7 +193,7 @@ def test_pipelines_use_only_defined_components(name: str) -> None:
         assert defined[kind] <= used[kind], f"{name}: {kind} defined but unused"
 
 
-@pytest.mark.parametrize("name", YAML_CONFIGS)
+@pytest.mark.parametrize("name", STRUCTURE_CASES)
 def test_endpoints_use_the_bridge_ports_and_protocols(name: str) -> None:
     """Every hop towards a bridge (or a gateway, which listens on the same standard ports) uses
     the port the bridge really listens on for that protocol; receivers likewise."""
@@ -187,14 +205,14 @@ def test_endpoints_use_the_bridge_ports_and_protocols(name: str) -> None:
         assert _host_port(protocols["http"]["endpoint"])[1] == HTTP_PORT
     for exporter_id, exporter in config["exporters"].items():
         kind = _type(exporter_id)
-        if kind == "otlphttp":
+        if kind in OTLP_HTTP:
             parts = urlsplit(exporter["endpoint"])
             assert parts.scheme in ("http", "https"), exporter_id
             assert parts.port == HTTP_PORT, f"{exporter_id}: OTLP/HTTP goes to {HTTP_PORT}"
             assert parts.path in ("", "/"), f"{exporter_id}: /v1/<signal> is appended"
             for signal in SIGNALS:
                 assert f"{signal}_endpoint" not in exporter
-        elif kind == "otlp":
+        elif kind in OTLP_GRPC:
             assert _host_port(exporter["endpoint"])[1] == GRPC_PORT, exporter_id
         elif kind in LOADBALANCING:
             assert "otlp" in exporter["protocol"], f"{exporter_id}: OTLP/gRPC is its only protocol"
@@ -212,6 +230,21 @@ def test_endpoints_use_the_bridge_ports_and_protocols(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", YAML_CONFIGS)
+def test_the_files_use_the_current_exporter_names(name: str) -> None:
+    """Collector v0.144.0 renamed `otlphttp` to `otlp_http` (and `otlp` to `otlp_grpc`); the old
+    names still load, with a deprecation warning at every start."""
+    _, config = _load(name)
+    for exporter_id in config["exporters"]:
+        kind = _type(exporter_id)
+        assert kind not in DEPRECATED_EXPORTERS, (
+            f"{name}: exporter {exporter_id!r} uses the deprecated name {kind!r}; "
+            f"use {DEPRECATED_EXPORTERS[kind]!r}"
+        )
+    text = (CONFIG_DIR / name).read_text()
+    assert "v0.144.0" in text, f"{name}: say which collector releases it was written for"
+
+
+@pytest.mark.parametrize("name", STRUCTURE_CASES)
 def test_every_hop_carries_the_bridge_token(name: str) -> None:
     _, config = _load(name)
     for exporter_id, exporter in config["exporters"].items():
@@ -231,7 +264,7 @@ def test_every_hop_carries_the_bridge_token(name: str) -> None:
             assert extension["token"] == "${env:SIMVUE_OTEL_BRIDGE_TOKEN}"
 
 
-@pytest.mark.parametrize("name", YAML_CONFIGS)
+@pytest.mark.parametrize("name", STRUCTURE_CASES)
 def test_load_balancing_keeps_a_run_on_one_replica(name: str) -> None:
     _, config = _load(name)
     for pipeline_id, pipeline in config["service"]["pipelines"].items():

@@ -660,6 +660,54 @@ def test_metrics_log_body_must_be_a_map(logs, body: Any) -> None:
     assert Mapper().logs(log.finished()) == []
 
 
+def test_skipped_records_are_counted_by_reason(logs) -> None:
+    """What the mapping leaves out is counted (for the bridge's partial success), once."""
+    log = logs()
+    log.logger.emit(body="1.5", event_name=cv.METRICS_EVENT)
+    log.logger.emit(body=[1, 2], event_name=cv.METRICS_EVENT)
+    log.logger.emit(body={"label": "text"}, event_name=cv.METRICS_EVENT)
+    log.logger.emit(body="", severity_number=SeverityNumber.INFO)
+    log.logger.emit(body={"a": 1.0}, event_name=cv.METRICS_EVENT)
+    mapper = Mapper()
+    assert len(mapper.logs(log.finished())) == 1
+    assert mapper.take_skipped() == {
+        "simvue.metrics record whose body is not a map of metric values": 2,
+        "simvue.metrics record with no numeric value": 1,
+        "log record with an empty body": 1,
+    }
+    assert mapper.take_skipped() == {}
+
+
+def test_default_time_is_measured_from_the_earliest_record_of_the_batch(logs) -> None:
+    """Points without simvue.metrics.time in an unsorted batch, and an earlier batch that comes
+    later, are timed from the earliest record seen: never all 0, never negative."""
+    log = logs()
+    for second in (13, 11, 12):
+        log.logger.emit(body={"a": 1.0}, event_name=cv.METRICS_EVENT, timestamp=T0_NS + second * NS)
+    mapper = Mapper()
+    assert [r.time for r in mapper.logs(log.finished())] == [approx(2), approx(0), approx(1)]
+    earlier = logs()
+    for second in (0, 1):
+        earlier.logger.emit(body={"a": 1.0}, event_name=cv.METRICS_EVENT,
+                            timestamp=T0_NS + second * NS)  # fmt: skip
+    assert [r.time for r in mapper.logs(earlier.finished())] == [approx(0), approx(1)]
+
+
+def test_summary_quantiles_become_metrics() -> None:
+    """A summary point: count, sum, mean, and one metric per quantile, named by cv."""
+    from simvue_otel._internal.mapping.model import HistogramValue, OtelPoint
+
+    value = HistogramValue(count=4, sum=10.0, quantiles=((0.0, 1.0), (0.5, 2.5), (0.99, 4.0),
+                                                         (1.0, 4.0)))  # fmt: skip
+    metric = OtelMetric(KEYED, "rt", "histogram", (OtelPoint({"op": "x"}, T0, None, value),))
+    (record,) = Mapper().metrics([metric])
+    assert dict(record.values) == {
+        "rt(op=x).count": 4, "rt(op=x).sum": 10.0, "rt(op=x).mean": 2.5,
+        "rt(op=x).q0": 1.0, "rt(op=x).q0.5": 2.5, "rt(op=x).q0.99": 4.0, "rt(op=x).q1": 4.0,
+    }  # fmt: skip
+    assert cv.quantile_metric("rt", 1e-05) == "rt.q0.00001"
+
+
 def test_event_log_with_warn_severity(logs) -> None:
     """A simvue.event record becomes an EventRecord at the level of its severity."""
     log = logs()

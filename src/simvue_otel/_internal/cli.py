@@ -55,7 +55,17 @@ def _cmd_server_token(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if args.days <= 0:
         parser.error(f"--days must be positive, not {args.days}")
     try:
-        print(mint_token(Path(args.db), args.user, args.tenant, args.days, create=args.create))
+        if args.revoke:
+            from .server import revoke_tokens
+
+            revoke_tokens(Path(args.db), args.user)
+            print(
+                f"revoked every token, sign-in link and web session of {args.user!r} issued "
+                "until now; mint a new token to go on",
+                file=sys.stderr,
+            )
+        else:
+            print(mint_token(Path(args.db), args.user, args.tenant, args.days, create=args.create))
     except StoreError as exc:
         print(f"simvue-otel server token: {exc.detail}", file=sys.stderr)
         return 1
@@ -152,6 +162,7 @@ def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             max_body=args.max_body,
             max_backlog=args.max_backlog,
             log_level=args.log_level,
+            metrics_token=os.environ.get("SIMVUE_OTEL_BRIDGE_METRICS_TOKEN") or None,
         )
     except ImportError as exc:
         print(
@@ -221,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, help="user name")
     token.add_argument("--tenant", default=None, help="tenant of a new user")
     token.add_argument("--days", type=float, default=365.0, help="token lifetime in days")
+    token.add_argument(
+        "--revoke",
+        action="store_true",
+        help="instead of printing a token, end every token, sign-in link and web session the "
+        "user has now (a leaked token); tokens minted afterwards work",
+    )
     token.set_defaults(handler=_cmd_server_token)
 
     send = commands.add_parser(

@@ -7,6 +7,7 @@ operators can route and filter on them. Change both together.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Final
 
 # -- Run identity: Resource attributes (never evicted, present on every signal) ---------------
@@ -61,6 +62,19 @@ EVENT_EVENT: Final = "simvue.event"
 
 EXCEPTION_EVENT: Final = "exception"
 """OTel's span event for a recorded exception; becomes a Simvue event with its traceback."""
+
+# -- The app's own instruments -----------------------------------------------------------------
+
+
+def quantile_metric(name: str, quantile: float) -> str:
+    """Simvue metric name of one quantile of a summary: ``latency.q0.5``, ``latency.q0.99``,
+    ``latency.q0`` (the minimum), ``latency.q1`` (the maximum): the quantile in its shortest
+    positional decimal form, so the name reads as the quantile the sender chose."""
+    text = format(Decimal(repr(float(quantile))), "f")  # positional: 1e-05 -> 0.00001
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{name}.q{text}"
+
 
 # -- Resource metrics, named as Simvue names them ----------------------------------------------
 

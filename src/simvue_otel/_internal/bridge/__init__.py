@@ -4,7 +4,9 @@ Run identity comes from ``simvue.run.key``: a run is looked up (the run index be
 spool, then the server's metadata filter) before it is ever created, and re-sent requests are
 recognised in a request log beside the spool. Several replicas behind a collector's
 load-balancing exporter (routing by Resource, see ``docs/deploy.md``) never make two runs of one.
-Needs the ``bridge`` extra (an ASGI framework and server).
+An operator watches it through structured log lines (``key=value``: info at start, adoption of
+a spool and shutdown, debug per request) and the Prometheus metrics at ``GET /metrics``.
+Needs the ``bridge`` extra (an ASGI framework and server, and the Prometheus client).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from ..config import resolve_config
@@ -38,6 +42,30 @@ def is_loopback(host: str) -> bool:
     return host in _LOOPBACK or host.startswith("127.")
 
 
+def _log_to_stderr(level: str) -> None:
+    """Show the package's log lines at ``level`` (the bridge's ``--log-level``), one per line
+    with time, level and logger, unless the embedding program configured logging already."""
+    package = logging.getLogger("simvue_otel")
+    package.setLevel(level.upper())
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package.addHandler(handler)
+
+
+def _left_in_spool(spool_dir: Path) -> tuple[int, int]:
+    """(segments, bytes) not yet uploaded in a spool and held by no live writer: what earlier
+    processes left there, which this bridge adopts."""
+    from ..sink.spool import SpoolReader
+
+    try:
+        reader = SpoolReader(spool_dir)
+        return len(reader.segments()), reader.pending_bytes()
+    except OSError:
+        return 0, 0
+
+
 def serve_bridge(
     listen: tuple[str, int],
     grpc_listen: tuple[str, int] | None,
@@ -48,6 +76,7 @@ def serve_bridge(
     max_backlog: int = 10_000,
     shutdown_timeout: float | None = None,
     log_level: str = "warning",
+    metrics_token: str | None = None,
     out: Any = sys.stdout,
 ) -> None:
     """Run the bridge until SIGINT/SIGTERM; then stop listening and drain the sink."""
@@ -56,7 +85,11 @@ def serve_bridge(
     from .core import BridgeCore
     from .grpc_listener import start_grpc_server
     from .http_listener import create_http_app
+    from .metrics import replica_name
 
+    _log_to_stderr(log_level)
+    began = time.monotonic()
+    replica = replica_name()
     chosen = resolve_mode(mode)
     config = resolve_config()
     if chosen == "online":
@@ -66,10 +99,26 @@ def serve_bridge(
     else:
         sink = create_sink(chosen, config)
         target = f"the spool in {spool_directory(config)}" if chosen == "offline" else "nowhere"
+    spool_dir = getattr(sink, "spool_dir", None)
+    if chosen == "online" and isinstance(spool_dir, Path):
+        segments, size = _left_in_spool(spool_dir)
+        if segments:
+            _LOG.info(
+                "adopt replica=%s spool=%s segments=%d bytes=%d: uploading what an earlier "
+                "process left, once the server answers",
+                replica, spool_dir, segments, size,
+            )  # fmt: skip
     from .core import RequestLog
 
     requests = RequestLog(spool_directory(config) / "bridge-requests.sqlite")
-    core = BridgeCore(sink, token=token, max_backlog=max_backlog, requests=requests)
+    core = BridgeCore(
+        sink,
+        token=token,
+        max_backlog=max_backlog,
+        requests=requests,
+        metrics_token=metrics_token,
+        mode=chosen,
+    )
     grpc_server = None
     if grpc_listen is not None:
         grpc_server, grpc_port = start_grpc_server(core, *grpc_listen, max_body=max_body)
@@ -97,6 +146,12 @@ def serve_bridge(
         else "simvue-otel bridge: no token (listening on loopback only)"
     )
     print("\n".join(lines), file=out, flush=True)
+    _LOG.info(
+        "start replica=%s http=%s:%d grpc=%s mode=%s spool=%s token=%s metrics=/metrics",
+        replica, listen[0], listen[1],
+        f"{grpc_listen[0]}:{grpc_listen[1]}" if grpc_listen is not None else "off",
+        chosen, spool_dir or spool_directory(config), "required" if token else "none",
+    )  # fmt: skip
     # uvicorn handles SIGINT/SIGTERM during run() and re-raises them afterwards to the
     # handlers found before; quiet ones here let the drain below run instead of dying.
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -104,14 +159,23 @@ def serve_bridge(
     try:
         server.run()
     finally:
+        _LOG.info("shutdown replica=%s stage=listeners-closing", replica)
         if grpc_server is not None:
             grpc_server.stop(grace=5).wait()
         from ..pipeline import default_shutdown_timeout
 
+        backlog = getattr(sink, "backlog", None)
+        waiting = backlog() if backlog is not None else 0
         delivered = sink.close(
             default_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
         )
         requests.close()
+        _LOG.info(
+            "shutdown replica=%s stage=done delivered=%s backlog_at_stop=%d runs_seen=%d "
+            "uptime_s=%.0f",
+            replica, str(delivered).lower(), waiting, core.mapper.runs_seen,
+            time.monotonic() - began,
+        )  # fmt: skip
         if not delivered:
             send = command("send", "--cache", config.offline_directory)
             print(

@@ -2,11 +2,13 @@
 
 Needed because the collector's load-balancing exporter speaks only OTLP/gRPC, and Python's
 ``otlp`` exporter name means gRPC. Back-pressure is UNAVAILABLE (retryable), a missing or wrong
-token UNAUTHENTICATED, an undecodable message is refused by gRPC itself.
+token UNAUTHENTICATED, an undecodable message is refused by gRPC itself (and so is not counted
+in the bridge's metrics). Every other answer is counted and logged at debug.
 """
 
 from __future__ import annotations
 
+import time
 from concurrent import futures
 from typing import Any
 
@@ -26,15 +28,19 @@ __all__ = ["start_grpc_server"]
 def _export(
     core: BridgeCore, signal: str, request: Any, context: Any, reply: Any, field: str
 ) -> Any:
+    started = time.perf_counter()
     metadata = dict(context.invocation_metadata())
     if not core.authorized(metadata.get("authorization")):
+        core.answered("grpc", signal, "UNAUTHENTICATED", started)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
     if core.retry_after() is not None:
+        core.answered("grpc", signal, "UNAVAILABLE", started)
         context.abort(grpc.StatusCode.UNAVAILABLE, "the bridge is backed up; retry later")
     outcome = core.ingest(signal, request)
     if outcome.rejected:
         setattr(reply.partial_success, field, outcome.rejected)
         reply.partial_success.error_message = outcome.message
+    core.answered("grpc", signal, "OK", started, outcome)
     return reply
 
 

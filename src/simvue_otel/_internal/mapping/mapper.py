@@ -12,10 +12,13 @@ share this code unchanged. The rules are those of :mod:`..conventions` and
 - ``simvue.metrics`` log records are exact metric points, ``simvue.event`` and every other log
   record are events; span events and (by policy) other spans become events too;
 - the app's own instruments become metrics at each export (gauges and sums by value,
-  histograms as count/sum/mean/min/max; attribute sets as a name suffix).
+  histograms as count/sum/mean/min/max, summaries as count/sum/mean and one metric per
+  quantile; attribute sets as a name suffix).
 
 A Mapper keeps a little state per run (its time origin and step counters), bounded by
-``max_runs`` so a long-lived bridge does not grow without limit.
+``max_runs`` so a long-lived bridge does not grow without limit. Records it skips (a
+``simvue.metrics`` body that is not a map, a log record with no body) are counted by reason
+(:meth:`Mapper.take_skipped`), so the bridge can report them as refused (OTLP partial success).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import re
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +118,23 @@ class Mapper:
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._refs: dict[int, tuple[Mapping[str, Any], _RunState]] = {}
         self._warned: set[str] = set()
+        self._skipped: Counter[str] = Counter()
+        self.runs_seen = 0
+        """Runs this mapper has registered since it was made (including runs it forgot since)."""
+
+    def take_skipped(self) -> dict[str, int]:
+        """Records skipped since the last call, by reason (and forget them): what a receiver
+        reports as refused. Reasons are a few fixed phrases, so this never grows with the data."""
+        skipped, self._skipped = dict(self._skipped), Counter()
+        return skipped
+
+    @property
+    def tracked_runs(self) -> int:
+        """Runs whose step counters and time origin are held now (at most ``max_runs``)."""
+        return len(self._runs)
+
+    def _skip(self, reason: str) -> None:
+        self._skipped[reason] += 1
 
     # -- run identity ---------------------------------------------------------------------
 
@@ -130,6 +150,8 @@ class Mapper:
         if cached is not None and cached[0] is resource:
             state = cached[1]
             state.last_seen = when
+            if when < state.origin:
+                state.origin = when
             self._runs.move_to_end(state.ref.key)
             return state
         key, foreign = self._run_key(resource)
@@ -137,6 +159,7 @@ class Mapper:
         if state_or_none is None:
             state = _RunState(self._run_ref(key, resource, foreign), when, foreign, last_seen=when)
             self._runs[key] = state
+            self.runs_seen += 1
             while len(self._runs) > self.max_runs:
                 self._runs.popitem(last=False)
             if foreign:
@@ -147,6 +170,8 @@ class Mapper:
             state = state_or_none
             self._runs.move_to_end(key)
             state.last_seen = when
+            if when < state.origin:
+                state.origin = when
         if len(self._refs) > 64:
             self._refs.clear()
         self._refs[id(resource)] = (resource, state)
@@ -357,9 +382,16 @@ class Mapper:
     # -- logs -----------------------------------------------------------------------------
 
     def logs(self, logs: Iterable[OtelLog]) -> list[Record]:
-        """Records for log records, in order: metric points and events."""
+        """Records for log records, in order: metric points and events.
+
+        Every record's run is looked at first, so a run's time origin is the earliest of the
+        whole batch before any point's default ``time`` is measured from it.
+        """
         out: list[Record] = []
-        for log in logs:
+        batch = logs if isinstance(logs, list) else list(logs)
+        for log in batch:
+            self._state(log.resource, log.timestamp, out)
+        for log in batch:
             state = self._state(log.resource, log.timestamp, out)
             event_name = log.event_name or log.attributes.get("event.name")
             if event_name == cv.METRICS_EVENT:
@@ -369,6 +401,7 @@ class Mapper:
                 continue
             message = _text(log.body)
             if not message:
+                self._skip("log record with an empty body")
                 continue
             if "exception.type" in log.attributes and event_name != cv.EVENT_EVENT:
                 message = f"{message}\n{_exception_message(log.attributes)}"
@@ -392,6 +425,7 @@ class Mapper:
                 cv.METRICS_EVENT,
                 type(body).__name__,
             )
+            self._skip(f"{cv.METRICS_EVENT} record whose body is not a map of metric values")
             return None
         # Fast path: every value already a float or int (the Run layer's case).
         if all(raw.__class__ is float or raw.__class__ is int for raw in body.values()):
@@ -399,6 +433,7 @@ class Mapper:
         else:
             values = self._numeric_values(state, body)
         if not values:
+            self._skip(f"{cv.METRICS_EVENT} record with no numeric value")
             return None
         step_attr = attributes.get(cv.METRICS_STEP)
         if step_attr.__class__ is int and step_attr >= 0:
@@ -447,15 +482,7 @@ class Mapper:
                 values = entry[2]
                 value = point.value
                 if isinstance(value, HistogramValue):
-                    values[f"{name}.count"] = value.count
-                    if value.sum is not None:
-                        values[f"{name}.sum"] = value.sum
-                        if value.count:
-                            values[f"{name}.mean"] = value.sum / value.count
-                    for part in ("min", "max"):
-                        extreme = getattr(value, part)
-                        if extreme is not None and math.isfinite(extreme) and value.count:
-                            values[f"{name}.{part}"] = extreme
+                    _histogram_values(name, value, values)
                 else:
                     values[name] = value
         for (_key, _ms), (state, stamp, values) in sorted(grouped.items(), key=lambda i: i[0][1]):
@@ -504,6 +531,23 @@ def _metadata_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return json.dumps(list(value), default=str)
     return value
+
+
+def _histogram_values(name: str, value: HistogramValue, out: dict[str, float]) -> None:
+    """A histogram or summary point as Simvue metrics (conventions section 7): count, sum,
+    mean, min and max when known, and one metric per summary quantile."""
+    out[f"{name}.count"] = value.count
+    if value.sum is not None:
+        out[f"{name}.sum"] = value.sum
+        if value.count:
+            out[f"{name}.mean"] = value.sum / value.count
+    for part in ("min", "max"):
+        extreme = getattr(value, part)
+        if extreme is not None and math.isfinite(extreme) and value.count:
+            out[f"{name}.{part}"] = extreme
+    for quantile, number in value.quantiles:
+        if math.isfinite(number) and value.count:
+            out[cv.quantile_metric(name, quantile)] = number
 
 
 def _suffix(attributes: Mapping[str, Any], room: int = 255) -> str:

@@ -72,12 +72,14 @@ class OtelLog:
 
 @dataclass(slots=True)
 class HistogramValue:
-    """The parts of a histogram point that become Simvue metrics."""
+    """The parts of a histogram (or summary) point that become Simvue metrics; ``quantiles``
+    are a summary's ``(quantile, value)`` pairs."""
 
     count: int
     sum: float | None
     min: float | None = None
     max: float | None = None
+    quantiles: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(slots=True)

@@ -191,6 +191,9 @@ def _histogram_points(points: Any, summary: bool = False) -> tuple[OtelPoint, ..
             sum=point.sum if summary or has("sum") else None,
             min=None if summary or not has("min") else point.min,
             max=None if summary or not has("max") else point.max,
+            quantiles=tuple((q.quantile, q.value) for q in point.quantile_values)
+            if summary
+            else (),
         )
         start = point.start_time_unix_nano * _NS if point.start_time_unix_nano else None
         out.append(OtelPoint(_attrs(point.attributes), point.time_unix_nano * _NS, start, value))
