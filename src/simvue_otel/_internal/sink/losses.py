@@ -98,6 +98,8 @@ class LossLedger:
         """Records lost since the sink started."""
         self.reason = ""
         self._pending: dict[RunRef, int] = {}  # lost and not yet told in an event
+        self._refusal: OSError | None = None
+        self._retry_at = 0.0
         self._lock = threading.Lock()
 
     def add(self, records: Sequence[Record], exc: OSError) -> None:
@@ -153,3 +155,24 @@ class LossLedger:
     def untold(self) -> bool:
         with self._lock:
             return bool(self._pending)
+
+    # A full disk stays full for a while: after a refusal, writes are not even tried (nor their
+    # records encoded) for a second, so a full disk does not also cost the program its CPU.
+
+    def still_refusing(self) -> OSError | None:
+        """The last refusal, while writes are paused after it; None when a write may be tried."""
+        with self._lock:
+            if self._refusal is not None and time.monotonic() < self._retry_at:
+                return self._refusal
+            return None
+
+    def refusing(self, exc: OSError) -> None:
+        """A write was just refused: pause writes for a second (once per refusal)."""
+        with self._lock:
+            if exc is not self._refusal:
+                self._refusal, self._retry_at = exc, time.monotonic() + 1.0
+
+    def writable(self) -> None:
+        """A write succeeded (or room was made): no pause."""
+        with self._lock:
+            self._refusal = None

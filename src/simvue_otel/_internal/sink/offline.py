@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +37,6 @@ class OfflineSink:
         self.losses = LossLedger(f"the spool directory {spool_dir}")
         self._reserve = DiskReserve(spool_dir)
         self._held: dict[str, RunRecord] = {}  # run states a full disk refused, latest first
-        self._refused: OSError | None = None  # the last refusal, retried after ``_retry``
-        self._retry = 0.0
 
     def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
         """Append one frame holding ``records`` (under ``batch_key`` when given)."""
@@ -55,13 +52,13 @@ class OfflineSink:
         again, runs that lost data get their loss event."""
         self._seq += 1
         try:
-            if self._refused is not None and time.monotonic() < self._retry:
-                raise self._refused  # still full a moment ago: do not encode to find out
+            refusal = self.losses.still_refusing()
+            if refusal is not None:
+                raise refusal  # still full a moment ago: do not encode to find out
             self._writer.append(batch_key or f"{self._id}:{self._seq}", records)
-            self._refused = None
+            self.losses.writable()
         except OSError as exc:
-            if exc is not self._refused:
-                self._refused, self._retry = exc, time.monotonic() + 1.0
+            self.losses.refusing(exc)
             lost, states = split_states(records)
             self.losses.add(lost, exc)
             for key, state in states.items():
@@ -117,7 +114,7 @@ class OfflineSink:
                 return self.losses.total == 0
             self._closed = True
             self._reserve.release()  # room for the loss events and final states
-            self._refused = None
+            self.losses.writable()
             self._tell_losses()
             try:
                 self._writer.close()

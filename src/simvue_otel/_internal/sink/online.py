@@ -92,10 +92,6 @@ class OnlineSink:
         self.segment_bytes = segment_bytes
         self.losses = LossLedger(f"the spool directory {spool_dir}")
         self._reserve = DiskReserve(spool_dir)
-        # After the disk refuses a write, spills are counted as lost without being encoded
-        # until ``_disk_retry``, so a full disk does not also cost the program its CPU.
-        self._disk_refused: OSError | None = None
-        self._disk_retry = 0.0
         self._id = uuid.uuid4().hex[:12]
         self._seq = 0
         self._lock = threading.Lock()
@@ -151,9 +147,9 @@ class OnlineSink:
     def _note_live_locked(self, records: Sequence[Record], now: float) -> None:
         """Track which runs are live (for heartbeats) and their heartbeat timeouts."""
         for record in records:
-            if isinstance(record, RunRecord) and record.heartbeat_timeout:
-                self._timeouts[record.run.key] = record.heartbeat_timeout
             key = record.run.key
+            if isinstance(record, RunRecord) and record.heartbeat_timeout:
+                self._timeouts[key] = record.heartbeat_timeout
             if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
                 self._live.pop(key, None)
                 self._timeouts.pop(key, None)
@@ -199,7 +195,7 @@ class OnlineSink:
             # Then the runs' states and loss events, small, in the room the reserve kept
             # (a full disk gave their data no room; their end must still be told).
             self._reserve.release()
-            self._disk_refused = None
+            self.losses.writable()
             last: list[Record] = [r for r in self._buffer if isinstance(r, RunRecord)]
             self._buffer.clear()
             last += [r for r in leftover if isinstance(r, RunRecord)]
@@ -287,16 +283,17 @@ class OnlineSink:
                 chunks.append(chunk)
         states = progress.states if progress is not None else None
         for part in chunks:
-            if self._disk_refused is not None and time.monotonic() < self._disk_retry:
-                self._refused_locked(part, self._disk_refused)  # no encoding while it is full
+            refusal = self.losses.still_refusing()
+            if refusal is not None:
+                self._refused_locked(part, refusal)  # no encoding while the disk is full
                 continue
             try:
                 self._writer.append(key or self._next_key(), part, states)
             except OSError as exc:  # a full disk: counted and told, never raised
-                self._disk_refused, self._disk_retry = exc, time.monotonic() + 1.0
+                self.losses.refusing(exc)
                 self._refused_locked(part, exc)
                 continue
-            self._disk_refused = None
+            self.losses.writable()
             self._spilled += 1
             self._spilled_records += len(part)
             self._spill_seq += 1

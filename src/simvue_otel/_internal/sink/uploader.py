@@ -258,10 +258,12 @@ class Uploader:
     # -- internals ------------------------------------------------------------------------
 
     def _upload_run(self, key: str, plan: _RunPlan, progress: Progress) -> None:
-        pending = [f"{plan.index}.m{i}" for i in range(len(_chunks(plan.points)))] + [
-            f"{plan.index}.e{i}" for i in range(len(_chunks(plan.events)))
+        parts: list[tuple[str, str, Sequence[Record]]] = [
+            (f"{plan.index}.m{i}", "metrics", chunk) for i, chunk in enumerate(_chunks(plan.points))
+        ] + [
+            (f"{plan.index}.e{i}", "events", chunk) for i, chunk in enumerate(_chunks(plan.events))
         ]
-        if all(progress.states.get(p) == "done" for p in pending) and plan.state is None:
+        if plan.state is None and all(progress.states.get(p) == "done" for p, _, _ in parts):
             return
         try:
             run_id = self._ensure_run(plan.ref, plan.state)
@@ -278,10 +280,8 @@ class Uploader:
                 exc,
             )
             raise RetryLater(str(exc)) from exc
-        for i, chunk in enumerate(_chunks(plan.points)):
-            self._send_part(f"{plan.index}.m{i}", progress, run_id, "metrics", chunk)
-        for i, chunk in enumerate(_chunks(plan.events)):
-            self._send_part(f"{plan.index}.e{i}", progress, run_id, "events", chunk)
+        for part, kind, chunk in parts:
+            self._send_part(part, progress, run_id, kind, chunk)
         if plan.state is not None:
             self._apply_state(key, run_id, plan.state)
 
