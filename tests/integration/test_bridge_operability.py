@@ -207,6 +207,14 @@ def test_a_restarted_bridge_says_it_adopts_what_a_killed_one_left(tmp_path: Path
     app.close()
     assert value(scrape(first), "backlog_batches") >= 1
     assert value(scrape(first), "backlog_bytes") > 0
+
+    def unreachable(samples: Samples) -> bool:
+        return value(samples, "upload_failures_total", reason="unreachable") >= 1
+
+    failed = poll(lambda: scrape(first), unreachable, 20)
+    assert failed is not None and unreachable(failed)
+    assert value(failed, "upload_failures_total", reason="token") == 0
+    assert value(failed, "upload_duration_seconds_count") == 0  # nothing got there
     assert not _lines(first, "adopt")
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
@@ -224,6 +232,10 @@ def test_a_restarted_bridge_says_it_adopts_what_a_killed_one_left(tmp_path: Path
         samples = scrape(second)
         assert value(samples, "uploaded_total", kind="points") >= 40  # what the first took
         assert value(samples, "runs_seen_total") == 0  # no sender has talked to this one
+        uploaded = value(samples, "upload_duration_seconds_count")
+        assert uploaded >= 1 and value(samples, "upload_duration_seconds_sum") > 0
+        assert value(samples, "upload_duration_seconds_bucket", le="+Inf") == uploaded
+        assert value(samples, "upload_failures_total", reason="unreachable") == 0
     finally:
         second.stop()
         stop_server(server)

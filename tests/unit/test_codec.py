@@ -100,6 +100,7 @@ AWKWARD_RECORDS: list[Record] = [
         timestamp=1700000000.123456,
     ),
     MetricRecord(run=NAMELESS, values={}, step=0, time=0, timestamp=5),
+    MetricRecord(run=RUN, values={"gauge": 1.0}, step=3, time=0.5, timestamp=6, counter="ab12.0"),
     EventRecord(run=RUN, message="", timestamp=1.5),
     EventRecord(run=NAMELESS, message="line1\nline2 \x00 ☃", timestamp=2.0, level="error"),
 ]

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from ..sink.spool import SpoolReader
+from ..sink.uploader import UPLOAD_BUCKETS
 from ..version import VERSION
 
 __all__ = ["PREFIX", "BridgeMetrics", "replica_name"]
@@ -92,6 +98,26 @@ class _SinkCollector(Collector):
                 f"{PREFIX}_reconciled_parts",
                 "Uploads whose answer was lost, checked against what the server holds.",
                 value=stats.reconciled,
+            )
+            failures = CounterMetricFamily(
+                f"{PREFIX}_upload_failures",
+                "Upload attempts that left their batch waiting, by reason: unreachable, "
+                "server_error (5xx), token (401/403), refused_run.",
+                labels=["reason"],
+            )
+            for reason in ("unreachable", "server_error", "token", "refused_run"):
+                failures.add_metric([reason], stats.failures[reason])
+            yield failures
+            cumulative, buckets = 0, []
+            bounds = (*(repr(b) for b in UPLOAD_BUCKETS), "+Inf")
+            for bound, count in zip(bounds, stats.upload_seconds, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            yield HistogramMetricFamily(
+                f"{PREFIX}_upload_duration_seconds",
+                "Time to upload one batch to the Simvue server, for batches that got there.",
+                buckets=buckets,
+                sum_value=stats.upload_seconds_sum,
             )
         losses = getattr(sink, "losses", None)
         if losses is not None:

@@ -61,6 +61,7 @@ class _RunState:
     has_state: bool = False  # a root or snapshot span told its state
     metric_step: int = 0
     instrument_step: int = 0
+    counter: str = ""  # names this state's count of instrument exports (see MetricRecord)
     last_seen: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +120,11 @@ class Mapper:
         self._refs: dict[int, tuple[Mapping[str, Any], _RunState]] = {}
         self._warned: set[str] = set()
         self._skipped: Counter[str] = Counter()
+        # Instrument exports are counted per run state; each count is named by this mapper's
+        # epoch and the state's number, so the uploader can continue a run's steps from what
+        # the server holds when a count was not the run's first (a restarted bridge, another
+        # replica, a state forgotten and made again).
+        self._epoch = uuid.uuid4().hex[:12]
         self.runs_seen = 0
         """Runs this mapper has registered since it was made (including runs it forgot since)."""
 
@@ -158,6 +164,7 @@ class Mapper:
         state_or_none = self._runs.get(key)
         if state_or_none is None:
             state = _RunState(self._run_ref(key, resource, foreign), when, foreign, last_seen=when)
+            state.counter = f"{self._epoch}.{self.runs_seen}"
             self._runs[key] = state
             self.runs_seen += 1
             while len(self._runs) > self.max_runs:
@@ -490,7 +497,8 @@ class Mapper:
                 continue
             step = state.instrument_step
             state.instrument_step += 1
-            out.append(MetricRecord(state.ref, values, step, max(0.0, stamp - state.origin), stamp))
+            elapsed = max(0.0, stamp - state.origin)
+            out.append(MetricRecord(state.ref, values, step, elapsed, stamp, state.counter))
         return out
 
     # -- end of process -------------------------------------------------------------------

@@ -51,13 +51,22 @@ class RunRecord:
 
 @dataclass(slots=True)
 class MetricRecord:
-    """One ``log_metrics`` call: exact values at one step."""
+    """One ``log_metrics`` call: exact values at one step.
+
+    ``counter`` is None when ``step`` is the run's own step (given by the user, or counted
+    where the run lives). Instrument exports are numbered by the mapping process alone, which
+    may not be the first to write that run (a restarted bridge, another replica, a reconnect):
+    their ``step`` is then that process's own count, ``counter`` names the count, and the
+    uploader turns it into the run's step and ``time`` into seconds since the run's start
+    (see conventions §7).
+    """
 
     run: RunRef
     values: Mapping[str, float]
     step: int
     time: float
     timestamp: float
+    counter: str | None = None
 
 
 @dataclass(slots=True)

@@ -11,7 +11,8 @@ A blob is one msgpack array ``[version, batch_key, runs, records]``:
 
   - ``["r", run, status, observed, description, tags, metadata, visibility, ttl,
     heartbeat_timeout, started, ended]``
-  - ``["m", run, values, step, time, timestamp]``
+  - ``["m", run, values, step, time, timestamp]``, or with a seventh item, the name of the
+    process-local step count that numbered ``step`` (instrument exports)
   - ``["e", run, message, timestamp, level]``
 
 msgpack keeps ints and floats apart (floats as float64, so NaN and infinities survive),
@@ -82,6 +83,7 @@ def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
                     record.step,
                     record.time,
                     record.timestamp,
+                    *(() if record.counter is None else (record.counter,)),
                 ]
             )
         elif isinstance(record, EventRecord):
@@ -206,7 +208,7 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
     _check(_is_int(index) and 0 <= index < len(runs), "run index", index)
     run = runs[index]
     if tag == "m":
-        _check(len(item) == 6, "metric record", item)
+        _check(len(item) in (6, 7), "metric record", item)
         values = _dict(item[2], "metric values")
         for name, value in values.items():
             _check(isinstance(name, str) and _is_num(value), "metric value", (name, value))
@@ -218,6 +220,7 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
             step=step,
             time=_num(item[4], "metric time"),
             timestamp=_num(item[5], "metric timestamp"),
+            counter=_str(item[6], "metric step counter") if len(item) == 7 else None,
         )
     if tag == "e":
         _check(len(item) == 5, "event record", item)

@@ -79,11 +79,50 @@ class RunIndex:
         except OSError as exc:
             _LOG.warning("cannot record run %s in %s (%s)", run_id, self.directory, exc)
 
+    def step_base(self, key: str, counter: str) -> tuple[int, bool] | None:
+        """The step offset (and whether times are re-measured) recorded for one count of
+        instrument exports of run ``key``; None when no process has uploaded it yet."""
+        path = self._path(key)
+        if path is None:
+            return None
+        try:
+            entry = json.loads(path.with_suffix(".steps").read_text(encoding="utf-8"))
+            base, retimed = entry["bases"][counter]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if entry.get("key") != key or not isinstance(base, int):
+            return None
+        return base, bool(retimed)
+
+    def put_step_base(self, key: str, counter: str, base: int, retimed: bool) -> None:
+        """Record a count's offset before anything numbered with it is sent (best effort)."""
+        path = self._path(key)
+        if path is None:
+            return
+        steps = path.with_suffix(".steps")
+        with self._lock:
+            try:
+                entry = json.loads(steps.read_text(encoding="utf-8"))
+                bases = entry["bases"] if entry.get("key") == key else {}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                bases = {}
+            if not isinstance(bases, dict):
+                bases = {}
+            bases[counter] = [base, retimed]
+            try:
+                steps.parent.mkdir(parents=True, exist_ok=True)
+                tmp = steps.with_name(f".{steps.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(json.dumps({"key": key, "bases": bases}), encoding="utf-8")
+                os.replace(tmp, steps)
+            except OSError as exc:
+                _LOG.warning("cannot record step offsets in %s (%s)", self.directory, exc)
+
     def forget(self, key: str) -> None:
         """Drop ``key`` (its run was deleted on the server)."""
         with self._lock:
             self._known.pop(key, None)
         path = self._path(key)
         if path is not None:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            for stale in (path, path.with_suffix(".steps")):
+                with contextlib.suppress(OSError):
+                    stale.unlink()

@@ -21,6 +21,7 @@ the reason, and logged.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import time
@@ -50,6 +51,10 @@ __all__ = ["Progress", "RetryLater", "UploadStats", "Uploader"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
+# Upload times per batch, seconds: a few milliseconds to a local server, seconds to a far or
+# busy one (a batch is up to 16,000 points per part, several parts per run).
+UPLOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
 _STATE_FIELDS = ("description", "tags", "metadata", "visibility", "ttl", "heartbeat_timeout")
 
 
@@ -68,6 +73,19 @@ class UploadStats:
     rejected: int = 0
     reconciled: int = 0
     """Parts whose outcome was unknown and were checked against the server."""
+    uploaded_batches: int = 0
+    upload_seconds: list[int] = field(default_factory=lambda: [0] * (len(UPLOAD_BUCKETS) + 1))
+    """Batches by upload time: counts per bucket of :data:`UPLOAD_BUCKETS` (the last: longer)."""
+    upload_seconds_sum: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Upload attempts that left their batch waiting, by reason: ``unreachable`` (no answer),
+    ``server_error`` (5xx), ``token`` (401/403) or ``refused_run`` (the run cannot be made)."""
+
+    def timed(self, seconds: float) -> None:
+        """Count one batch that reached the server in ``seconds``."""
+        self.uploaded_batches += 1
+        self.upload_seconds_sum += seconds
+        self.upload_seconds[bisect.bisect_left(UPLOAD_BUCKETS, seconds)] += 1
 
 
 class Progress:
@@ -174,6 +192,12 @@ def _event_entries(records: Sequence[Record]) -> list[dict[str, Any]]:
     ]
 
 
+def _earliest(plan: _RunPlan) -> float | None:
+    """The time of a run's earliest point or event in a batch: what proves it had started."""
+    stamps = [p.timestamp for p in plan.points] + [e.timestamp for e in plan.events]
+    return min(stamps) if stamps else None
+
+
 def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
     return [items[i : i + MAX_BATCH_ENTRIES] for i in range(0, len(items), MAX_BATCH_ENTRIES)]
 
@@ -195,6 +219,11 @@ class Uploader:
         self._ids: dict[str, str] = {}  # run key -> id, confirmed with the server
         self._sent: dict[str, dict[str, Any]] = {}  # the server's state as we know it
         self._observed: dict[str, float] = {}  # time of the last state applied, per run key
+        self._created: set[str] = set()  # run keys this uploader created (nothing held before)
+        # Instrument steps (see _numbered): a count's offset into the run's steps, whether its
+        # times are re-measured from the run's start, and each run's next free step.
+        self._bases: dict[tuple[str, str], tuple[int, bool]] = {}
+        self._next_step: dict[str, int] = {}
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
 
     # -- public ---------------------------------------------------------------------------
@@ -205,12 +234,21 @@ class Uploader:
         """Upload ``records`` (in order); ``progress`` holds (and receives) what the server
         already has of this batch. ``batch_key`` names the batch in logs."""
         progress = progress if progress is not None else Progress()
+        began = time.perf_counter()
         for key, plan in self.plan(records).items():
             try:
                 self._upload_run(key, plan, progress)
-            except (ServerUnreachableError, ServerError) as exc:
+            except ServerUnreachableError as exc:
+                self.stats.failures["unreachable"] += 1
                 raise RetryLater(str(exc)) from exc
+            except ServerError as exc:
+                self.stats.failures["server_error"] += 1
+                raise RetryLater(str(exc)) from exc
+            except RetryLater:
+                self.stats.failures["refused_run"] += 1
+                raise
             except AuthenticationError as exc:
+                self.stats.failures["token"] += 1
                 # Nothing to gain by dropping data over a token problem: keep it and say so,
                 # once (the caller retries with backoff; the data waits on disk meanwhile).
                 self._tell_once(
@@ -218,6 +256,7 @@ class Uploader:
                 )
                 raise RetryLater(str(exc)) from exc
         self._told.discard("token")
+        self.stats.timed(time.perf_counter() - began)
 
     @staticmethod
     def plan(records: Sequence[Record]) -> dict[str, _RunPlan]:
@@ -266,7 +305,7 @@ class Uploader:
         if plan.state is None and all(progress.states.get(p) == "done" for p, _, _ in parts):
             return
         try:
-            run_id = self._ensure_run(plan.ref, plan.state)
+            run_id = self._ensure_run(plan.ref, plan.state, _earliest(plan))
         except (ServerUnreachableError, ServerError, AuthenticationError):
             raise
         except SimvueHTTPError as exc:
@@ -280,10 +319,29 @@ class Uploader:
                 exc,
             )
             raise RetryLater(str(exc)) from exc
+        if any(p.counter is not None for p in plan.points):
+            points = self._numbered(key, run_id, plan.points)
+            parts = [
+                (f"{plan.index}.m{i}", "metrics", chunk) for i, chunk in enumerate(_chunks(points))
+            ] + [part for part in parts if part[1] == "events"]
         for part, kind, chunk in parts:
             self._send_part(part, progress, run_id, kind, chunk)
         if plan.state is not None:
             self._apply_state(key, run_id, plan.state)
+        else:
+            self._start_no_later(key, run_id, _earliest(plan))
+
+    def _start_no_later(self, key: str, run_id: str, earliest: float | None) -> None:
+        """A live run's start moves back to its earliest record (a batch that arrived late
+        proves it began before it was created): ``started`` never follows its own data."""
+        sent = self._sent.get(key, {})
+        started = sent.get("started")
+        if earliest is None or not isinstance(started, float) or earliest >= started - 1e-3:
+            return
+        if sent.get("status") != "running":
+            return
+        self.client.update_run(run_id, started=format_timestamp(earliest))
+        sent["started"] = earliest
 
     def _send_part(
         self,
@@ -320,6 +378,54 @@ class Uploader:
                 else:
                     self.stats.events += len(entries)
         progress.set(part, "done")
+
+    def _numbered(self, key: str, run_id: str, points: Sequence[MetricRecord]) -> list[Any]:
+        """Instrument points with the run's steps instead of their process-local counts.
+
+        Each count (one mapping process's exports for one run) gets an offset the first time
+        it is uploaded: 0 for a run this uploader created, else the step after the highest the
+        server holds for those metrics (or after what this process already uploaded). The
+        offset is written to the run index before anything is sent with it, so a later process
+        uploading the rest of that count's spool numbers it alike and reconciliation still
+        recognises what was stored. A count that continues a run started elsewhere also
+        measures its points' times from the run's start as the server has it, not from what
+        its own process saw first.
+        """
+        out: list[MetricRecord] = []
+        nxt = self._next_step.get(key)
+        for point in points:
+            counter = point.counter
+            if counter is None:
+                out.append(point)
+                continue
+            entry = self._bases.get((key, counter)) or self.index.step_base(key, counter)
+            if entry is None:
+                if nxt is None:
+                    nxt = 0 if key in self._created else self._held_next(run_id, points)
+                entry = (nxt - point.step, nxt > 0)
+                self.index.put_step_base(key, counter, *entry)
+            self._bases[(key, counter)] = entry
+            base, retimed = entry
+            step = base + point.step
+            nxt = step + 1 if nxt is None or step >= nxt else nxt
+            elapsed = point.time
+            started = self._sent.get(key, {}).get("started")
+            if retimed and isinstance(started, float):
+                elapsed = max(0.0, point.timestamp - started)
+            out.append(MetricRecord(point.run, point.values, step, elapsed, point.timestamp))
+        if nxt is not None:
+            self._next_step[key] = nxt
+        return out
+
+    def _held_next(self, run_id: str, points: Sequence[MetricRecord]) -> int:
+        """The step after the highest the server holds for these points' metrics (0: none)."""
+        names = sorted({name for p in points if p.counter is not None for name in p.values})
+        steps = [
+            point.get("step")
+            for held in self.client.get_metrics(run_id, names).values()
+            for point in held
+        ]
+        return max((s + 1 for s in steps if isinstance(s, int)), default=0)
 
     def _tell_once(self, topic: str, message: str, *args: object) -> None:
         """Log a problem as an error the first time, at debug level while it persists."""
@@ -372,9 +478,10 @@ class Uploader:
         )
         return missing
 
-    def _ensure_run(self, ref: RunRef, state: RunRecord | None) -> str:
+    def _ensure_run(self, ref: RunRef, state: RunRecord | None, earliest: float | None) -> str:
         """The server id for a run key: this process's, the index's (checked with a GET), the
-        server filter's, or a new run (recorded in the index at once)."""
+        server filter's, or a new run (recorded in the index at once), started when its
+        state says, else at its earliest record (``earliest``)."""
         run_id = self._ids.get(ref.key)
         if run_id is not None:
             return run_id
@@ -405,7 +512,9 @@ class Uploader:
             # A run is created live or queued; a final status is applied once data is in.
             "status": "created" if status == "created" else "running",
         }
-        started = state.started if state is not None and sent["status"] == "running" else None
+        started = None
+        if sent["status"] == "running":
+            started = state.started if state is not None and state.started else earliest
         run_id = self.client.create_run(
             name=ref.name or name_for_key(ref.key),
             folder=ref.folder,
@@ -415,6 +524,7 @@ class Uploader:
         )
         self.index.put(ref.key, run_id)
         self._ids[ref.key] = run_id
+        self._created.add(ref.key)
         sent["metadata"] = _flatten(metadata)
         sent["started"] = started if started is not None else time.time()
         self._sent[ref.key] = sent  # status as sent, never read back from the reply
