@@ -299,3 +299,50 @@ def test_retry_after_is_what_the_docs_say(local_server: LocalServer, tmp_path: P
     finally:
         bridge.process.kill()  # its drain would wait for a server that is gone
         bridge.process.wait()
+
+
+# -- system facts from any producer's Resource ---------------------------------------------------
+
+
+def test_a_resource_with_host_name_fills_the_run_system_through_the_bridge(
+    accounting_bridge: Bridge, client: SimvueClient
+) -> None:
+    """An OTel-only app (no simvue.* attributes) whose SDK ran the host and os detectors: the
+    run the bridge makes for it says which host and platform it ran on."""
+    service = f"svc-{uuid.uuid4().hex[:8]}"
+    resource = Resource(
+        attributes=[
+            KeyValue(key=k, value=_value(v))
+            for k, v in {
+                "service.name": service,
+                "service.instance.id": str(uuid.uuid4()),
+                "host.name": "node17",
+                "host.arch": "aarch64",
+                "os.type": "linux",
+                "os.version": "6.1.0",
+            }.items()
+        ]
+    )
+    request = ExportLogsServiceRequest(
+        resource_logs=[
+            ResourceLogs(
+                resource=resource,
+                scope_logs=[ScopeLogs(log_records=[_record(time.time_ns(), "started")])],
+            )
+        ]
+    )
+    reply = requests.post(
+        accounting_bridge.url + "/v1/logs",
+        data=request.SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=30,
+    )
+    assert reply.status_code == 200
+    found = poll(lambda: client.find_runs_by_name(service), lambda r: len(r) == 1, 20)
+    assert found, f"no run named {service}"
+    run = client.get_run(str(found[0]["id"]))
+    assert run["system"] == {
+        "hostname": "node17",
+        "platform": {"system": "Linux", "release": "6.1.0"},
+        "cpu": {"arch": "aarch64"},
+    }

@@ -191,6 +191,8 @@ def test_reconnect_makes_one_run_and_keeps_its_state(
     assert run["visibility"] == {"public": False, "tenant": True, "users": []}
     metadata = dict(run["metadata"])
     assert metadata.pop("simvue_otel_run_key")
+    assert metadata.pop("python")["environment"]  # recorded by init, kept by reconnect
+    metadata.pop("git", None)
     assert metadata == {"n": 2, "keep": "me"}
     assert _steps(client, str(run["id"]), "x") == Counter({0: 1})
 
@@ -206,13 +208,36 @@ def test_reconnect_refuses_an_ended_run_and_an_ambiguous_name(
         run.init(name=name, folder=folder, resources_metrics_interval=None)
     with pytest.raises(ValueError, match=r"has ended \(completed\)"):
         Run().reconnect(name)
-    twice = f"twice-{uuid.uuid4().hex[:8]}"
+    twice = f"twice {uuid.uuid4().hex[:8]}: a/b"  # the official client's name characters
     for _ in range(2):
         with Run() as run:
             run.init(name=twice, folder=folder, running=False, resources_metrics_interval=None)
-    with pytest.raises(ValueError, match="2 runs have this name; reconnect by id"):
+    queued = _runs(client, twice, folder)
+    assert len(queued) == 2
+    with pytest.raises(ValueError, match="2 runs have this name and 2 of them") as refused:
         Run().reconnect(twice)
+    for candidate in queued:  # the error lists every candidate, to reconnect by id
+        assert f"{candidate['id']} (created)" in str(refused.value)
     assert len(_runs(client, twice, folder)) == 2
+
+
+def test_reconnect_by_a_shared_name_picks_the_one_queued_run(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIMVUE_URL", local_server.url)
+    monkeypatch.setenv("SIMVUE_TOKEN", local_server.token)
+    monkeypatch.setenv("SIMVUE_OFFLINE_DIRECTORY", str(tmp_path / "offline"))
+    name, folder = f"my run {uuid.uuid4().hex[:8]}", "/exactly-once"
+    with Run() as run:
+        run.init(name=name, folder=folder, resources_metrics_interval=None)  # ended
+    with Run() as run:
+        run.init(name=name, folder=folder, running=False, resources_metrics_interval=None)
+    (queued,) = [r for r in _runs(client, name, folder) if r["status"] == "created"]
+    with Run() as run:
+        assert run.reconnect(name)
+        run.log_metrics({"x": 1.0})
+    assert [r["status"] for r in _runs(client, name, folder)] == ["completed", "completed"]
+    assert _steps(client, str(queued["id"]), "x") == Counter({0: 1})
 
 
 def test_a_send_killed_mid_upload_resumes_without_duplicates(

@@ -72,9 +72,13 @@ def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 1
 
 
 def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
-    """The run's metadata less the run key simvue-otel adds."""
+    """The run's metadata less the run key simvue-otel adds and the facts every run records
+    without being asked (its Python packages; its git checkout when it runs in one: see
+    tests/compat/test_system_parity.py)."""
     meta = dict(run["metadata"])
     assert meta.pop("simvue_otel_run_key", None), "the run key is missing"
+    assert meta.pop("python", {}).get("environment"), "the Python packages are missing"
+    meta.pop("git", None)
     return meta
 
 

@@ -193,7 +193,7 @@ def test_trailing_slash_of_folder_is_normalised(traces) -> None:
     assert record.run == RunRef("k", None, "/proj/a")
 
 
-@pytest.mark.parametrize("folder", ["no-leading-slash", "/a//b", "/a/../b", "/a b"])
+@pytest.mark.parametrize("folder", ["no-leading-slash", "/a//b", "/a/../b", "/a\nb"])
 def test_invalid_folder_falls_back_to_root(traces, caplog, folder: str) -> None:
     """An invalid simvue.run.folder is replaced by "/" with a warning, never an exception."""
     attributes = {cv.RUN_KEY: "k", cv.RUN_NAME: "n", cv.RUN_FOLDER: folder}
@@ -212,10 +212,11 @@ def test_invalid_folder_of_a_foreign_run_falls_back_to_root(traces) -> None:
 
 
 def test_run_name_is_sanitised(traces) -> None:
-    """Characters outside letters, digits, '-', '_', '.' become '-', ends are stripped."""
-    span = ended_span(traces({cv.RUN_KEY: "k", cv.RUN_NAME: "my run: #1!"}), "work")
+    """Runs of characters the official name rule refuses become '-', ends are stripped;
+    spaces, ':' and '/' are kept."""
+    span = ended_span(traces({cv.RUN_KEY: "k", cv.RUN_NAME: "my run: #1! a/b"}), "work")
     (record,) = Mapper().spans([span])
-    assert record.run == RunRef("k", "my-run-1", "/")
+    assert record.run == RunRef("k", "my run: -1- a/b", "/")
 
 
 def test_foreign_run_key_is_deterministic(traces) -> None:
@@ -245,7 +246,7 @@ def test_foreign_run_is_announced_once(traces) -> None:
     announced, event = first
     assert isinstance(announced, RunRecord)
     assert isinstance(event, EventRecord)
-    assert announced.run.name == "unknown_service-python"
+    assert announced.run.name == "unknown_service:python"
     assert announced.run.folder == cv.FOREIGN_FOLDER
     assert event.run == announced.run
     assert announced.status == "running"
@@ -315,9 +316,9 @@ def test_root_span_shared_with_a_single_user_string(traces) -> None:
 
 def test_invalid_tags_are_left_out_and_the_rest_deduplicated(traces) -> None:
     """When some tags break the rules, exactly those are dropped ("invalid tags left out"):
-    empty, longer than 255 characters, or with any line break; duplicates are removed as
-    validate_tags removes them."""
-    tags = ["good", "", "good", "x" * 256, "a\rb", "fine"]
+    empty, longer than 255 characters, or with a character the official rule refuses;
+    duplicates are removed as validate_tags removes them."""
+    tags = ["good", "", "good", "x" * 256, "a:b", "fine"]
     span = ended_span(traces(), cv.ROOT_SPAN, **{cv.RUN_TAGS: tags})
     (record,) = Mapper().spans([span])
     assert record.tags == ("good", "fine")
@@ -982,3 +983,78 @@ def test_finish_foreign_without_foreign_runs_is_empty(traces) -> None:
 def test_log_level_for(severity: int | None, level: str) -> None:
     """OTel severity ranges map to Simvue's five log levels."""
     assert cv.log_level_for(severity) == level
+
+
+# -- System and environment facts from the Resource ---------------------------------------------
+
+
+def test_a_resource_with_host_name_fills_the_system_hostname_of_a_foreign_run(traces) -> None:
+    """An OTel-only app whose SDK ran the host detector: its run's system says which host."""
+    tracing = traces({**FOREIGN, "host.name": "node17", "host.arch": "x86_64", "os.type": "linux"})
+    tracing.tracer.start_span("work", start_time=T0_NS).end(end_time=T0_NS + NS)
+    announced = of_type(Mapper().spans(tracing.finished()), RunRecord)[0]
+    assert announced.system == {
+        "hostname": "node17",
+        "platform": {"system": "Linux"},
+        "cpu": {"arch": "x86_64"},
+    }
+
+
+def test_system_git_and_python_facts_become_the_official_fields(traces) -> None:
+    resource = {
+        **KEYED,
+        "process.working_directory": "/home/ada/sim",
+        "host.name": "node17",
+        "process.runtime.version": "3.12.1",
+        "os.type": "darwin",
+        "os.version": "23.0.0",
+        "os.description": "Darwin Kernel Version 23.0.0",
+        "host.arch": "arm64",
+        "host.cpu.model.name": "Apple M2",
+        "simvue.system.gpu.name": "",
+        "simvue.system.gpu.driver": "",
+        "vcs.ref.head.revision": "abc123",
+        "vcs.ref.head.name": "v2.0",
+        "vcs.ref.head.type": "tag",
+        "vcs.repository.url.full": "https://example.org/lab/sim.git",
+        "simvue.git.message": "Faster solver",
+        "simvue.git.time": "2026-01-02T03:04:05.000000",
+        "simvue.git.authors": ("ada@example.org",),
+        "simvue.git.dirty": False,
+        "simvue.git.blame": "ada@example.org",
+        "simvue.python.environment": '{"numpy": "2.1.0", "zope-interface": "7.0"}',
+        "simvue.python.project.name": "sim",
+        "simvue.python.project.version": "0.3",
+        "simvue.shell": '{"OMP_NUM_THREADS": "8"}',
+    }
+    span = ended_span(traces(resource), cv.ROOT_SPAN, **{"simvue.run.metadata.git.ref": "mine"})
+    (record,) = of_type(Mapper().spans([span]), RunRecord)
+    assert record.system == {
+        "cwd": "/home/ada/sim",
+        "hostname": "node17",
+        "pythonversion": "3.12.1",
+        "platform": {"system": "Darwin", "release": "23.0.0",
+                     "version": "Darwin Kernel Version 23.0.0"},
+        "cpu": {"arch": "arm64", "processor": "Apple M2"},
+        "gpu": {"name": "", "driver": ""},
+    }  # fmt: skip
+    assert record.metadata == {
+        "git.ref": "mine",  # the user's own key wins over what the Resource says
+        "git.url": "https://example.org/lab/sim.git",
+        "git.msg": "Faster solver",
+        "git.time_stamp": "2026-01-02T03:04:05.000000",
+        "git.authors": ["ada@example.org"],
+        "git.dirty": False,
+        "git.blame": "ada@example.org",
+        "python.environment.numpy": "2.1.0",
+        "python.environment.zope-interface": "7.0",
+        "python.project.name": "sim",
+        "python.project.version": "0.3",
+        "shell.OMP_NUM_THREADS": "8",
+    }
+
+
+def test_a_resource_that_says_nothing_of_its_system_states_none(traces) -> None:
+    (record,) = of_type(Mapper().spans([ended_span(traces(), cv.ROOT_SPAN)]), RunRecord)
+    assert record.system is None
+    assert record.metadata == {}

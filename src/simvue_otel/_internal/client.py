@@ -377,6 +377,7 @@ class SimvueClient:
         ttl: int | None = None,
         heartbeat_timeout: int | None = None,
         started: float | None = None,
+        system: Mapping[str, Any] | None = None,
     ) -> str:
         """Create a run (``created`` = queued, ``running`` = live); returns its id.
 
@@ -402,6 +403,8 @@ class SimvueClient:
             body["ttl"] = ttl
         if heartbeat_timeout is not None:
             body["heartbeat_timeout"] = heartbeat_timeout
+        if system:
+            body["system"] = dict(system)
         if started is not None and status == "running":
             body["started"] = format_timestamp(started)  # as the official offline sender does
         code, reply = self.request("POST", "runs", json_body=body, idempotent=False)

@@ -249,3 +249,15 @@ def resolve_config(
         offline_directory=_expand_home(offline, home) if offline else home / ".simvue",
         config_file=config_file,
     )
+
+
+def recorded_facts(environ: Mapping[str, str] | None = None) -> dict[str, bool]:
+    """Which facts a run records about its process, switched off by the official client's
+    variables: ``SIMVUE_DISABLE_SYSTEM_METRICS`` (the ``system`` field),
+    ``SIMVUE_DISABLE_GIT_METRICS`` (``git`` metadata) and
+    ``SIMVUE_DISABLE_ENVIRONMENT_METRICS`` (``python`` metadata: the installed packages)."""
+    environ = os.environ if environ is None else environ
+    return {
+        fact: environ.get(f"SIMVUE_DISABLE_{fact.upper()}_METRICS") is None
+        for fact in ("system", "git", "environment")
+    }

@@ -83,6 +83,58 @@ RESOURCE_MEMORY_MB: Final = "resources/cpu.usage.memory"
 RESOURCE_GPU_PERCENT: Final = "resources/gpu.utilisation.percent.{index}"
 RESOURCE_GPU_MEMORY: Final = "resources/gpu.utilisation.memory.{index}"
 
+# -- System and environment: Resource attributes -> the run's system field and metadata -------
+# OTel semantic-convention names where they exist (set by the SDK's host, os and process
+# detectors, or by simvue-otel's own detection), ``simvue.*`` where OTel has none.
+
+HOST_NAME: Final = "host.name"
+HOST_ARCH: Final = "host.arch"
+HOST_CPU_MODEL: Final = "host.cpu.model.name"
+OS_TYPE: Final = "os.type"
+OS_VERSION: Final = "os.version"
+OS_DESCRIPTION: Final = "os.description"
+PROCESS_RUNTIME_VERSION: Final = "process.runtime.version"
+PROCESS_WORKING_DIRECTORY: Final = "process.working_directory"
+GPU_NAME: Final = "simvue.system.gpu.name"
+GPU_DRIVER: Final = "simvue.system.gpu.driver"
+
+VCS_URL: Final = "vcs.repository.url.full"
+VCS_REVISION: Final = "vcs.ref.head.revision"
+VCS_REF_NAME: Final = "vcs.ref.head.name"
+VCS_REF_TYPE: Final = "vcs.ref.head.type"
+"""``branch`` or ``tag``."""
+GIT_MESSAGE: Final = "simvue.git.message"
+GIT_TIME: Final = "simvue.git.time"
+"""The commit's time, UTC, Simvue's timestamp format."""
+GIT_AUTHORS: Final = "simvue.git.authors"
+"""String array of author e-mail addresses (bots and no-reply addresses left out)."""
+GIT_DIRTY: Final = "simvue.git.dirty"
+GIT_BLAME: Final = "simvue.git.blame"
+"""Who answers for the checkout: the committer, or the local user when it has changes."""
+
+PYTHON_ENVIRONMENT: Final = "simvue.python.environment"
+"""JSON object ``{distribution: version}`` of the installed Python distributions."""
+PYTHON_PROJECT_NAME: Final = "simvue.python.project.name"
+PYTHON_PROJECT_VERSION: Final = "simvue.python.project.version"
+SHELL_VARIABLES: Final = "simvue.shell"
+"""JSON object of the environment variables the user asked to record."""
+
+OS_SYSTEM_NAMES: Final = {
+    "linux": "Linux",
+    "darwin": "Darwin",
+    "windows": "Windows",
+    "freebsd": "FreeBSD",
+    "netbsd": "NetBSD",
+    "openbsd": "OpenBSD",
+    "dragonflybsd": "DragonFly",
+    "solaris": "SunOS",
+    "aix": "AIX",
+    "hpux": "HP-UX",
+    "zos": "OS/390",
+}
+"""``os.type`` (OTel's lower-case values) as Python's ``platform.system()`` spells it, which
+is what the official client stores in ``system.platform.system``."""
+
 # -- Foreign telemetry (no simvue.run.* on its Resource) ---------------------------------------
 
 SERVICE_NAME: Final = "service.name"
@@ -106,6 +158,19 @@ RUN_KEY_METADATA: Final = "simvue_otel_run_key"
 """The flat metadata key holding the run key on the Simvue run, so any process (an exporter,
 ``simvue-otel send``, a bridge replica) finds the run with a ``metadata.<key> == <run key>``
 filter instead of making a second one: a Simvue server does not deduplicate runs."""
+
+# -- Names: the official client's rules (simvue/models.py), on both sides of the wire ---------
+
+NAME_PATTERN: Final = r"[a-zA-Z0-9\-_\s/.:]+"
+"""Run names: letters, digits, whitespace and ``- _ / . :`` (``my run``, ``a:b``, ``step/1``)."""
+TAG_PATTERN: Final = r"[\w\-\s.]+"
+"""Tags: word characters (any script), whitespace, ``-`` and ``.``."""
+METRIC_NAME_PATTERN: Final = r"[a-zA-Z0-9\-_\s/.:=><+()%]+"
+"""Metric names: as run names, plus ``= > < + ( ) %``."""
+FOLDER_PATTERN: Final = r"/.*"
+"""Folder paths start with ``/``; simvue-otel also refuses empty, ``.`` and ``..`` parts and
+control characters, which no path can use."""
+MAX_NAME_LENGTH: Final = 255
 
 # -- Log levels --------------------------------------------------------------------------------
 

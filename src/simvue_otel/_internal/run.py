@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+from urllib.parse import quote
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -41,6 +42,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import conventions as cv
 from .config import SimvueConfig, resolve_config
+from .detect import detect
 from .errors import SimvueOtelError, SimvueValidationError
 from .exporters import (
     SimvueLogExporter,
@@ -80,6 +82,14 @@ _SEVERITY = {
     "critical": SeverityNumber.FATAL,
 }
 _REGISTRY_DIR = "otel-runs"
+
+
+def _registry_file(name: str) -> str:
+    """A run's registry file: its name, with what a file name cannot hold (``/``, and ``%``
+    itself) percent-encoded, so ``step/1`` is ``step%2F1.json``."""
+    return quote(name, safe=" -_.:") + ".json"
+
+
 _RUN_MODES = ("online", "offline", "otlp", "disabled")
 
 
@@ -244,6 +254,7 @@ class Run:
         self._closed = False
         self._stated = False
         self._resource: Resource | None = None
+        self._shell_vars: tuple[str, ...] = ()
         self._lock = threading.RLock()
 
     # -- context manager ------------------------------------------------------------------
@@ -372,6 +383,7 @@ class Run:
         visibility: str | Sequence[str] | None = None,
         timeout: int | None = 180,
         notification: str = "none",
+        record_shell_vars: Sequence[str] | None = None,
     ) -> bool:
         """Start the run (``running=True``) or register it as queued (``running=False``).
 
@@ -410,6 +422,16 @@ class Run:
                 raise SimvueValidationError(
                     "notification", "must be one of none, all, error, lost", notification
                 )
+            if record_shell_vars is not None:
+                if isinstance(record_shell_vars, str) or not all(
+                    isinstance(p, str) and p for p in record_shell_vars
+                ):
+                    raise SimvueValidationError(
+                        "record_shell_vars",
+                        "must be a list or set of environment variable names or glob patterns",
+                        record_shell_vars,
+                    )
+                self._shell_vars = tuple(record_shell_vars)
         except SimvueValidationError as exc:
             return self._error(exc)
         self._key = str(uuid.uuid4())
@@ -634,7 +656,10 @@ class Run:
             if hasattr(sink, "abort_listener"):
                 ref = weakref.ref(self)
                 sink.abort_listener = lambda key: _abort(ref, key)
-        base = Resource.create({cv.SERVICE_NAME: f"simvue-run:{self._name}"})
+        # What the official client records at init (system, git, Python packages, chosen
+        # environment variables), as Resource attributes the mapping turns into Simvue's.
+        detected = Resource(detect(shell_vars=self._shell_vars))
+        base = detected.merge(Resource.create({cv.SERVICE_NAME: f"simvue-run:{self._name}"}))
         resource = base.merge(
             Resource(
                 {
@@ -855,7 +880,7 @@ class Run:
         tmp = directory / f".{self._name}.{os.getpid()}.tmp"
         try:
             tmp.write_text(json.dumps(entry))
-            os.replace(tmp, directory / f"{self._name}.json")
+            os.replace(tmp, directory / _registry_file(self._name))
         except OSError as exc:  # a full disk: the run goes on; only reconnect-by-name suffers
             _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
 
@@ -868,7 +893,7 @@ class Run:
             )
         if self._mode == "offline":
             directory = self._registry()
-            path = directory / f"{run}.json" if directory else None
+            path = directory / _registry_file(run) if directory else None
             if path is None or not path.exists():
                 raise SimvueValidationError(
                     "run", f"no offline run of that name in {directory}", run
@@ -905,10 +930,18 @@ class Run:
                         "run", "no run with this name or id on the server", run
                     )
                 if len(named) > 1:
-                    ids = ", ".join(str(r.get("id")) for r in named[:10])
-                    raise SimvueValidationError(
-                        "run", f"{len(named)} runs have this name; reconnect by id ({ids})", run
-                    )
+                    # Several runs share the name: the one still queued is the one to resume.
+                    queued = [r for r in named if r.get("status") == "created"]
+                    if len(queued) != 1:
+                        ids = ", ".join(f"{r.get('id')} ({r.get('status')})" for r in named[:20])
+                        more = f" and {len(named) - 20} more" if len(named) > 20 else ""
+                        raise SimvueValidationError(
+                            "run",
+                            f"{len(named)} runs have this name and {len(queued)} of them is "
+                            f"queued (created); reconnect by id: {ids}{more}",
+                            run,
+                        )
+                    named = queued
                 doc = client.get_run(str(named[0]["id"]))
             run_id = str(doc.get("id") or run)
             metadata = doc.get("metadata") or {}

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from . import conventions as cv
 from .errors import SimvueValidationError
 
 __all__ = [
@@ -34,9 +35,11 @@ __all__ = [
 
 MetadataValue = int | float | str | bool
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_METRIC_NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:=><+\(\)]+$")
-_MAX_NAME = 255
+_NAME_RE = re.compile(cv.NAME_PATTERN)
+_TAG_RE = re.compile(cv.TAG_PATTERN)
+_METRIC_NAME_RE = re.compile(cv.METRIC_NAME_PATTERN)
+_FOLDER_PART_BAD = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = cv.MAX_NAME_LENGTH
 _MAX_FOLDER = 1024
 _MAX_TAG = 255
 _MAX_METRIC_NAME = 255
@@ -45,38 +48,31 @@ RUN_STATUSES: tuple[str, ...] = ("created", "running", "completed", "failed", "t
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 
 _NAME_RULE = (
-    "must be a non-empty string of at most 255 letters, digits, '-', '_' or '.', and not only dots"
+    "must be a non-empty string of at most 255 letters, digits, spaces or any of - _ / . : "
+    "(the official Simvue client's rule)"
 )
 
 
 def validate_name(name: str, field: str = "name") -> str:
-    """Check a run or object name and return it unchanged.
-
-    Allowed: 1 to 255 characters, each a letter, digit, ``-``, ``_`` or ``.``; a name made
-    only of dots is refused.
-    """
-    if (
-        not isinstance(name, str)
-        or len(name) > _MAX_NAME
-        or not _NAME_RE.fullmatch(name)
-        or set(name) == {"."}
-    ):
+    """Check a run name and return it unchanged: the official client's rule, 1 to 255
+    characters, each a letter, digit, whitespace or one of ``- _ / . :``."""
+    if not isinstance(name, str) or len(name) > _MAX_NAME or not _NAME_RE.fullmatch(name):
         raise SimvueValidationError(field, _NAME_RULE, name)
     return name
 
 
 _FOLDER_RULE = (
-    "must be a string starting with '/' whose parts, separated by single '/', use only "
-    "letters, digits, '-', '_' or '.' (no '.' or '..' parts), at most 1024 characters"
+    "must be a string starting with '/' whose parts, separated by single '/', are not empty, "
+    "'.' or '..' and hold no control characters, at most 1024 characters"
 )
 
 
 def validate_folder(path: str, field: str = "folder") -> str:
     """Check a folder path and return it normalised.
 
-    ``/`` is the root; one trailing slash is stripped (``/a/b/`` becomes ``/a/b``). Empty,
-    ``.`` and ``..`` parts are refused, as are characters other than letters, digits,
-    ``-``, ``_`` and ``.``.
+    As for the official client, a folder is a path starting with ``/``; ``/`` is the root and
+    one trailing slash is stripped (``/a/b/`` becomes ``/a/b``). Empty, ``.`` and ``..``
+    parts and control characters are refused: no path can hold them.
     """
     if not isinstance(path, str) or not path.startswith("/") or len(path) > _MAX_FOLDER:
         raise SimvueValidationError(field, _FOLDER_RULE, path)
@@ -84,7 +80,7 @@ def validate_folder(path: str, field: str = "folder") -> str:
         return path
     normalised = path[:-1] if path.endswith("/") else path
     for part in normalised[1:].split("/"):
-        if part in ("", ".", "..") or not _NAME_RE.fullmatch(part):
+        if part in ("", ".", "..") or _FOLDER_PART_BAD.search(part):
             raise SimvueValidationError(field, _FOLDER_RULE, path)
     return normalised
 
@@ -93,16 +89,18 @@ def validate_tags(tags: Any, field: str = "tags") -> tuple[str, ...]:
     """Check a collection of tags; return them as a tuple without duplicates.
 
     ``tags`` must be a list, tuple or set (a single string is refused); each tag a non-empty
-    string of at most 255 characters with no line breaks. First-seen order is kept.
+    string of at most 255 word characters (any script), spaces, ``-`` or ``.``, as the
+    official client requires. First-seen order is kept.
     """
     if not isinstance(tags, (list, tuple, set, frozenset)):
         raise SimvueValidationError(field, "must be a list, tuple or set of strings", tags)
     seen: dict[str, None] = {}
     for index, tag in enumerate(tags):
-        if not isinstance(tag, str) or not tag or len(tag) > _MAX_TAG or tag.splitlines() != [tag]:
+        if not isinstance(tag, str) or len(tag) > _MAX_TAG or not _TAG_RE.fullmatch(tag):
             raise SimvueValidationError(
                 f"{field}[{index}]",
-                "must be a non-empty string of at most 255 characters without line breaks",
+                "must be a non-empty string of at most 255 letters, digits, '_', '-', '.' or "
+                "spaces (the official Simvue client's rule)",
                 tag,
             )
         seen.setdefault(tag, None)
@@ -259,7 +257,7 @@ def validate_interval(value: Any, field: str = "resources_metrics_interval") -> 
 
 _METRIC_NAME_RULE = (
     "must be a non-empty string of at most 255 letters, digits, spaces or any of "
-    "- _ / . : = > < + ( )"
+    "- _ / . : = > < + ( ) % (the official Simvue client's rule)"
 )
 
 
@@ -267,7 +265,7 @@ def validate_metric_name(name: Any, field: str = "metrics") -> str:
     """Check a metric name and return it unchanged.
 
     Allowed: 1 to 255 characters, each a letter, digit, whitespace or one of
-    ``- _ / . : = > < + ( )``.
+    ``- _ / . : = > < + ( ) %``.
     """
     if (
         not isinstance(name, str)

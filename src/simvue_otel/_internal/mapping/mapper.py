@@ -40,6 +40,7 @@ from ..errors import SimvueValidationError
 from ..validation import validate_folder, validate_tags, validate_visibility
 from .model import STATUS_ERROR, HistogramValue, OtelLog, OtelMetric, OtelSpan
 from .records import EventRecord, MetricRecord, Record, RunRecord, RunRef
+from .system import CONSUMED, run_facts
 
 __all__ = ["SPAN_EVENT_POLICIES", "Mapper"]
 
@@ -48,8 +49,9 @@ _LOG = logging.getLogger("simvue_otel.mapping")
 SPAN_EVENT_POLICIES = ("all", "errors", "none")
 """What becomes of spans other than the run's own: each one an event, only failed ones, none."""
 
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_.\-]+")
-_METRIC_BAD = re.compile(r"[^a-zA-Z0-9\-_\s/.:=><+()]+")
+# Runs of characters a run or metric name cannot hold (the complement of the name rules).
+_NAME_BAD = re.compile(f"[^{cv.NAME_PATTERN[1:-2]}]+")
+_METRIC_BAD = re.compile(f"[^{cv.METRIC_NAME_PATTERN[1:-2]}]+")
 _FOREIGN_NAMESPACE = uuid.UUID("6f1c3c8e-4d0b-5d8a-9a53-2b6f4c1e9a10")
 
 
@@ -165,6 +167,7 @@ class Mapper:
         if state_or_none is None:
             state = _RunState(self._run_ref(key, resource, foreign), when, foreign, last_seen=when)
             state.counter = f"{self._epoch}.{self.runs_seen}"
+            state.extra["facts"] = run_facts(resource)
             self._runs[key] = state
             self.runs_seen += 1
             while len(self._runs) > self.max_runs:
@@ -213,9 +216,10 @@ class Mapper:
     def _foreign_state(
         self, state: _RunState, resource: Mapping[str, Any], when: float
     ) -> RunRecord:
-        metadata: dict[str, Any] = {}
+        system, metadata = state.extra["facts"]
+        metadata = dict(metadata)
         for k, v in resource.items():
-            if isinstance(v, str | int | float | bool | list | tuple):
+            if k not in CONSUMED and isinstance(v, str | int | float | bool | list | tuple):
                 metadata[f"resource.{k}"] = _metadata_value(v)
         service = resource.get(cv.SERVICE_NAME, "an OpenTelemetry service")
         return RunRecord(
@@ -226,6 +230,7 @@ class Mapper:
             tags=("otel",),
             metadata=metadata,
             started=when,
+            system=system,
         )
 
     # -- spans ----------------------------------------------------------------------------
@@ -268,11 +273,14 @@ class Mapper:
         description = self._str_attr(attrs, cv.RUN_DESCRIPTION)
         tags = self._tags(state, attrs)
         metadata = self._metadata(attrs)
+        system, facts = state.extra["facts"]
         announced = state.extra.get("record")
         if isinstance(announced, RunRecord):  # a foreign run: keep what its Resource said
             description = description or announced.description
             tags = tags if tags is not None else announced.tags
             metadata = {**announced.metadata, **metadata}
+        elif facts:
+            metadata = {**facts, **metadata}  # the user's own keys win
         return RunRecord(
             run=state.ref,
             status=str(status),
@@ -285,6 +293,7 @@ class Mapper:
             heartbeat_timeout=self._int_attr(attrs, cv.RUN_HEARTBEAT_TIMEOUT),
             started=span.start if status != "created" else None,
             ended=span.end if final else None,
+            system=system,
         )
 
     @staticmethod

@@ -47,6 +47,8 @@ class RunRecord:
     heartbeat_timeout: int | None = None
     started: float | None = None
     ended: float | None = None
+    system: Mapping[str, Any] | None = None
+    """Simvue's ``system`` field (host, platform, CPU...), from the Resource; None = not stated."""
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ A blob is one msgpack array ``[version, batch_key, runs, records]``:
   is its run's index in ``runs``:
 
   - ``["r", run, status, observed, description, tags, metadata, visibility, ttl,
-    heartbeat_timeout, started, ended]``
+    heartbeat_timeout, started, ended]``, and a thirteenth item, ``system``, when stated
   - ``["m", run, values, step, time, timestamp]``, or with a seventh item, the name of the
     process-local step count that numbered ``step`` (instrument exports)
   - ``["e", run, message, timestamp, level]``
@@ -105,6 +105,7 @@ def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
                     record.heartbeat_timeout,
                     record.started,
                     record.ended,
+                    *(() if record.system is None else (dict(record.system),)),
                 ]
             )
         else:
@@ -231,7 +232,7 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
             level=_str(item[4], "event level"),
         )
     if tag == "r":
-        _check(len(item) == 12, "run record", item)
+        _check(len(item) in (12, 13), "run record", item)
         tags = item[5]
         _check(
             tags is None or (isinstance(tags, list) and all(isinstance(t, str) for t in tags)),
@@ -253,6 +254,7 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
             heartbeat_timeout=_opt_int(item[9], "run heartbeat timeout"),
             started=_opt_num(item[10], "run start time"),
             ended=_opt_num(item[11], "run end time"),
+            system=_dict(item[12], "run system") if len(item) == 13 else None,
         )
     raise CodecError(f"unknown record type tag {tag!r}")
 

@@ -55,7 +55,15 @@ _LOG = logging.getLogger("simvue_otel.sink")
 # busy one (a batch is up to 16,000 points per part, several parts per run).
 UPLOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-_STATE_FIELDS = ("description", "tags", "metadata", "visibility", "ttl", "heartbeat_timeout")
+_STATE_FIELDS = (
+    "description",
+    "tags",
+    "metadata",
+    "visibility",
+    "ttl",
+    "heartbeat_timeout",
+    "system",
+)
 
 
 class RetryLater(Exception):
@@ -509,6 +517,7 @@ class Uploader:
             "visibility": _visibility(state),
             "ttl": state.ttl if state else None,
             "heartbeat_timeout": state.heartbeat_timeout if state else None,
+            "system": dict(state.system) if state is not None and state.system else None,
             # A run is created live or queued; a final status is applied once data is in.
             "status": "created" if status == "created" else "running",
         }
@@ -554,6 +563,7 @@ class Uploader:
             "visibility": None if state.visibility is None else dict(state.visibility),
             "ttl": state.ttl,
             "heartbeat_timeout": state.heartbeat_timeout,
+            "system": None if state.system is None else dict(state.system),
         }
         return {k: v for k, v in fields.items() if v is not None}
 
