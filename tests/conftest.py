@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -205,3 +206,14 @@ def bridge(local_server: LocalServer, tmp_path: Path) -> Iterator[Bridge]:
     b = start_bridge(tmp_path / "bridge", local_server)
     yield b
     b.stop()
+
+
+def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's metadata less the run key simvue-otel adds and the facts every `Run` records
+    without being asked (its Python packages; its git checkout when it runs in one: see
+    tests/compat/test_system_parity.py)."""
+    meta = dict(run["metadata"])
+    assert meta.pop("simvue_otel_run_key", None), "the run key is missing"
+    meta.pop("python", None)
+    meta.pop("git", None)
+    return meta

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, start_bridge
+from tests.conftest import Bridge, LocalServer, start_bridge, user_metadata
 from tests.integration.test_zero_code import fresh_venv  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,13 +84,6 @@ def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 3
         if ok(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.2)
-
-
-def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
-    """The run's metadata less the run key simvue-otel adds."""
-    meta = dict(run["metadata"])
-    assert meta.pop("simvue_otel_run_key", None), "the run key is missing"
-    return meta
 
 
 def series(client: SimvueClient, run_id: str, name: str) -> list[tuple[int, float]]:

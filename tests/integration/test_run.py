@@ -22,7 +22,7 @@ import pytest
 
 from simvue_otel import ConfigurationError, NotFoundError, Run, SimvueValidationError
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
-from tests.conftest import LocalServer, free_port, start_server, stop_server
+from tests.conftest import LocalServer, free_port, start_server, stop_server, user_metadata
 
 SEND_CMD = [sys.executable, "-m", "simvue_otel", "send", "--cache"]
 
@@ -69,17 +69,6 @@ def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 1
         if ok(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
-
-
-def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
-    """The run's metadata less the run key simvue-otel adds and the facts every run records
-    without being asked (its Python packages; its git checkout when it runs in one: see
-    tests/compat/test_system_parity.py)."""
-    meta = dict(run["metadata"])
-    assert meta.pop("simvue_otel_run_key", None), "the run key is missing"
-    assert meta.pop("python", {}).get("environment"), "the Python packages are missing"
-    meta.pop("git", None)
-    return meta
 
 
 def only_run(client: SimvueClient, name: str, folder: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Unit tests of the resource monitor: gauge names, process-tree sampling, and NVML handling."""
+"""Unit tests of the resource monitor: gauge names (OTel's) and what the mapping makes of them
+(Simvue's), process-tree sampling, and NVML handling."""
 
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader
 
 from simvue_otel._internal import resources
 from simvue_otel._internal.conventions import (
+    CPU_COUNT,
+    HW_GPU_MEMORY_UTILIZATION,
+    HW_GPU_UTILIZATION,
+    PROCESS_CPU_UTILIZATION,
+    PROCESS_MEMORY_USAGE,
     RESOURCE_CPU_PERCENT,
     RESOURCE_GPU_MEMORY,
     RESOURCE_GPU_PERCENT,
     RESOURCE_MEMORY_MB,
 )
 from simvue_otel._internal.errors import SimvueValidationError
-from simvue_otel._internal.resources import ResourceMonitor, sample_tree
+from simvue_otel._internal.mapping.system import resource_metric
+from simvue_otel._internal.resources import ResourceMonitor, cpu_count, sample_tree
 
 BURN = [sys.executable, "-c", "while True: pass"]
 
@@ -39,17 +46,28 @@ class Setup:
         self.meter = self.provider.get_meter("test_resources")
 
     def collect(self) -> dict[str, tuple[str, list[float]]]:
-        """One collection: metric name → (unit, values observed)."""
+        """One collection as Simvue stores it: Simvue metric name → (OTel unit, values), each
+        point turned into Simvue's name and unit by the mapping (as a Run's Resource, which
+        states the CPU count, lets it); ``self.otel`` keeps the OTel names and units."""
         found: dict[str, tuple[str, list[float]]] = {}
+        self.otel: dict[str, tuple[str, list[float]]] = {}
         data = self.reader.get_metrics_data()
         if data is None:
             return found
+        resource = {CPU_COUNT: cpu_count()}
         for resource_metrics in data.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
                     assert isinstance(metric.data, Gauge), metric
-                    values = [float(point.value) for point in metric.data.data_points]
-                    found[metric.name] = (metric.unit or "", values)
+                    unit = metric.unit or ""
+                    raw = [float(point.value) for point in metric.data.data_points]
+                    self.otel[metric.name] = (unit, raw)
+                    for point in metric.data.data_points:
+                        mapped = resource_metric(
+                            metric.name, dict(point.attributes or {}), point.value, resource
+                        )
+                        assert mapped is not None, (metric.name, point)
+                        found.setdefault(mapped[0], (unit, []))[1].append(mapped[1])
         return found
 
 
@@ -85,16 +103,44 @@ def observed(collected: dict[str, tuple[str, list[float]]], name: str) -> list[f
     return collected.get(name, ("", []))[1]
 
 
-def test_gauges_have_simvue_names_and_units(otel: Setup) -> None:
+def test_gauges_have_otel_names_and_units_and_map_to_simvues(otel: Setup) -> None:
     monitor = ResourceMonitor(otel.meter, gpus=False)
     try:
         collected = otel.collect()
     finally:
         monitor.close()
-    assert collected[RESOURCE_CPU_PERCENT][0] == "%"
-    assert collected[RESOURCE_MEMORY_MB][0] == "MiB"
+    assert set(otel.otel) == {PROCESS_CPU_UTILIZATION, PROCESS_MEMORY_USAGE}
+    assert otel.otel[PROCESS_CPU_UTILIZATION][0] == "1"
+    assert otel.otel[PROCESS_MEMORY_USAGE][0] == "By"
+    assert set(collected) == {RESOURCE_CPU_PERCENT, RESOURCE_MEMORY_MB}
     assert value(collected, RESOURCE_CPU_PERCENT) >= 0.0
+    (fraction,) = otel.otel[PROCESS_CPU_UTILIZATION][1]
+    assert 0.0 <= fraction <= 1.5  # of all CPUs (a sample may overshoot a little)
+    (rss,) = otel.otel[PROCESS_MEMORY_USAGE][1]
+    assert value(collected, RESOURCE_MEMORY_MB) == pytest.approx(rss / 2**20)
     assert monitor.pid == psutil.Process().pid
+
+
+def test_otel_resource_metrics_of_any_producer_map_to_simvues() -> None:
+    """The system-metrics instrumentation's process metrics, and GPU metrics under the
+    hardware conventions, fill a run's resource plots; what does not fit keeps its name."""
+    four = {CPU_COUNT: 4}
+    assert resource_metric(PROCESS_CPU_UTILIZATION, {}, 0.5, four) == (RESOURCE_CPU_PERCENT, 200.0)
+    assert resource_metric(PROCESS_CPU_UTILIZATION, {}, 0.5, {}) is None  # count unknown
+    assert resource_metric(PROCESS_CPU_UTILIZATION, {"cpu.mode": "user"}, 0.5, four) is None
+    assert resource_metric(PROCESS_MEMORY_USAGE, {}, 3 * 2**20, {}) == (RESOURCE_MEMORY_MB, 3.0)
+    gpu = {"hw.id": "1", "hw.type": "gpu"}
+    assert resource_metric(HW_GPU_UTILIZATION, gpu, 0.25, {}) == (
+        "resources/gpu.utilisation.percent.1",
+        25.0,
+    )
+    assert resource_metric(HW_GPU_MEMORY_UTILIZATION, gpu, 0.5, {}) == (
+        "resources/gpu.utilisation.memory.1",
+        50.0,
+    )
+    assert resource_metric(HW_GPU_UTILIZATION, {**gpu, "hw.gpu.task": "decoder"}, 0.1, {}) is None
+    assert resource_metric(HW_GPU_UTILIZATION, {}, 0.1, {}) is None  # which GPU?
+    assert resource_metric("process.thread.count", {}, 7, four) is None
 
 
 def test_memory_of_this_process_is_sane(otel: Setup) -> None:
@@ -212,6 +258,7 @@ def test_gpu_gauges_only_with_nvml(otel: Setup) -> None:
     monitor = ResourceMonitor(otel.meter)
     try:
         gpu_names = [name for name in otel.collect() if name.startswith("resources/gpu")]
+        assert all(name.startswith("resources/gpu.utilisation.") for name in gpu_names)
     finally:
         monitor.close()
     if importlib.util.find_spec("pynvml") is None:
@@ -276,7 +323,8 @@ def test_fake_nvml_failing_call_yields_nothing(
         assert value(collected, RESOURCE_GPU_PERCENT.format(index=1)) == 42.0
         assert value(collected, RESOURCE_GPU_MEMORY.format(index=0)) == 25.0
         assert value(collected, RESOURCE_GPU_MEMORY.format(index=1)) == 50.0
-        assert collected[RESOURCE_GPU_MEMORY.format(index=1)][0] == "%"
+        assert collected[RESOURCE_GPU_MEMORY.format(index=1)][0] == "1"
+        assert set(otel.otel) >= {HW_GPU_UTILIZATION, HW_GPU_MEMORY_UTILIZATION}
         assert RESOURCE_CPU_PERCENT in collected
     finally:
         monitor.close()

@@ -76,7 +76,24 @@ def quantile_metric(name: str, quantile: float) -> str:
     return f"{name}.q{text}"
 
 
-# -- Resource metrics, named as Simvue names them ----------------------------------------------
+# -- Resource metrics: emitted under OTel's names, stored under Simvue's -----------------------
+
+PROCESS_CPU_UTILIZATION: Final = "process.cpu.utilization"
+"""Fraction of all logical CPUs the process (a ``Run``: and its children) used since the last
+measurement, unit ``1`` (the semantic conventions', and the system-metrics
+instrumentation's, definition)."""
+PROCESS_MEMORY_USAGE: Final = "process.memory.usage"
+"""Resident memory, bytes."""
+HW_GPU_UTILIZATION: Final = "hw.gpu.utilization"
+"""Fraction of time a kernel ran on the GPU named by ``hw.id``, unit ``1``."""
+HW_GPU_MEMORY_UTILIZATION: Final = "hw.gpu.memory.utilization"
+"""Fraction of the GPU's memory in use, unit ``1``."""
+HW_ID: Final = "hw.id"
+HW_TYPE: Final = "hw.type"
+HW_GPU_TASK: Final = "hw.gpu.task"
+CPU_COUNT: Final = "simvue.system.cpu.count"
+"""Resource attribute: logical CPUs of the host, which turns ``process.cpu.utilization``
+(a fraction of all CPUs) into Simvue's percentage (100 = one core)."""
 
 RESOURCE_CPU_PERCENT: Final = "resources/cpu.usage.percentage"
 RESOURCE_MEMORY_MB: Final = "resources/cpu.usage.memory"

@@ -2,8 +2,11 @@
 
 CPU and memory cover a process and all its descendants, as the official client's
 ``Run.set_pid`` does; GPU utilisation comes from NVML when ``pynvml`` is importable and finds a
-device. Gauges are named as Simvue names them, so the mapping needs no renaming. Nothing here
-blocks or raises inside a collection: a failing probe just yields no observation.
+device. Gauges carry OTel's semantic-convention names and units (``process.cpu.utilization``,
+``process.memory.usage``, ``hw.gpu.utilization``, ``hw.gpu.memory.utilization``), so any OTel
+backend behind the same collector understands them; the mapping turns them into Simvue's
+``resources/*`` metrics (:func:`.mapping.system.resource_metric`). Nothing here blocks or
+raises inside a collection: a failing probe just yields no observation.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ import psutil
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from .conventions import (
-    RESOURCE_CPU_PERCENT,
-    RESOURCE_GPU_MEMORY,
-    RESOURCE_GPU_PERCENT,
-    RESOURCE_MEMORY_MB,
+    HW_GPU_MEMORY_UTILIZATION,
+    HW_GPU_UTILIZATION,
+    HW_ID,
+    HW_TYPE,
+    PROCESS_CPU_UTILIZATION,
+    PROCESS_MEMORY_USAGE,
 )
 from .errors import SimvueValidationError
 
-__all__ = ["ResourceMonitor", "sample_tree"]
+__all__ = ["ResourceMonitor", "cpu_count", "sample_tree"]
 
 _LOG = logging.getLogger("simvue_otel.resources")
 
@@ -39,6 +44,11 @@ _SAMPLE_TTL_S = 0.5
 """How long one tree sample serves further gauges: one collection reads all gauges at once."""
 
 _MIB = float(2**20)
+
+
+def cpu_count() -> int:
+    """Logical CPUs of this host: what ``process.cpu.utilization`` is a fraction of."""
+    return psutil.cpu_count() or os.cpu_count() or 1
 
 
 def sample_tree(
@@ -131,16 +141,17 @@ class ResourceMonitor:
         self._sample: tuple[float, float] | None = None
         self._sampled_at = float("-inf")
 
+        self._cpus = cpu_count()
         meter.create_observable_gauge(
-            RESOURCE_CPU_PERCENT,
+            PROCESS_CPU_UTILIZATION,
             callbacks=[self._observe_cpu],
-            unit="%",
-            description="CPU use of the run's process tree (100 = one core)",
+            unit="1",
+            description="CPU use of the run's process tree, fraction of all logical CPUs",
         )
         meter.create_observable_gauge(
-            RESOURCE_MEMORY_MB,
+            PROCESS_MEMORY_USAGE,
             callbacks=[self._observe_memory],
-            unit="MiB",
+            unit="By",
             description="Resident memory of the run's process tree",
         )
 
@@ -149,19 +160,19 @@ class ResourceMonitor:
         self._nvml = loaded[0] if loaded is not None else None
         self._gpu_handles: dict[int, Any] = {}
         if loaded is not None:
-            for index in range(loaded[1]):
-                meter.create_observable_gauge(
-                    RESOURCE_GPU_PERCENT.format(index=index),
-                    callbacks=[self._gpu_callback(index, self._gpu_percent)],
-                    unit="%",
-                    description=f"Utilisation of GPU {index}",
-                )
-                meter.create_observable_gauge(
-                    RESOURCE_GPU_MEMORY.format(index=index),
-                    callbacks=[self._gpu_callback(index, self._gpu_memory)],
-                    unit="%",
-                    description=f"Memory used on GPU {index}, percent of its total",
-                )
+            count = loaded[1]
+            meter.create_observable_gauge(
+                HW_GPU_UTILIZATION,
+                callbacks=[self._gpu_callback(count, self._gpu_busy)],
+                unit="1",
+                description="Fraction of time a kernel ran on the GPU (GPUs the run uses)",
+            )
+            meter.create_observable_gauge(
+                HW_GPU_MEMORY_UTILIZATION,
+                callbacks=[self._gpu_callback(count, self._gpu_memory)],
+                unit="1",
+                description="Fraction of the GPU's memory in use (GPUs the run uses)",
+            )
 
     @property
     def pid(self) -> int:
@@ -206,37 +217,39 @@ class ResourceMonitor:
         """Callback of the CPU gauge."""
         sample = self._current()
         if sample is not None:
-            yield Observation(sample[0])
+            yield Observation(sample[0] / 100.0 / self._cpus)
 
     def _observe_memory(self, options: CallbackOptions) -> Iterator[Observation]:
         """Callback of the memory gauge."""
         sample = self._current()
         if sample is not None:
-            yield Observation(sample[1])
+            yield Observation(sample[1] * _MIB)
 
     # -- GPUs ---------------------------------------------------------------------------------
 
     def _gpu_callback(
-        self, index: int, probe: Callable[[ModuleType, Any], float]
+        self, count: int, probe: Callable[[ModuleType, Any], float]
     ) -> Callable[[CallbackOptions], Iterator[Observation]]:
-        """A gauge callback reading ``probe`` on GPU ``index``; any NVML failure yields nothing."""
+        """A gauge callback reading ``probe`` on each of ``count`` GPUs, one observation per
+        GPU the run uses (``hw.id`` its index); a GPU whose NVML query fails yields nothing."""
 
         def observe(options: CallbackOptions) -> Iterator[Observation]:
-            nvml = self._nvml
-            if nvml is None:
-                return
-            try:
-                handle = self._gpu_handles.get(index)
-                if handle is None:
-                    handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                    self._gpu_handles[index] = handle
-                if not self._uses_gpu(nvml, handle):
+            for index in range(count):
+                nvml = self._nvml
+                if nvml is None:
                     return
-                value = probe(nvml, handle)
-            except Exception:
-                _LOG.debug("NVML query of GPU %d failed", index, exc_info=True)
-                return
-            yield Observation(value)
+                try:
+                    handle = self._gpu_handles.get(index)
+                    if handle is None:
+                        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                        self._gpu_handles[index] = handle
+                    if not self._uses_gpu(nvml, handle):
+                        continue
+                    value = probe(nvml, handle)
+                except Exception:
+                    _LOG.debug("NVML query of GPU %d failed", index, exc_info=True)
+                    continue
+                yield Observation(value, {HW_ID: str(index), HW_TYPE: "gpu"})
 
         return observe
 
@@ -257,12 +270,12 @@ class ResourceMonitor:
         return bool(pids & watched)
 
     @staticmethod
-    def _gpu_percent(nvml: ModuleType, handle: Any) -> float:
-        """Utilisation of the GPU, percent of time a kernel ran."""
-        return float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    def _gpu_busy(nvml: ModuleType, handle: Any) -> float:
+        """Utilisation of the GPU, fraction of time a kernel ran."""
+        return float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu) / 100.0
 
     @staticmethod
     def _gpu_memory(nvml: ModuleType, handle: Any) -> float:
-        """Memory used on the GPU, percent of its total."""
+        """Memory used on the GPU, fraction of its total."""
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-        return 100.0 * float(memory.used) / float(memory.total)
+        return float(memory.used) / float(memory.total)

@@ -53,6 +53,7 @@ from .exporters import (
 )
 from .names import generate_run_name
 from .pipeline import Pipeline, default_shutdown_timeout
+from .resources import cpu_count
 from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
 from .sink.online import run_index_for
 from .validation import (
@@ -666,6 +667,7 @@ class Run:
                     cv.RUN_KEY: self._key,
                     cv.RUN_NAME: self._name,
                     cv.RUN_FOLDER: self._folder,
+                    cv.CPU_COUNT: cpu_count(),  # what process.cpu.utilization is a fraction of
                     "telemetry.distro.name": "simvue-otel",
                     "telemetry.distro.version": VERSION,
                 }

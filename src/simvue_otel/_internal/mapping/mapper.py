@@ -40,7 +40,7 @@ from ..errors import SimvueValidationError
 from ..validation import validate_folder, validate_tags, validate_visibility
 from .model import STATUS_ERROR, HistogramValue, OtelLog, OtelMetric, OtelSpan
 from .records import EventRecord, MetricRecord, Record, RunRecord, RunRef
-from .system import CONSUMED, run_facts
+from .system import CONSUMED, RESOURCE_METRICS, resource_metric, run_facts
 
 __all__ = ["SPAN_EVENT_POLICIES", "Mapper"]
 
@@ -488,15 +488,21 @@ class Mapper:
         out: list[Record] = []
         grouped: dict[tuple[str, int], tuple[_RunState, float, dict[str, float]]] = {}
         for metric in metrics:
+            resources = metric.name in RESOURCE_METRICS
             for point in metric.points:
                 state = self._state(metric.resource, point.timestamp, out)
                 slot = (state.ref.key, int(point.timestamp * 1000))
                 entry = grouped.get(slot)
                 if entry is None:
                     entry = grouped[slot] = (state, point.timestamp, {})
-                name = metric.name + _suffix(point.attributes, 240 - len(metric.name))
                 values = entry[2]
                 value = point.value
+                if resources and not isinstance(value, HistogramValue):
+                    simvue = resource_metric(metric.name, point.attributes, value, metric.resource)
+                    if simvue is not None:  # OTel's resource metric as Simvue's (section 8)
+                        values[simvue[0]] = simvue[1]
+                        continue
+                name = metric.name + _suffix(point.attributes, 240 - len(metric.name))
                 if isinstance(value, HistogramValue):
                     _histogram_values(name, value, values)
                 else:

@@ -1,5 +1,7 @@
 """A Resource's system and environment facts as Simvue holds them: the run's ``system`` field
-and its ``git``, ``python`` and ``shell`` metadata, shaped as the official client shapes them.
+and its ``git``, ``python`` and ``shell`` metadata, shaped as the official client shapes them;
+and resource metrics under OTel's names (``process.cpu.utilization``, ``hw.gpu.*``...) as
+Simvue's ``resources/*`` metrics, in Simvue's units.
 
 The attributes are OTel's where OTel names them (``host.name``, ``os.type``,
 ``process.runtime.version``, ``vcs.*``...) and simvue-otel's otherwise (conventions §3); any
@@ -15,7 +17,7 @@ from typing import Any
 
 from .. import conventions as cv
 
-__all__ = ["CONSUMED", "run_facts"]
+__all__ = ["CONSUMED", "RESOURCE_METRICS", "resource_metric", "run_facts"]
 
 CONSUMED = frozenset({cv.PYTHON_ENVIRONMENT, cv.SHELL_VARIABLES})
 """Attributes whose whole content becomes metadata here (not copied again as ``resource.*``)."""
@@ -103,3 +105,57 @@ def run_facts(resource: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[
     for name, value in _json_object(resource, cv.SHELL_VARIABLES).items():
         metadata[f"shell.{name}"] = value
     return _system(resource), metadata
+
+
+RESOURCE_METRICS = frozenset(
+    {
+        cv.PROCESS_CPU_UTILIZATION,
+        cv.PROCESS_MEMORY_USAGE,
+        cv.HW_GPU_UTILIZATION,
+        cv.HW_GPU_MEMORY_UTILIZATION,
+    }
+)
+"""OTel metric names that may become Simvue resource metrics (a quick test before the rest)."""
+
+# Attributes that describe a GPU without splitting its series (anything else, such as a
+# hw.gpu.task other than "general", keeps the metric under its OTel name).
+_GPU_ATTRIBUTES = frozenset(
+    {cv.HW_ID, cv.HW_TYPE, cv.HW_GPU_TASK, "hw.name", "hw.model", "hw.vendor",
+     "hw.driver_version", "hw.serial_number", "gpu.index"}
+)  # fmt: skip
+_MIB = float(2**20)
+
+
+def resource_metric(
+    name: str, attributes: Mapping[str, Any], value: float, resource: Mapping[str, Any]
+) -> tuple[str, float] | None:
+    """``(Simvue name, value)`` of one point of a resource metric under its OTel name, or
+    None when it is not one Simvue knows (it then keeps its OTel name, as any instrument).
+
+    * ``process.cpu.utilization`` (no attributes) → ``resources/cpu.usage.percentage`` =
+      value * 100 * ``simvue.system.cpu.count`` (Simvue counts 100 per core); needs the count;
+    * ``process.memory.usage`` (no attributes, bytes) → ``resources/cpu.usage.memory`` (MiB);
+    * ``hw.gpu.utilization`` and ``hw.gpu.memory.utilization`` of the GPU ``hw.id`` (or
+      ``gpu.index``) → ``resources/gpu.utilisation.percent.<id>`` and ``.memory.<id>``, * 100.
+    """
+    if name == cv.PROCESS_CPU_UTILIZATION:
+        cpus = resource.get(cv.CPU_COUNT)
+        if attributes or isinstance(cpus, bool) or not isinstance(cpus, int) or cpus <= 0:
+            return None
+        return cv.RESOURCE_CPU_PERCENT, value * 100.0 * cpus
+    if name == cv.PROCESS_MEMORY_USAGE:
+        return None if attributes else (cv.RESOURCE_MEMORY_MB, value / _MIB)
+    if name in (cv.HW_GPU_UTILIZATION, cv.HW_GPU_MEMORY_UTILIZATION):
+        if not attributes.keys() <= _GPU_ATTRIBUTES or attributes.get(cv.HW_GPU_TASK) not in (
+            None,
+            "general",
+        ):
+            return None
+        gpu = attributes.get("gpu.index", attributes.get(cv.HW_ID))
+        if isinstance(gpu, bool) or not isinstance(gpu, int | str) or gpu == "":
+            return None
+        template = (
+            cv.RESOURCE_GPU_PERCENT if name == cv.HW_GPU_UTILIZATION else cv.RESOURCE_GPU_MEMORY
+        )
+        return template.format(index=gpu), value * 100.0
+    return None
