@@ -306,13 +306,11 @@ class Run:
         """The server's id for the run, once the server has it (online mode); else None."""
         if self._mode != "online" or self._key is None or self._pipeline is None:
             return None
-        uploader = getattr(self._pipeline.sink, "uploader", None)
-        if uploader is None:
-            return None
-        found = uploader.run_id(self._key)
+        sink = self._pipeline.sink
+        found = sink.run_id(self._key)
         if found is None and not self._closed:
             self._pipeline.flush(10.0)
-            found = uploader.run_id(self._key)
+            found = sink.run_id(self._key)
         return str(found) if found is not None else None
 
     @property
@@ -654,9 +652,8 @@ class Run:
         if self._mode != "otlp":
             sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
             self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
-            if hasattr(sink, "abort_listener"):
-                ref = weakref.ref(self)
-                sink.abort_listener = lambda key: _abort(ref, key)
+            ref = weakref.ref(self)
+            sink.abort_listener = lambda key: _abort(ref, key)
         # What the official client records at init (system, git, Python packages, chosen
         # environment variables), as Resource attributes the mapping turns into Simvue's.
         detected = Resource(detect(shell_vars=self._shell_vars))

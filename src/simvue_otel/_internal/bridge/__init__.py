@@ -99,8 +99,8 @@ def serve_bridge(
     else:
         sink = create_sink(chosen, config)
         target = f"the spool in {spool_directory(config)}" if chosen == "offline" else "nowhere"
-    spool_dir = getattr(sink, "spool_dir", None)
-    if chosen == "online" and isinstance(spool_dir, Path):
+    spool_dir = sink.spool_dir
+    if chosen == "online" and spool_dir is not None:
         segments, size = _left_in_spool(spool_dir)
         if segments:
             _LOG.info(
@@ -164,8 +164,7 @@ def serve_bridge(
             grpc_server.stop(grace=5).wait()
         from ..pipeline import default_shutdown_timeout
 
-        backlog = getattr(sink, "backlog", None)
-        waiting = backlog() if backlog is not None else 0
+        waiting = sink.backlog()
         delivered = sink.close(
             default_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
         )

@@ -149,8 +149,7 @@ class BridgeCore:
 
     def retry_after(self) -> int | None:
         """Seconds a sender should wait when the sink is backed up; None when it is not."""
-        backlog = getattr(self.sink, "backlog", None)
-        if backlog is not None and backlog() >= self.max_backlog:
+        if self.sink.backlog() >= self.max_backlog:
             return RETRY_AFTER_SECONDS
         return None
 

@@ -145,9 +145,8 @@ def create_http_app(core: BridgeCore, *, max_body: int = 20 * 2**20) -> Starlett
         return fmt, None
 
     async def health(request: Request) -> Response:
-        backlog = getattr(core.sink, "backlog", None)
         return JSONResponse(
-            {"status": "ok", "backlog": backlog() if backlog else 0,
+            {"status": "ok", "backlog": core.sink.backlog(),
              "backed_up": core.retry_after() is not None}
         )  # fmt: skip
 

@@ -53,26 +53,23 @@ class _SinkCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         core = self.core
         sink = core.sink
-        backlog = getattr(sink, "backlog", None)
-        if backlog is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_backlog_batches",
-                "Accepted batches not yet uploaded to the Simvue server.",
-                value=backlog(),
-            )
-            yield GaugeMetricFamily(
-                f"{PREFIX}_backed_up",
-                "1 while the backlog is at --max-backlog and senders are told to retry later.",
-                value=1 if core.retry_after() is not None else 0,
-            )
-        spool_dir = getattr(sink, "spool_dir", None)
-        if backlog is not None and isinstance(spool_dir, Path):
+        yield GaugeMetricFamily(
+            f"{PREFIX}_backlog_batches",
+            "Accepted batches not yet uploaded to the Simvue server.",
+            value=sink.backlog(),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_backed_up",
+            "1 while the backlog is at --max-backlog and senders are told to retry later.",
+            value=1 if core.retry_after() is not None else 0,
+        )
+        stats = sink.upload_stats()
+        if stats is not None and sink.spool_dir is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_backlog_bytes",
                 "Bytes in the spool not yet uploaded (this bridge's and any it adopted).",
-                value=_pending_bytes(spool_dir),
+                value=_pending_bytes(sink.spool_dir),
             )
-        stats = getattr(getattr(sink, "uploader", None), "stats", None)
         if stats is not None:
             uploaded = CounterMetricFamily(
                 f"{PREFIX}_uploaded",
@@ -119,13 +116,11 @@ class _SinkCollector(Collector):
                 buckets=buckets,
                 sum_value=stats.upload_seconds_sum,
             )
-        losses = getattr(sink, "losses", None)
-        if losses is not None:
-            yield CounterMetricFamily(
-                f"{PREFIX}_lost_records",
-                "Records neither the server nor the disk (full) could take.",
-                value=losses.total,
-            )
+        yield CounterMetricFamily(
+            f"{PREFIX}_lost_records",
+            "Records neither the server nor the disk (full) could take.",
+            value=sink.lost_records(),
+        )
         yield CounterMetricFamily(
             f"{PREFIX}_runs_seen",
             "Runs this bridge has received telemetry for since it started.",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..mapping.records import Record, RunRecord
+from .base import Sink
 from .losses import DiskReserve, LossLedger, split_states
 from .spool import SpoolWriter
 
@@ -24,10 +25,11 @@ _LOG = logging.getLogger("simvue_otel.sink")
 __all__ = ["OfflineSink"]
 
 
-class OfflineSink:
+class OfflineSink(Sink):
     """Writes every submitted batch to the spool in ``spool_dir``."""
 
     def __init__(self, spool_dir: Path, *, fsync_interval: float = 1.0) -> None:
+        self._spool = spool_dir
         self.spool_dir = spool_dir
         self._writer = SpoolWriter(spool_dir, fsync_interval=fsync_interval)
         self._id = uuid.uuid4().hex[:12]
@@ -102,9 +104,13 @@ class OfflineSink:
                 try:
                     self._writer.flush(fsync=True)
                 except OSError as exc:
-                    _LOG.error("cannot make the spool in %s durable: %s", self.spool_dir, exc)
+                    _LOG.error("cannot make the spool in %s durable: %s", self._spool, exc)
                     return False
         return True
+
+    def lost_records(self) -> int:
+        """Records a full disk could not take."""
+        return self.losses.total
 
     def close(self, timeout: float = 30.0) -> bool:
         """Fsync and mark the spool segment finished, ready for `simvue-otel send`; False
@@ -119,19 +125,19 @@ class OfflineSink:
             try:
                 self._writer.close()
             except OSError as exc:
-                _LOG.error("cannot finish the spool in %s: %s", self.spool_dir, exc)
+                _LOG.error("cannot finish the spool in %s: %s", self._spool, exc)
         self._reserve.release()
         if self._held:
             self.losses.total += len(self._held)
             _LOG.error(
-                "%d run state(s) could not be written to %s", len(self._held), self.spool_dir
+                "%d run state(s) could not be written to %s", len(self._held), self._spool
             )
         if self.losses.total:
             _LOG.warning(
                 "%d record(s) could not be written to %s (%s) and are lost; the runs they "
                 "belong to have an event saying so%s",
                 self.losses.total,
-                self.spool_dir,
+                self._spool,
                 self.losses.reason,
                 "" if not self.losses.untold else " (where there was room to write it)",
             )

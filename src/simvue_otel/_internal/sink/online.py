@@ -26,10 +26,11 @@ from ..client import SimvueClient
 from ..conventions import FINAL_STATUSES
 from ..hints import command
 from ..mapping.records import MetricRecord, Record, RunRecord
+from .base import Sink
 from .losses import DiskReserve, LossLedger, split_states
 from .run_index import RunIndex
 from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
-from .uploader import Progress, RetryLater, Uploader
+from .uploader import Progress, RetryLater, Uploader, UploadStats
 
 __all__ = ["OnlineSink"]
 
@@ -58,7 +59,7 @@ def _cost(records: Sequence[Record]) -> int:
     return sum(len(r.values) if isinstance(r, MetricRecord) else 1 for r in records)
 
 
-class OnlineSink:
+class OnlineSink(Sink):
     """Uploads records to one Simvue server; see the module docstring."""
 
     def __init__(
@@ -76,6 +77,7 @@ class OnlineSink:
         segment_bytes: int = 8 * 2**20,
     ) -> None:
         self.client = client
+        self._spool = spool_dir
         self.spool_dir = spool_dir
         self.uploader = Uploader(
             client, rejected_dir=spool_dir / "rejected", index=run_index_for(spool_dir)
@@ -209,9 +211,9 @@ class OnlineSink:
             if self._writer is not None:
                 try:
                     self._writer.close()
-                    SpoolReader(self.spool_dir).cleanup()  # our fully uploaded segments go
+                    SpoolReader(self._spool).cleanup()  # our fully uploaded segments go
                 except OSError as exc:
-                    _LOG.error("cannot finish the spool in %s: %s", self.spool_dir, exc)
+                    _LOG.error("cannot finish the spool in %s: %s", self._spool, exc)
             remaining = self._spilled
             records = self._spilled_records
         if self.losses.total:
@@ -221,7 +223,7 @@ class OnlineSink:
                 "could be kept",
                 self.losses.total,
                 self.client.url,
-                self.spool_dir,
+                self._spool,
                 self.losses.reason,
             )
         if remaining:
@@ -231,11 +233,23 @@ class OnlineSink:
                 "to this server as the same user uploads them, or send them now with: %s",
                 self.client.url,
                 records,
-                self.spool_dir,
-                command("send", "--cache", self.spool_dir.parent.parent),
+                self._spool,
+                command("send", "--cache", self._spool.parent.parent),
             )
         self.client.close()
         return remaining == 0 and self.losses.total == 0
+
+    def run_id(self, key: str) -> str | None:
+        """The server's id for the run with this key, once it was created or found."""
+        return self.uploader.run_id(key)
+
+    def upload_stats(self) -> UploadStats:
+        """What the uploads achieved so far."""
+        return self.uploader.stats
+
+    def lost_records(self) -> int:
+        """Records neither the server nor a full disk could take."""
+        return self.losses.total
 
     def backlog(self) -> int:
         """Batches waiting for the server (spooled frames, plus one for a non-empty memory
@@ -266,7 +280,7 @@ class OnlineSink:
             return
         if self._writer is None:
             try:
-                self._writer = SpoolWriter(self.spool_dir, segment_bytes=self.segment_bytes)
+                self._writer = SpoolWriter(self._spool, segment_bytes=self.segment_bytes)
             except OSError as exc:
                 self._refused_locked(records, exc)
                 return
@@ -384,13 +398,13 @@ class OnlineSink:
     def _adopt_orphans(self) -> bool:
         """Upload what a process that died before delivering left in this server's spool
         (finished segments that are not ours); skipped while a `simvue-otel send` holds it."""
-        reader = SpoolReader(self.spool_dir)
+        reader = SpoolReader(self._spool)
         ours = self._writer.written_stems if self._writer is not None else set()
         orphans = [s for s in reader.segments() if s.stem not in ours]
         if not orphans:
             return True
         try:
-            lock = SendLock(self.spool_dir)
+            lock = SendLock(self._spool)
             lock.acquire()
         except SpoolBusyError:
             return True
@@ -401,7 +415,7 @@ class OnlineSink:
             reader.cleanup()
             if adopted:
                 _LOG.warning(
-                    "uploaded %d batch(es) an earlier process left in %s", adopted, self.spool_dir
+                    "uploaded %d batch(es) an earlier process left in %s", adopted, self._spool
                 )
             return True
         finally:
@@ -410,7 +424,7 @@ class OnlineSink:
     def _drain_spool(self) -> bool:
         with self._lock:
             seq = self._spill_seq
-        reader = SpoolReader(self.spool_dir)
+        reader = SpoolReader(self._spool)
         # By stem: a full segment is renamed from .seg to .done when it rotates.
         ours = self._writer.written_stems if self._writer is not None else set()
         segments = [s for s in reader.segments(include_live=True) if s.stem in ours]
