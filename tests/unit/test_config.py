@@ -387,3 +387,44 @@ def test_config_is_frozen() -> None:
     config = make("https://simvue.example")
     with pytest.raises(AttributeError):
         config.url = "https://other.example"  # type: ignore[misc]
+
+
+# -- the one table of settings -------------------------------------------------------------------
+
+
+def test_environment_variables_are_read_only_in_the_settings_module() -> None:
+    """Every environment variable simvue-otel reads goes through config.py's table, so the
+    docs list them all; no other module of the package touches os.environ."""
+    import simvue_otel
+
+    package = Path(simvue_otel.__file__).parent
+    readers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if ("os.environ" in path.read_text() or "getenv(" in path.read_text())
+    )
+    assert readers == ["_internal/config.py"]
+
+
+def test_the_configuration_page_is_generated_from_the_settings_table() -> None:
+    from simvue_otel._internal.config import SETTINGS, settings_markdown
+
+    page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert "<!-- settings:core -->" in page and "<!-- settings:other -->" in page
+    tables = settings_markdown(True) + settings_markdown(False)
+    for entry in SETTINGS:
+        assert f"`{entry.name}`" in tables, entry.name
+    assert {s.name for s in SETTINGS} >= {
+        "SIMVUE_URL", "SIMVUE_TOKEN", "SIMVUE_OFFLINE_DIRECTORY", "SIMVUE_OTEL_MODE",
+        "SIMVUE_OTEL_SHUTDOWN_TIMEOUT", "SIMVUE_OTEL_SPAN_EVENTS", "SIMVUE_OTEL_BRIDGE_TOKEN",
+    }  # fmt: skip
+
+
+def test_an_empty_setting_counts_as_unset() -> None:
+    from simvue_otel._internal.config import setting
+
+    assert setting("SIMVUE_OTEL_MODE", {"SIMVUE_OTEL_MODE": ""}) == "online"
+    assert setting("SIMVUE_OTEL_MODE", {"SIMVUE_OTEL_MODE": "offline"}) == "offline"
+    assert setting("SIMVUE_OTEL_BRIDGE_TOKEN", {}) is None
+    with pytest.raises(KeyError):
+        setting("SIMVUE_NOT_A_SETTING", {})

@@ -12,7 +12,6 @@ delivered at exit and its runs end ``terminated`` (as a ``Run`` does).
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from types import FrameType
@@ -24,6 +23,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExp
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from .config import setting
 from .exporters import (
     SimvueLogExporter,
     SimvueLogRecordProcessor,
@@ -74,7 +74,7 @@ class SimvueConfigurator(_OTelSDKConfigurator):
         kwargs.setdefault("export_log_record_processor", log_processor_for)
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]
         chosen = ",".join(
-            os.environ.get(f"OTEL_{signal_name}_EXPORTER", "")
+            setting(f"OTEL_{signal_name}_EXPORTER") or ""
             for signal_name in ("TRACES", "METRICS", "LOGS")
         )
         if "simvue" in [name.strip() for name in chosen.split(",")]:

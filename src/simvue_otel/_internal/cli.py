@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .config import setting
+
 __all__ = ["main"]
 
 _LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
@@ -131,7 +133,6 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import os
 
     from .bridge import is_loopback, parse_listen
     from .errors import SimvueOtelError
@@ -141,7 +142,7 @@ def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         grpc_listen = None if args.no_grpc else parse_listen(args.grpc_listen, 4317)
     except ValueError as exc:
         parser.error(str(exc))
-    token = args.token or os.environ.get("SIMVUE_OTEL_BRIDGE_TOKEN") or None
+    token = args.token or setting("SIMVUE_OTEL_BRIDGE_TOKEN")
     hosts = [listen[0]] + ([grpc_listen[0]] if grpc_listen else [])
     if token is None and not all(is_loopback(h) for h in hosts):
         print(
@@ -162,7 +163,7 @@ def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             max_body=args.max_body,
             max_backlog=args.max_backlog,
             log_level=args.log_level,
-            metrics_token=os.environ.get("SIMVUE_OTEL_BRIDGE_METRICS_TOKEN") or None,
+            metrics_token=setting("SIMVUE_OTEL_BRIDGE_METRICS_TOKEN"),
         )
     except ImportError as exc:
         print(

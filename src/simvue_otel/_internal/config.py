@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import hashlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,13 +252,152 @@ def resolve_config(
     )
 
 
+# -- Every environment variable simvue-otel reads, in one table ---------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, its default (None: unset), who reads it and what
+    it means (Markdown). The configuration page of the docs is generated from this table."""
+
+    name: str
+    default: str | None
+    used_by: str
+    doc: str
+    file_key: str | None = None
+    """Where ``simvue.toml`` holds it (the three server settings only)."""
+    core: bool = False
+    """One of the three settings shared with the official client (URL, token, offline)."""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SIMVUE_URL", None, "online mode", "the Simvue server's root URL",
+            "[server] url", True),
+    Setting("SIMVUE_TOKEN", None, "online mode", "a Simvue access token",
+            "[server] token", True),
+    Setting(
+        "SIMVUE_OFFLINE_DIRECTORY", "~/.simvue", "spools, offline runs",
+        "where offline runs and undelivered data are kept", "[offline] cache", True,
+    ),
+    Setting(
+        "SIMVUE_OTEL_MODE", "online", "exporters, bridge, `Run()` without `mode`",
+        "`online`, `offline` or `disabled` (and `otlp` for `Run`) "
+        "([details](exporters.md#environment-variables))",
+    ),
+    Setting(
+        "SIMVUE_OTEL_SHUTDOWN_TIMEOUT", "30", "`Run`, exporters, bridge",
+        "seconds to wait for delivery at shutdown",
+    ),
+    Setting(
+        "SIMVUE_OTEL_SPAN_EVENTS", "all", "`Run`, exporters, bridge",
+        "which spans become events: `all`, `errors` or `none`",
+    ),
+    Setting(
+        "SIMVUE_OTEL_BRIDGE_TOKEN", None, "`simvue-otel bridge`",
+        "the bearer token senders must present ([the bridge](exporters.md#the-otlp-bridge))",
+    ),
+    Setting(
+        "SIMVUE_OTEL_BRIDGE_METRICS_TOKEN", None, "`simvue-otel bridge`",
+        "a read-only token for `GET /metrics` on a bridge that has a token: a scraper holding "
+        "it cannot send telemetry ([watching a bridge](deploy.md#watching-a-bridge))",
+    ),
+    Setting(
+        "SIMVUE_DISABLE_SYSTEM_METRICS", None, "`Run`",
+        "any value: do not record the run's `system` field (the official client's variable; "
+        "[conventions §2](conventions.md#system-and-environment))",
+    ),
+    Setting(
+        "SIMVUE_DISABLE_GIT_METRICS", None, "`Run`",
+        "any value: do not record `git` metadata (the official client's variable)",
+    ),
+    Setting(
+        "SIMVUE_DISABLE_ENVIRONMENT_METRICS", None, "`Run`",
+        "any value: do not record the installed Python packages (the official client's "
+        "variable)",
+    ),
+    *(
+        Setting(
+            f"OTEL_{signal}_EXPORTER", None, "`opentelemetry-instrument`",
+            f"OpenTelemetry's choice of {signal.lower()} exporter; `simvue` selects simvue-otel's "
+            "([zero-code](exporters.md#zero-code-opentelemetry-instrument)), and with it the "
+            "SIGTERM handler that delivers what was recorded",
+        )
+        for signal in ("TRACES", "METRICS", "LOGS")
+    ),
+    Setting(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", '`Run("otlp")`',
+        "`grpc` or `http/protobuf`: how to send OTLP; `OTEL_EXPORTER_OTLP_ENDPOINT` and "
+        "`OTEL_EXPORTER_OTLP_HEADERS` are read by the OTel exporters themselves "
+        "([modes](run.md#modes))",
+    ),
+)  # fmt: skip
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def setting(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of a setting of :data:`SETTINGS`: the environment's when set and not empty,
+    else its default. The one place that reads simvue-otel's environment variables."""
+    default = _BY_NAME[name].default
+    value = (os.environ if environ is None else environ).get(name)
+    return value if value else default
+
+
+def shutdown_timeout() -> float:
+    """Seconds to wait for delivery at shutdown (``SIMVUE_OTEL_SHUTDOWN_TIMEOUT``, 30)."""
+    try:
+        return max(0.0, float(setting("SIMVUE_OTEL_SHUTDOWN_TIMEOUT") or "30"))
+    except ValueError:
+        return 30.0
+
+
+def span_events() -> str:
+    """Which spans become events (``SIMVUE_OTEL_SPAN_EVENTS``); checked by the mapper."""
+    return setting("SIMVUE_OTEL_SPAN_EVENTS") or "all"
+
+
+def environment_matching(patterns: Sequence[str]) -> dict[str, str]:
+    """The environment variables whose names match any of these glob patterns (what
+    ``Run.init(record_shell_vars=...)`` records)."""
+    return {k: v for k, v in os.environ.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+
+
+def child_environment(drop: tuple[str, ...] = (), **changes: str) -> dict[str, str]:
+    """This process's environment for a child process: variables starting with ``drop``
+    removed, ``changes`` applied."""
+    env = {k: v for k, v in os.environ.items() if not (drop and k.startswith(drop))}
+    env.update(changes)
+    return env
+
+
 def recorded_facts(environ: Mapping[str, str] | None = None) -> dict[str, bool]:
     """Which facts a run records about its process, switched off by the official client's
     variables: ``SIMVUE_DISABLE_SYSTEM_METRICS`` (the ``system`` field),
     ``SIMVUE_DISABLE_GIT_METRICS`` (``git`` metadata) and
     ``SIMVUE_DISABLE_ENVIRONMENT_METRICS`` (``python`` metadata: the installed packages)."""
-    environ = os.environ if environ is None else environ
     return {
-        fact: environ.get(f"SIMVUE_DISABLE_{fact.upper()}_METRICS") is None
+        fact: setting(f"SIMVUE_DISABLE_{fact.upper()}_METRICS", environ) is None
         for fact in ("system", "git", "environment")
     }
+
+
+def settings_markdown(core: bool) -> str:
+    """The table of settings for the docs' configuration page (generated at build time)."""
+    if core:
+        lines = [
+            "| Environment variable | `simvue.toml` | Default | Meaning |",
+            "|---|---|---|---|",
+        ]
+        rows = [
+            f"| `{s.name}` | `{s.file_key}` | {f'`{s.default}`' if s.default else 'none'} "
+            f"| {s.doc} |"
+            for s in SETTINGS
+            if s.core
+        ]
+    else:
+        lines = ["| Variable | Default | Used by | Meaning |", "|---|---|---|---|"]
+        rows = [
+            f"| `{s.name}` | {f'`{s.default}`' if s.default else 'unset'} | {s.used_by} | {s.doc} |"
+            for s in SETTINGS
+            if not s.core
+        ]
+    return "\n".join(lines + rows) + "\n"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fnmatch
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from opentelemetry.sdk.resources import (
 )
 
 from . import conventions as cv
-from .config import recorded_facts
+from .config import child_environment, environment_matching, recorded_facts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,9 +85,7 @@ def detect(
         attributes.update(_python(where))
     patterns = [p for p in shell_vars if isinstance(p, str) and p]
     if patterns:
-        chosen = {
-            k: v for k, v in os.environ.items() if any(fnmatch.fnmatch(k, p) for p in patterns)
-        }
+        chosen = environment_matching(patterns)
         attributes[cv.SHELL_VARIABLES] = json.dumps(chosen, sort_keys=True)
     return attributes
 
@@ -147,7 +144,7 @@ def _git(where: Path) -> dict[str, Any]:
         "authors": ["log", "--all", f"-n{_MAX_AUTHOR_COMMITS}", "--format=%ae%x00%an"],
         "email": ["config", "user.email"],
     }
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
+    env = child_environment(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
     running: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, args in commands.items():

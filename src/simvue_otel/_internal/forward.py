@@ -10,7 +10,6 @@ what is still unsent after the timeout is reported.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -20,6 +19,8 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .config import setting
 
 __all__ = ["ForwardingLogProcessor", "ForwardingSpanProcessor", "otlp_exporters"]
 
@@ -165,7 +166,7 @@ def otlp_exporters(
 
     ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` selects gRPC; anything else OTLP/HTTP protobuf.
     """
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip().lower()
+    protocol = (setting("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip().lower()
     extra: dict[str, Any] = {}
     if headers:
         extra["headers"] = dict(headers)

@@ -10,14 +10,13 @@ processors.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from .config import SimvueConfig
+from .config import SimvueConfig, shutdown_timeout, span_events
 from .mapping import Mapper
 from .mapping.records import Record
 from .mapping.sdk import map_sdk_logs, metrics_from_sdk, spans_from_sdk
@@ -33,16 +32,8 @@ LOG = "log"
 METRICS = "metrics"
 _FLUSH = "flush"
 
-SHUTDOWN_TIMEOUT_ENV = "SIMVUE_OTEL_SHUTDOWN_TIMEOUT"
-SPAN_EVENTS_ENV = "SIMVUE_OTEL_SPAN_EVENTS"
-
-
-def default_shutdown_timeout() -> float:
-    """Seconds to wait for delivery at shutdown (``SIMVUE_OTEL_SHUTDOWN_TIMEOUT``, 30)."""
-    try:
-        return max(0.0, float(os.environ.get(SHUTDOWN_TIMEOUT_ENV, "30")))
-    except ValueError:
-        return 30.0
+default_shutdown_timeout = shutdown_timeout
+"""Seconds to wait for delivery at shutdown (``SIMVUE_OTEL_SHUTDOWN_TIMEOUT``, 30)."""
 
 
 class Pipeline:
@@ -58,7 +49,7 @@ class Pipeline:
         finish_foreign: bool = True,
     ) -> None:
         self.sink = sink
-        self.mapper = mapper or Mapper(span_events=os.environ.get(SPAN_EVENTS_ENV, "all"))
+        self.mapper = mapper or Mapper(span_events=span_events())
         self.max_queue = max_queue
         self.interval = interval
         self.finish_foreign = finish_foreign

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import resolve_config
+from ..config import shutdown_timeout as config_shutdown_timeout
 from ..hints import command
 from ..sink import create_sink, resolve_mode, spool_directory
 
@@ -162,11 +163,9 @@ def serve_bridge(
         _LOG.info("shutdown replica=%s stage=listeners-closing", replica)
         if grpc_server is not None:
             grpc_server.stop(grace=5).wait()
-        from ..pipeline import default_shutdown_timeout
-
         waiting = sink.backlog()
         delivered = sink.close(
-            default_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
+            config_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
         )
         requests.close()
         _LOG.info(

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import span_events
 from ..mapping import Mapper
 from ..mapping.otlp import logs_from_otlp, metrics_from_otlp, spans_from_otlp
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord
@@ -122,7 +122,7 @@ class BridgeCore:
     ) -> None:
         self.sink = sink
         self.requests = requests if requests is not None else RequestLog(None)
-        self.mapper = Mapper(span_events=os.environ.get("SIMVUE_OTEL_SPAN_EVENTS", "all"))
+        self.mapper = Mapper(span_events=span_events())
         self.token = token
         self.metrics_token = metrics_token
         self.max_backlog = max_backlog

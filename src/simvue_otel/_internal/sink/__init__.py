@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import SimvueConfig, resolve_config
+from ..config import SimvueConfig, resolve_config, setting
 from ..errors import ServerUnreachableError, SimvueValidationError
 from .base import NullSink, Sink
 
@@ -40,8 +40,7 @@ def resolve_mode(
 ) -> str:
     """The mode given, else ``SIMVUE_OTEL_MODE``, else ``online``; checked against
     ``allowed`` (a ``Run`` also takes ``otlp``)."""
-    env = os.environ if environ is None else environ
-    chosen = mode or env.get(MODE_ENV) or "online"
+    chosen = mode or setting(MODE_ENV, environ) or "online"
     field = "mode" if mode else MODE_ENV
     if chosen not in allowed:
         raise SimvueValidationError(field, f"must be one of {', '.join(allowed)}", chosen)
