@@ -129,9 +129,7 @@ class OfflineSink(Sink):
         self._reserve.release()
         if self._held:
             self.losses.total += len(self._held)
-            _LOG.error(
-                "%d run state(s) could not be written to %s", len(self._held), self._spool
-            )
+            _LOG.error("%d run state(s) could not be written to %s", len(self._held), self._spool)
         if self.losses.total:
             _LOG.warning(
                 "%d record(s) could not be written to %s (%s) and are lost; the runs they "
