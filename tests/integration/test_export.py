@@ -312,7 +312,7 @@ def test_send_resumes_after_the_server_was_unreachable(tmp_path: Path) -> None:
     server = start_server(tmp_path / "srv")
     try:
         stop_server(server)
-        down = _send(tmp_path, server, "--quiet")
+        down = _send(tmp_path, server, "--quiet", "--attempts", "2")
         assert down.returncode != 0
         assert "did not answer" in down.stderr or "stopped" in down.stderr
         server = start_server(

@@ -4,6 +4,9 @@ called. (Its behaviour against a server is tested end to end in test_exactly_onc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import requests
 
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, Record, RunRef
 from simvue_otel._internal.names import name_for_key
@@ -65,3 +68,30 @@ def test_records_after_a_final_status_never_restart_heartbeats(tmp_path: Path) -
         assert "key-a" not in sink._live
     finally:
         sink.close(timeout=0.1)
+
+
+def test_send_owns_its_retries_and_its_waits_can_be_injected(tmp_path: Path) -> None:
+    """`simvue-otel send` tries each batch `attempts` times with its own backoff; its client
+    does not retry inside (so a server that is away costs `attempts` tries, not 5x more)."""
+    from simvue_otel._internal.client import SimvueClient
+    from simvue_otel._internal.sink.offline import OfflineSink
+    from simvue_otel._internal.sink.send import send_spool
+    from tests.conftest import free_port
+
+    spool = tmp_path / "otel-spool"
+    sink = OfflineSink(spool)
+    sink.submit([MetricRecord(run=A, values={"x": 1.0}, step=0, time=0.0, timestamp=1.0)])
+    assert sink.close()
+    tries: list[str] = []
+
+    class Counting(requests.Session):
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            tries.append(f"{method} {url.split('/api/', 1)[1].split('?')[0]}")
+            return super().request(method, url, *args, **kwargs)
+
+    waits: list[float] = []
+    client = SimvueClient(f"http://127.0.0.1:{free_port()}", "t", retries=0, session=Counting())
+    result = send_spool(spool, client, progress=None, attempts=3, sleep=waits.append)
+    assert not result.complete and result.frames == 0
+    assert waits == [0.5, 1.0]  # between the three tries, never after the last
+    assert len(tries) == 3  # one request per try: nothing retried inside the client

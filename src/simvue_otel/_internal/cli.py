@@ -83,8 +83,12 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .sink.spool import SpoolBusyError
 
     try:
+        if args.attempts < 1:
+            parser.error(f"--attempts must be 1 or more, not {args.attempts}")
         config = resolve_config(offline_directory=args.cache)
-        client = SimvueClient.from_config(config)
+        # send's own loop retries each batch (--attempts, with backoff): the client does not
+        # retry inside it, so a server that is away costs `attempts` tries, not attempts x 5.
+        client = SimvueClient.from_config(config, retries=0)
     except ConfigurationError as exc:
         print(f"simvue-otel send: {exc}", file=sys.stderr)
         return 2
@@ -102,6 +106,7 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             index_dir=online_spool_directory(config),
             identity=config.identity(),
             as_current_user=args.as_current_user,
+            attempts=args.attempts,
         )
     except SpoolBusyError as exc:
         print(f"simvue-otel send: {exc}", file=sys.stderr)
@@ -255,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         "simvue.toml, or ~/.simvue)",
     )
     send.add_argument("--quiet", action="store_true", help="no progress bar")
+    send.add_argument(
+        "--attempts",
+        type=int,
+        default=5,
+        help="tries per batch while the server is away or failing, with waits of 0.5 s "
+        "doubling up to 10 s between them, before stopping (what was sent is kept; run "
+        "send again to resume); default 5",
+    )
     send.add_argument(
         "--as-current-user",
         action="store_true",

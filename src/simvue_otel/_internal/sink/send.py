@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -85,6 +86,7 @@ def send_spool(
     index_dir: Path | None = None,
     identity: str | None = None,
     as_current_user: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> SendResult:
     """Upload every finished spool segment in ``spool_dir`` (offline runs) and in its
     ``server-*`` folders (what online exporters could not deliver), oldest first.
@@ -95,7 +97,11 @@ def send_spool(
     Offline runs are uploaded as the current user (``identity``), as the official sender does.
     A ``server-*`` folder holds what online processes could not deliver, under the server and
     user they logged as: it is uploaded only when that is ``client``'s server and
-    ``identity``, or with ``as_current_user``; others are listed in ``skipped``."""
+    ``identity``, or with ``as_current_user``; others are listed in ``skipped``.
+
+    This loop owns the retries: each batch is tried ``attempts`` times, ``sleep`` waiting
+    0.5 s, 1 s, 2 s... (at most 10 s) between tries, so give it a client that does not retry
+    (``retries=0``) or the tries multiply."""
     total = SendResult(0, 0, UploadStats(), True)
     folders = [spool_dir]
     for folder in sorted(p for p in spool_dir.glob("server-*") if p.is_dir()):
@@ -109,7 +115,7 @@ def send_spool(
     index = run_index_for(index_dir) if index_dir is not None else None
     uploader = Uploader(client, rejected_dir=spool_dir / "rejected", index=index)
     for folder in folders:
-        result = _send_folder(folder, uploader, progress=progress, attempts=attempts)
+        result = _send_folder(folder, uploader, progress=progress, attempts=attempts, sleep=sleep)
         total.frames += result.frames
         total.bytes += result.bytes
         if not result.complete:
@@ -122,7 +128,12 @@ def send_spool(
 
 
 def _send_folder(
-    spool_dir: Path, uploader: Uploader, *, progress: TextIO | None, attempts: int
+    spool_dir: Path,
+    uploader: Uploader,
+    *,
+    progress: TextIO | None,
+    attempts: int,
+    sleep: Callable[[float], None],
 ) -> SendResult:
     """Upload one spool folder's finished segments."""
     frames = sent = 0
@@ -146,7 +157,7 @@ def _send_folder(
                                 frames, sent, uploader.stats, False,
                                 f"stopped: {exc}; what was sent is recorded",
                             )  # fmt: skip
-                        time.sleep(min(10.0, 0.5 * 2**attempt))
+                        sleep(min(10.0, 0.5 * 2**attempt))
                 reader.ack(frame)
                 frames += 1
                 sent += frame.end - frame.offset
