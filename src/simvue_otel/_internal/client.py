@@ -11,6 +11,12 @@ retried when the server cannot have acted on them (no connection made, 429); any
 of theirs is raised at once with :func:`maybe_delivered` telling whether the server may have
 stored it, so the caller can check before sending again. The requests made are those of the
 official Simvue client, with the same paths, query keys and bodies.
+
+One owner per retry, as in OpenTelemetry's exporters (the exporter retries, the batch processor
+does not): where a loop of its own keeps the data and backs off — the online sink's worker,
+``simvue-otel send`` — the client is built with ``retries=0``; a call a user waits on and that
+nothing else repeats (``Run.reconnect``'s look-up, ``simvue-otel server token``...) keeps the
+client's own retries.
 """
 
 from __future__ import annotations

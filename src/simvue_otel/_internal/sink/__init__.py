@@ -114,7 +114,8 @@ def create_sink(
     from ..client import SimvueClient
     from .online import OnlineSink
 
-    client = SimvueClient.from_config(cfg, timeout=timeout, retries=1, backoff=0.2)
+    # The sink's worker owns retries (it keeps the data and backs off): the client makes none.
+    client = SimvueClient.from_config(cfg, timeout=timeout, retries=0)
     spool = online_spool_directory(cfg)
     try:
         client.check()
