@@ -18,17 +18,16 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import span_events
 from ..mapping import Mapper
-from ..mapping.otlp import logs_from_otlp, metrics_from_otlp, spans_from_otlp
-from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord
+from ..mapping.records import EventRecord, MetricRecord, RunRecord
 from ..sink import Sink
 from .metrics import BridgeMetrics
+from .signals import SIGNALS
 
 __all__ = ["RETRY_AFTER_SECONDS", "BridgeCore", "Outcome", "RequestLog"]
 
@@ -36,14 +35,7 @@ _LOG = logging.getLogger("simvue_otel.bridge")
 
 RETRY_AFTER_SECONDS = 5
 """``Retry-After`` of a 503 while the sink is backed up (``docs/exporters.md`` says the same)."""
-_ITEMS = {"traces": "span", "metrics": "data point", "logs": "log record"}
 _LOGGED_RUNS = 5  # run keys named in one request's log line; the rest are counted
-
-_ADAPTERS: dict[str, Callable[[Any], Iterator[tuple[int, list[Any]]]]] = {
-    "traces": spans_from_otlp,
-    "metrics": metrics_from_otlp,
-    "logs": logs_from_otlp,
-}
 
 
 @dataclass(frozen=True)
@@ -204,7 +196,7 @@ class BridgeCore:
         digest = hashlib.sha256(signal.encode() + b"\0" + raw).hexdigest()[:40]
         with self._lock:
             self.mapper.take_skipped()  # nothing from another caller is counted here
-            for index, (count, items) in enumerate(_ADAPTERS[signal](request)):
+            for index, (count, items) in enumerate(SIGNALS[signal].parts(request)):
                 key = f"otlp-{digest}-{index}"
                 if self.requests.seen(key):
                     _LOG.debug("%s request part %s was stored before; not again", signal, key)
@@ -212,7 +204,7 @@ class BridgeCore:
                     resent += count
                     continue
                 try:
-                    records = self._map(signal, items)
+                    records = SIGNALS[signal].map(self.mapper, items)
                     self.sink.submit(records, key)
                 except Exception as exc:
                     _LOG.exception("could not map %d %s item(s)", count, signal)
@@ -236,7 +228,7 @@ class BridgeCore:
                     elif isinstance(record, RunRecord):
                         states += 1
         if skipped:
-            item = _ITEMS[signal]
+            item = SIGNALS[signal].item
             problems.extend(f"{n} {item}(s) skipped: {reason}" for reason, n in skipped.items())
         return Outcome(
             accepted,
@@ -248,13 +240,6 @@ class BridgeCore:
             events=events,
             states=states,
         )
-
-    def _map(self, signal: str, items: list[Any]) -> list[Record]:
-        if signal == "traces":
-            return self.mapper.spans(items)
-        if signal == "logs":
-            return self.mapper.logs(items)
-        return self.mapper.metrics(items)
 
 
 def _bearer_matches(header: str | None, token: str) -> bool:

@@ -8,67 +8,47 @@ in the bridge's metrics). Every other answer is counted and logged at debug.
 
 from __future__ import annotations
 
+import importlib
 import time
 from concurrent import futures
 from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from .core import BridgeCore
+from .signals import SIGNALS, Signal
 
 __all__ = ["start_grpc_server"]
 
 
-def _export(
-    core: BridgeCore, signal: str, request: Any, context: Any, reply: Any, field: str
-) -> Any:
+def _export(core: BridgeCore, signal: Signal, request: Any, context: Any) -> Any:
     started = time.perf_counter()
     metadata = dict(context.invocation_metadata())
     if not core.authorized(metadata.get("authorization")):
-        core.answered("grpc", signal, "UNAUTHENTICATED", started)
+        core.answered("grpc", signal.name, "UNAUTHENTICATED", started)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
     if core.retry_after() is not None:
-        core.answered("grpc", signal, "UNAVAILABLE", started)
+        core.answered("grpc", signal.name, "UNAVAILABLE", started)
         context.abort(grpc.StatusCode.UNAVAILABLE, "the bridge is backed up; retry later")
-    outcome = core.ingest(signal, request)
+    outcome = core.ingest(signal.name, request)
+    reply = signal.response_type()
     if outcome.rejected:
-        setattr(reply.partial_success, field, outcome.rejected)
+        setattr(reply.partial_success, signal.rejected_field, outcome.rejected)
         reply.partial_success.error_message = outcome.message
-    core.answered("grpc", signal, "OK", started, outcome)
+    core.answered("grpc", signal.name, "OK", started, outcome)
     return reply
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, core: BridgeCore) -> None:
-        self.core = core
+def _add_service(server: Any, core: BridgeCore, signal: Signal) -> None:
+    """Serve one signal's generated ``Export`` service with :func:`_export`."""
+    module = importlib.import_module(signal.grpc_module)
+    base = getattr(module, f"{signal.grpc_service}Servicer")
 
-    def Export(self, request: Any, context: Any) -> Any:
-        reply = trace_service_pb2.ExportTraceServiceResponse()
-        return _export(self.core, "traces", request, context, reply, "rejected_spans")
+    class Servicer(base):  # type: ignore[misc,valid-type]
+        def Export(self, request: Any, context: Any) -> Any:
+            return _export(core, signal, request, context)
 
-
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, core: BridgeCore) -> None:
-        self.core = core
-
-    def Export(self, request: Any, context: Any) -> Any:
-        reply = metrics_service_pb2.ExportMetricsServiceResponse()
-        return _export(self.core, "metrics", request, context, reply, "rejected_data_points")
-
-
-class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, core: BridgeCore) -> None:
-        self.core = core
-
-    def Export(self, request: Any, context: Any) -> Any:
-        reply = logs_service_pb2.ExportLogsServiceResponse()
-        return _export(self.core, "logs", request, context, reply, "rejected_log_records")
+    getattr(module, f"add_{signal.grpc_service}Servicer_to_server")(Servicer(), server)
 
 
 def start_grpc_server(
@@ -79,9 +59,8 @@ def start_grpc_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="simvue-otel-grpc"),
         options=[("grpc.max_receive_message_length", max_body)],
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(core), server)  # type: ignore[no-untyped-call]
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(core), server)  # type: ignore[no-untyped-call]
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(core), server)  # type: ignore[no-untyped-call]
+    for signal in SIGNALS.values():
+        _add_service(server, core, signal)
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port}")

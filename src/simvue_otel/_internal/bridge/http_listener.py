@@ -14,15 +14,9 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import Any
 
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,14 +25,10 @@ from starlette.routing import Route
 
 from ..mapping.otlp import OtlpDecodeError, decode_request
 from .core import BridgeCore, Outcome
+from .signals import SIGNALS
 
 __all__ = ["create_http_app"]
 
-RESPONSES: dict[str, tuple[type[Any], str]] = {
-    "traces": (ExportTraceServiceResponse, "rejected_spans"),
-    "metrics": (ExportMetricsServiceResponse, "rejected_data_points"),
-    "logs": (ExportLogsServiceResponse, "rejected_log_records"),
-}
 _TYPES = {"application/x-protobuf": "protobuf", "application/protobuf": "protobuf",
           "application/json": "json"}  # fmt: skip
 
@@ -108,17 +98,16 @@ def create_http_app(core: BridgeCore, *, max_body: int = 20 * 2**20) -> Starlett
             chunks.append(chunk)
         try:
             body = _inflate(b"".join(chunks), encoding, max_body)
-            message = decode_request(signal, body, fmt)
+            message = decode_request(SIGNALS[signal].request_type, signal, body, fmt)
         except _TooLarge:
             too_large = f"the decompressed body is larger than {max_body} bytes"
             return _status(8, too_large, fmt, 413), None
         except (OtlpDecodeError, zlib.error) as exc:
             return _status(3, str(exc), fmt, 400), None
         outcome = await run_in_threadpool(core.ingest, signal, message, body)
-        response_type, rejected_field = RESPONSES[signal]
-        reply = response_type()
+        reply = SIGNALS[signal].response_type()
         if outcome.rejected:
-            setattr(reply.partial_success, rejected_field, outcome.rejected)
+            setattr(reply.partial_success, SIGNALS[signal].rejected_field, outcome.rejected)
             reply.partial_success.error_message = outcome.message
         if fmt == "json":
             return JSONResponse(json_format.MessageToDict(reply)), outcome
@@ -163,7 +152,7 @@ def create_http_app(core: BridgeCore, *, max_body: int = 20 * 2**20) -> Starlett
         )
         return Response(body, headers={"Content-Type": content_type})
 
-    routes = [Route(f"/v1/{signal}", export, methods=["POST"]) for signal in RESPONSES]
+    routes = [Route(f"/v1/{signal}", export, methods=["POST"]) for signal in SIGNALS]
     routes.append(Route("/health", health, methods=["GET"]))
     routes.append(Route("/metrics", metrics, methods=["GET"]))
     return Starlette(routes=routes)

@@ -16,11 +16,6 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .model import (
     STATUS_ERROR,
@@ -35,7 +30,6 @@ from .model import (
 )
 
 __all__ = [
-    "REQUEST_TYPES",
     "OtlpDecodeError",
     "decode_request",
     "logs_from_otlp",
@@ -43,11 +37,6 @@ __all__ = [
     "spans_from_otlp",
 ]
 
-REQUEST_TYPES: dict[str, type[Message]] = {
-    "traces": ExportTraceServiceRequest,
-    "metrics": ExportMetricsServiceRequest,
-    "logs": ExportLogsServiceRequest,
-}
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
 _NS = 1e-9
 _STATUS = {0: STATUS_UNSET, 1: STATUS_OK, 2: STATUS_ERROR}
@@ -75,9 +64,12 @@ def _hex_ids_to_base64(node: Any) -> Any:
     return node
 
 
-def decode_request(signal: str, body: bytes, content_type: str) -> Message:
-    """An Export*ServiceRequest from a protobuf or OTLP/JSON body."""
-    message = REQUEST_TYPES[signal]()
+def decode_request(
+    request_type: type[Message], signal: str, body: bytes, content_type: str
+) -> Message:
+    """An Export*ServiceRequest (``request_type``, of ``signal`` for messages) from a protobuf
+    or OTLP/JSON body."""
+    message = request_type()
     if content_type == "json":
         try:
             tree = json.loads(body)
