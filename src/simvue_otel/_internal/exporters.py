@@ -51,23 +51,32 @@ _LOG = logging.getLogger("simvue_otel.exporters")
 
 
 class _PipelineUser:
-    """Holds a pipeline: its own (given) or the shared one (released on shutdown)."""
+    """What the three exporters share: a pipeline (their own, given, or the shared one,
+    released on shutdown), and ``force_flush``/``shutdown`` that honour their timeouts and never
+    raise into the application."""
 
     def __init__(
-        self, pipeline: Pipeline | None, mode: str | None, config: SimvueConfig | None
+        self,
+        *,
+        mode: str | None = None,
+        config: SimvueConfig | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
+        super().__init__()  # the SDK exporter base's own (MetricExporter sets temporality)
         self._owned = pipeline is None
         self.pipeline = pipeline if pipeline is not None else acquire_shared(mode, config)
         self._shut = False
 
-    def _flush(self, timeout_millis: float) -> bool:
+    def force_flush(self, timeout_millis: float = 30_000) -> bool:
         try:
             return self.pipeline.flush(timeout_millis / 1000.0)
         except Exception:
             _LOG.exception("flushing to Simvue failed")
             return False
 
-    def _shutdown(self, timeout_millis: float | None) -> None:
+    def shutdown(self, timeout_millis: float | None = None, **kwargs: Any) -> None:
+        # PeriodicExportingMetricReader passes ``timeout`` (milliseconds), not timeout_millis.
+        timeout_millis = kwargs.get("timeout", timeout_millis)
         if self._shut:
             return
         self._shut = True
@@ -87,77 +96,29 @@ class SimvueSpanExporter(_PipelineUser, SpanExporter):
     """Spans → Simvue: the ``simvue.run`` root span becomes the run's state and status, other
     spans and span events become events (see ``docs/conventions.md``)."""
 
-    def __init__(
-        self,
-        *,
-        mode: str | None = None,
-        config: SimvueConfig | None = None,
-        pipeline: Pipeline | None = None,
-    ) -> None:
-        _PipelineUser.__init__(self, pipeline, mode, config)
-
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         ok = self.pipeline.put_many(SPAN, spans)
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float | None = None, **_: Any) -> None:
-        self._shutdown(timeout_millis)
 
 
 class SimvueLogExporter(_PipelineUser, LogRecordExporter):
     """Log records → Simvue: ``simvue.metrics`` records are exact metric points, every other
     record an event."""
 
-    def __init__(
-        self,
-        *,
-        mode: str | None = None,
-        config: SimvueConfig | None = None,
-        pipeline: Pipeline | None = None,
-    ) -> None:
-        _PipelineUser.__init__(self, pipeline, mode, config)
-
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         ok = self.pipeline.put_many(LOG, batch)
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float | None = None, **_: Any) -> None:
-        self._shutdown(timeout_millis)
 
 
 class SimvueMetricExporter(_PipelineUser, MetricExporter):
     """The app's own instruments → Simvue metrics at each export (cumulative temporality, so
     a failed or late export never loses a count)."""
 
-    def __init__(
-        self,
-        *,
-        mode: str | None = None,
-        config: SimvueConfig | None = None,
-        pipeline: Pipeline | None = None,
-    ) -> None:
-        MetricExporter.__init__(self)
-        _PipelineUser.__init__(self, pipeline, mode, config)
-
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
     ) -> MetricExportResult:
         ok = self.pipeline.put(METRICS, metrics_data)
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self._flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float | None = None, **kwargs: Any) -> None:
-        # PeriodicExportingMetricReader passes ``timeout`` (milliseconds), not timeout_millis.
-        timeout = kwargs.get("timeout", timeout_millis)
-        self._shutdown(timeout)
 
 
 class SimvueSpanProcessor(SpanProcessor):

@@ -28,6 +28,12 @@ def _text(resource: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _texts(resource: Mapping[str, Any], **fields: str) -> dict[str, Any]:
+    """``{field: the text of attribute key}`` for each ``field=key`` the Resource holds."""
+    found = {field: _text(resource, key) for field, key in fields.items()}
+    return {field: value for field, value in found.items() if value is not None}
+
+
 def _json_object(resource: Mapping[str, Any], key: str) -> dict[str, Any]:
     text = resource.get(key)
     if not isinstance(text, str):
@@ -41,15 +47,12 @@ def _json_object(resource: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _system(resource: Mapping[str, Any]) -> dict[str, Any] | None:
     """Simvue's ``system`` field (only what the Resource says), or None when it says nothing."""
-    system: dict[str, Any] = {}
-    for field, key in (
-        ("cwd", cv.PROCESS_WORKING_DIRECTORY),
-        ("hostname", cv.HOST_NAME),
-        ("pythonversion", cv.PROCESS_RUNTIME_VERSION),
-    ):
-        value = _text(resource, key)
-        if value is not None:
-            system[field] = value
+    system = _texts(
+        resource,
+        cwd=cv.PROCESS_WORKING_DIRECTORY,
+        hostname=cv.HOST_NAME,
+        pythonversion=cv.PROCESS_RUNTIME_VERSION,
+    )
     os_type = _text(resource, cv.OS_TYPE)
     platform = {
         "system": cv.OS_SYSTEM_NAMES.get(os_type, os_type) if os_type is not None else None,
@@ -73,15 +76,11 @@ def _git(resource: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     tag = _text(resource, cv.VCS_REF_NAME) if resource.get(cv.VCS_REF_TYPE) == "tag" else None
     git: dict[str, Any] = {"ref": tag or revision}
-    for field, key in (
-        ("url", cv.VCS_URL),
-        ("msg", cv.GIT_MESSAGE),
-        ("time_stamp", cv.GIT_TIME),
-        ("blame", cv.GIT_BLAME),
-    ):
-        value = _text(resource, key)
-        if value is not None:
-            git[field] = value
+    git.update(
+        _texts(
+            resource, url=cv.VCS_URL, msg=cv.GIT_MESSAGE, time_stamp=cv.GIT_TIME, blame=cv.GIT_BLAME
+        )
+    )
     dirty = resource.get(cv.GIT_DIRTY)
     if isinstance(dirty, bool):
         git["dirty"] = dirty

@@ -26,6 +26,15 @@ __all__ = ["RunIndex"]
 _LOG = logging.getLogger("simvue_otel.sink")
 
 
+def _replace(path: Path, entry: dict[str, object]) -> None:
+    """Write ``entry`` as the JSON content of ``path`` atomically (readers see the old file
+    or the new one, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(entry), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class RunIndex:
     """A durable ``run key → server run id`` map (in memory only when ``directory`` is None)."""
 
@@ -72,10 +81,7 @@ class RunIndex:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "id": run_id}), encoding="utf-8")
-            os.replace(tmp, path)
+            _replace(path, {"key": key, "id": run_id})
         except OSError as exc:
             _LOG.warning("cannot record run %s in %s (%s)", run_id, self.directory, exc)
 
@@ -110,10 +116,7 @@ class RunIndex:
                 bases = {}
             bases[counter] = [base, retimed]
             try:
-                steps.parent.mkdir(parents=True, exist_ok=True)
-                tmp = steps.with_name(f".{steps.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-                tmp.write_text(json.dumps({"key": key, "bases": bases}), encoding="utf-8")
-                os.replace(tmp, steps)
+                _replace(steps, {"key": key, "bases": bases})
             except OSError as exc:
                 _LOG.warning("cannot record step offsets in %s (%s)", self.directory, exc)
 
