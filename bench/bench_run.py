@@ -122,7 +122,7 @@ def verify_on_server(url: str, token: str, name: str, calls: int) -> dict[str, A
 
     start = time.perf_counter()
     with SimvueClient(url, token, timeout=300.0) as client:
-        run = client.find_run_by_name(name, FOLDER)
+        run = next(iter(client.find_runs_by_name(name, FOLDER)), None)
         if run is None:
             return {"found": False, "count": 0, "unique": 0, "exact": False, "verify_s": 0.0}
         points = client.get_metrics(str(run["id"]), ["m0"]).get("m0", [])

@@ -217,3 +217,9 @@ def user_metadata(run: dict[str, Any]) -> dict[str, Any]:
     meta.pop("python", None)
     meta.pop("git", None)
     return meta
+
+
+def newest_run(client: SimvueClient, name: str, folder: str | None = None) -> dict[str, Any] | None:
+    """The most recently created visible run with this name (in ``folder``), or None."""
+    found = client.find_runs_by_name(name, folder)
+    return found[0] if found else None

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
+from tests.conftest import newest_run
 
 pytestmark = pytest.mark.compat
 
@@ -162,7 +163,7 @@ def test_official_run_reads_back_exactly(local_server: Any, tmp_path: Path) -> N
         assert run["ttl"] == 3600
         assert run["endtime"] is not None
         assert run["metrics"]["loss"]["count"] == N_POINTS
-        assert ours.find_run_by_name(spec["name"])["id"] == run_id  # type: ignore[index]
+        assert newest_run(ours, spec["name"])["id"] == run_id  # type: ignore[index]
         metrics = ours.get_metrics(run_id, ["loss", "acc"])
         assert [p["step"] for p in metrics["loss"]] == list(range(N_POINTS))
         assert {str(p["step"]): p["value"] for p in metrics["loss"]} == expected_loss

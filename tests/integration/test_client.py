@@ -25,7 +25,7 @@ from simvue_otel._internal.client import (
     maybe_delivered,
     parse_timestamp,
 )
-from tests.conftest import LocalServer, free_port
+from tests.conftest import LocalServer, free_port, newest_run
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_run_lifecycle_round_trip(client: SimvueClient) -> None:
     assert client.find_folder(folder) is not None
 
     client.update_run(run_id, status="running")
-    assert client.update_tags(run_id, ["b", "c"]) == ["a", "b", "c"]
+    client.update_run(run_id, tags=["a", "b", "c"])
     client.update_metadata(run_id, {"n": 4, "extra": "x"})
     client.heartbeat(run_id)
     assert client.abort_requested(run_id) is False
@@ -76,15 +76,15 @@ def test_run_lifecycle_round_trip(client: SimvueClient) -> None:
     assert run["status"] == "running"
     assert run["tags"] == ["a", "b", "c"]
     assert run["metadata"] == {"solver": {"tol": 1e-6}, "n": 4, "extra": "x"}
-    client.set_tags(run_id, ["only"])
+    client.update_run(run_id, tags=["only"])
     client.set_status(run_id, "completed")
     run = client.get_run(run_id)
     assert run["tags"] == ["only"] and run["status"] == "completed"
     assert run["endtime"] is not None
 
-    found = client.find_run_by_name(name, folder)
+    found = newest_run(client, name, folder)
     assert found is not None and found["id"] == run_id
-    assert client.find_run_by_name(unique("absent")) is None
+    assert newest_run(client, unique("absent")) is None
 
 
 def test_runs_are_found_by_run_key_with_the_metadata_filter(client: SimvueClient) -> None:

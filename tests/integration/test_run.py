@@ -22,7 +22,14 @@ import pytest
 
 from simvue_otel import ConfigurationError, NotFoundError, Run, SimvueValidationError
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
-from tests.conftest import LocalServer, free_port, start_server, stop_server, user_metadata
+from tests.conftest import (
+    LocalServer,
+    free_port,
+    newest_run,
+    start_server,
+    stop_server,
+    user_metadata,
+)
 
 SEND_CMD = [sys.executable, "-m", "simvue_otel", "send", "--cache"]
 
@@ -380,7 +387,7 @@ def test_sigterm_ends_the_run_terminated(
     assert "not reached" not in out
     assert proc.returncode != 0, err
     got = poll(
-        lambda: client.find_run_by_name("sigterm", folder),
+        lambda: newest_run(client, "sigterm", folder),
         lambda r: r is not None and r["status"] == "terminated",
         timeout=20,
     )
@@ -416,7 +423,7 @@ def test_a_killed_process_turns_lost(tmp_path: Path, folder: str) -> None:
         assert out.returncode == -signal.SIGKILL, out.stderr
         with SimvueClient(server.url, server.token, retries=2) as c:
             got = poll(
-                lambda: c.find_run_by_name("doomed", folder),
+                lambda: newest_run(c, "doomed", folder),
                 lambda r: r is not None and r["status"] == "lost",
                 timeout=15,
             )

@@ -17,7 +17,7 @@ import requests
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer
+from tests.conftest import LocalServer, newest_run
 
 
 def _request_abort(server: LocalServer, run_id: str) -> None:
@@ -81,7 +81,7 @@ def test_abort_without_callback_terminates_the_process(
             deadline = time.monotonic() + 15
             found = None
             while found is None and time.monotonic() < deadline:
-                found = client.find_run_by_name(name, "/abort")
+                found = newest_run(client, name, "/abort")
                 time.sleep(0.2)
             assert found is not None
             _request_abort(local_server, found["id"])

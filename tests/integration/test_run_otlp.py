@@ -12,7 +12,7 @@ import pytest
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer
+from tests.conftest import Bridge, LocalServer, newest_run
 
 
 def _poll(check: Any, seconds: float = 15.0) -> Any:
@@ -43,7 +43,7 @@ def test_run_over_otlp_is_live_and_ends_right(
                 name="over-otlp", folder=folder, tags=["a"], metadata={"grid": 64},
                 resources_metrics_interval=None,
             )  # fmt: skip
-            found = _poll(lambda: client.find_run_by_name("over-otlp", folder))
+            found = _poll(lambda: newest_run(client, "over-otlp", folder))
             assert found is not None, "the run showed up while it goes"
             assert found["status"] == "running"
             run.update_tags(["b"])
@@ -74,7 +74,7 @@ def test_failed_run_over_otlp(
         run.init(name="fails-over-otlp", folder=folder, resources_metrics_interval=None)
         raise RuntimeError("diverged")
     with SimvueClient(local_server.url, local_server.token) as client:
-        found = _poll(lambda: client.find_run_by_name("fails-over-otlp", folder))
+        found = _poll(lambda: newest_run(client, "fails-over-otlp", folder))
         assert found is not None
         assert _poll(lambda: client.get_run(found["id"])["status"] == "failed")
         messages = [e["message"] for e in client.get_events(found["id"])]

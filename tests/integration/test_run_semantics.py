@@ -14,7 +14,7 @@ import pytest
 
 from simvue_otel import Run, SimvueValidationError
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer
+from tests.conftest import LocalServer, newest_run
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_an_uncaught_exception_ends_an_unclosed_run_failed(
     )
     assert done.returncode == 1 and "the mesh is inverted" in done.stderr
     with SimvueClient(online.url, online.token) as client:
-        found = client.find_run_by_name(name, "/semantics")
+        found = newest_run(client, name, "/semantics")
         assert found is not None
         assert client.get_run(found["id"])["status"] == "failed"
         messages = [e["message"] for e in client.get_events(found["id"])]

@@ -32,7 +32,7 @@ import pytest
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, start_bridge
+from tests.conftest import LocalServer, newest_run, start_bridge
 from tests.integration.test_bridge import drained, otlp_app
 from tests.integration.test_export import ROOT_ATTRS, App, make_app, run_state
 from tests.integration.test_run import no_server_env, send
@@ -608,13 +608,13 @@ def test_run_online_queued_and_reconnected(
     assert key is not None
     with reader(proxy, local_server) as client:
         _check_program(client, key)
-        found = client.find_run_by_name(queued_name, folder)
+        found = newest_run(client, queued_name, folder)
         assert found is not None
         assert client.get_run(found["id"])["status"] == "completed"
         assert steps(client, found["id"], "y") == [0, 1]
         try:
             client.delete_run(found["id"])
-            assert client.find_run_by_name(queued_name, folder) is None
+            assert newest_run(client, queued_name, folder) is None
         finally:
             assert_conforms(proxy)  # also when the deletion failed
 
@@ -794,7 +794,7 @@ def test_the_official_client_conforms_to_the_table(
     )
     assert out.returncode == 0, f"simvue-sender failed:\n{out.stdout}\n{out.stderr}"
     with SimvueClient(local_server.url, local_server.token) as client:
-        found = client.find_run_by_name(name, folder)
+        found = newest_run(client, name, folder)
         assert found is not None and steps(client, found["id"], "x") == list(range(N_POINTS))
 
     posts = [r for r in proxy.requests if r.method == "POST" and r.path == "/api/metrics"]

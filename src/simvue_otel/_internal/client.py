@@ -451,11 +451,6 @@ class SimvueClient:
             filters.append(f"folder.path == {folder}")
         return self.find_runs(filters, count=100, sorting=[{"id": "created", "desc": True}])
 
-    def find_run_by_name(self, name: str, folder: str | None = None) -> dict[str, Any] | None:
-        """The most recently created visible run with this name, or None."""
-        found = self.find_runs_by_name(name, folder)
-        return found[0] if found else None
-
     def find_run_by_key(self, run_key: str) -> dict[str, Any] | None:
         """The run carrying this simvue-otel run key in its metadata (as the list gives it:
         ``id``, ``name``, ``status``...), or None.
@@ -477,24 +472,9 @@ class SimvueClient:
             changes["endtime"] = format_timestamp(endtime if endtime is not None else time.time())
         self.update_run(run_id, **changes)
 
-    def update_tags(self, run_id: str, tags: Iterable[str]) -> list[str]:
-        """Add tags to those the run has; returns the new list."""
-        current = list(self.get_run(run_id).get("tags") or [])
-        merged = current + [t for t in tags if t not in current]
-        self.update_run(run_id, tags=merged)
-        return merged
-
-    def set_tags(self, run_id: str, tags: Iterable[str]) -> None:
-        """Replace the run's tags."""
-        self.update_run(run_id, tags=list(tags))
-
     def update_metadata(self, run_id: str, metadata: Mapping[str, Any]) -> None:
         """Merge metadata into the run's (existing keys replaced, others kept)."""
         self.update_run(run_id, metadata=dict(metadata))
-
-    def delete_run(self, run_id: str) -> None:
-        """Remove a run and its data."""
-        self.request("DELETE", f"runs/{run_id}", accept=(200, 204))
 
     def heartbeat(self, run_id: str) -> None:
         """Tell the server the run is alive (keeps it from turning ``lost``)."""

@@ -25,7 +25,6 @@ __all__ = [
     "validate_log_level",
     "validate_metadata",
     "validate_metric_name",
-    "validate_metric_values",
     "validate_name",
     "validate_status",
     "validate_step",
@@ -274,24 +273,6 @@ def validate_metric_name(name: Any, field: str = "metrics") -> str:
     ):
         raise SimvueValidationError(field, _METRIC_NAME_RULE, name)
     return name
-
-
-def validate_metric_values(values: Any, field: str = "metrics") -> dict[str, float]:
-    """Check a mapping of metric names to numbers; return the values as floats.
-
-    Values may be int, float (NaN and infinities included) or bool (as 0.0 or 1.0). An error
-    names the entry, e.g. ``metrics['loss']``.
-    """
-    if not isinstance(values, Mapping):
-        raise SimvueValidationError(field, "must be a mapping of metric names to numbers", values)
-    result: dict[str, float] = {}
-    for name, value in values.items():
-        item_field = f"{field}[{name!r}]"
-        validate_metric_name(name, item_field)
-        if not isinstance(value, numbers.Real):
-            raise SimvueValidationError(item_field, "must be an int, float or bool", value)
-        result[name] = float(value)
-    return result
 
 
 def validate_step(step: Any, field: str = "step") -> int:
