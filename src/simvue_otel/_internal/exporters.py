@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
@@ -58,10 +58,14 @@ class _PipelineUser:
     def __init__(
         self,
         *,
-        mode: str | None = None,
+        mode: Literal["online", "offline", "disabled"] | None = None,
         config: SimvueConfig | None = None,
         pipeline: Pipeline | None = None,
     ) -> None:
+        """Without ``pipeline``, write through the process-wide pipeline, made from ``mode``
+        (else ``SIMVUE_OTEL_MODE``, else ``online``) and ``config`` (else ``SIMVUE_*`` and
+        ``simvue.toml``) by the first exporter that needs it; with ``pipeline``, through that
+        one (a ``Run``'s), which its owner closes."""
         super().__init__()  # the SDK exporter base's own (MetricExporter sets temporality)
         self._owned = pipeline is None
         self.pipeline = pipeline if pipeline is not None else acquire_shared(mode, config)

@@ -23,11 +23,11 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from urllib.parse import quote
 
 from opentelemetry import context as otel_context
@@ -166,7 +166,14 @@ def _close_open_runs() -> None:
 atexit.register(_close_open_runs)
 
 
-def _epoch_ns(timestamp: Any, field: str = "timestamp") -> int:
+RunMode: TypeAlias = Literal["online", "offline", "disabled", "otlp"]
+"""Where a run's records go: a Simvue server, the offline spool, nowhere, or an OTLP endpoint."""
+
+Timestamp: TypeAlias = "_dt.datetime | str | float | int"
+"""A moment: a datetime (UTC when it has no zone), an ISO 8601 string, or epoch seconds."""
+
+
+def _epoch_ns(timestamp: Timestamp | None, field: str = "timestamp") -> int:
     """A Simvue timestamp (datetime, ISO string, or epoch seconds) as epoch nanoseconds.
 
     Like Simvue, a datetime or ISO string without a zone is taken as UTC; one with a zone
@@ -206,12 +213,12 @@ class Run:
 
     def __init__(
         self,
-        mode: str | None = None,
+        mode: RunMode | None = None,
         *,
         server_url: str | None = None,
         server_token: str | None = None,
         offline_directory: str | Path | None = None,
-        abort_callback: Any = None,
+        abort_callback: Callable[[Run], None] | None = None,
         otlp_endpoint: str | None = None,
         otlp_headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -542,7 +549,7 @@ class Run:
         metrics: Mapping[str, float],
         step: int | None = None,
         time: float | None = None,
-        timestamp: Any = None,
+        timestamp: Timestamp | None = None,
     ) -> bool:
         """Record metric values at one step: ``step`` counts calls from 0 unless given,
         ``time`` is seconds since ``init`` unless given, ``timestamp`` is now unless given."""
@@ -595,7 +602,7 @@ class Run:
         return True
 
     def log_event(
-        self, message: str, *, timestamp: Any = None, log_level: str | None = None
+        self, message: str, *, timestamp: Timestamp | None = None, log_level: str | None = None
     ) -> bool:
         """Record a timestamped message (``log_level``: debug, info, warning, error, critical)."""
         if self._logger is None or self._status != "running":
