@@ -70,14 +70,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
 from tests.conftest import (
+    App,
     Bridge,
     LocalServer,
     free_port,
+    make_app,
+    run_program,
+    run_state,
     start_bridge,
     start_server,
     stop_server,
 )
-from tests.integration.test_export import App, make_app, run_program, run_state
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}

@@ -19,9 +19,16 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, start_bridge, start_server, stop_server
+from tests.conftest import (
+    Bridge,
+    LocalServer,
+    run_program,
+    run_state,
+    start_bridge,
+    start_server,
+    stop_server,
+)
 from tests.integration.test_bridge import drained, otlp_app, poll, run_request
-from tests.integration.test_export import run_program, run_state
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

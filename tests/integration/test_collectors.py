@@ -52,8 +52,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from simvue_otel._internal.bridge import parse_listen
 from simvue_otel._internal.cli import build_parser
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, free_port, start_bridge
-from tests.integration.test_export import App, make_app, run_program, run_state
+from tests.conftest import (
+    App,
+    LocalServer,
+    free_port,
+    make_app,
+    run_program,
+    run_state,
+    start_bridge,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "collector-config"
 YAML_CONFIGS = ["agent.yaml", "bridge-direct.yaml", "gateway.yaml"]

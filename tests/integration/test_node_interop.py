@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, start_bridge
+from tests.conftest import Bridge, LocalServer, run_program, run_state, start_bridge
 from tests.integration.test_bridge import comparable, drained, otlp_app, poll
-from tests.integration.test_export import run_program, run_state
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 REQUIRE_NODE = "SIMVUE_OTEL_REQUIRE_NODE"

@@ -17,8 +17,7 @@ import pytest
 import requests
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, start_server, stop_server
-from tests.integration.test_export import make_app, run_state
+from tests.conftest import LocalServer, make_app, run_state, start_server, stop_server
 
 
 class Proxy:

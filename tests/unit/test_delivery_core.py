@@ -1,0 +1,196 @@
+"""The delivery core in process, against an in-memory Simvue API (tests/fake_simvue.py): the
+uploader, the online sink's spilling and retries, the pipeline, and the bridge core's ingest.
+The same behaviours are tested end to end over loopback against the real local server in
+tests/integration; these pin them down where a failure names the exact step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from simvue_otel._internal.bridge.core import BridgeCore
+from simvue_otel._internal.client import SimvueClient
+from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
+from simvue_otel._internal.sink.online import OnlineSink
+from simvue_otel._internal.sink.run_index import RunIndex
+from simvue_otel._internal.sink.uploader import Progress, RetryLater, Uploader
+from tests.fake_simvue import URL, FakeSimvue
+
+RUN = RunRef("key-1", "delivery", "/unit")
+
+
+@pytest.fixture
+def fake() -> FakeSimvue:
+    return FakeSimvue()
+
+
+@pytest.fixture
+def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
+    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
+        yield c
+
+
+def points(n: int, start: int = 0, run: RunRef = RUN) -> list[MetricRecord]:
+    return [
+        MetricRecord(run, {"x": float(i)}, i, float(i), 1_700_000_000.0 + i)
+        for i in range(start, start + n)
+    ]
+
+
+# -- the uploader ------------------------------------------------------------------------------
+
+
+def test_a_run_is_created_once_and_its_points_go_in_parts_of_16000(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    uploader = Uploader(client)
+    uploader.upload(points(40_000), "b1")
+    uploader.upload(points(10, 40_000), "b2")
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(40_010))
+    posts = [p for m, p in fake.requests if (m, p) == ("POST", "metrics")]
+    assert len(posts) == 4  # 16,000 + 16,000 + 8,000, then 10
+    assert fake.runs[run_id]["metadata"]["simvue_otel_run_key"] == "key-1"
+
+
+def test_a_part_stored_but_unanswered_is_reconciled_not_sent_twice(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    uploader = Uploader(client)
+    progress = Progress()
+    fake.fail("POST", "metrics", "stored-then-503")
+    with pytest.raises(RetryLater):
+        uploader.upload(points(100), "b1", progress)
+    assert progress.states == {"0.m0": "sending"}
+    uploader.upload(points(100), "b1", progress)  # the caller's retry, with its progress
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(100))
+    assert uploader.stats.reconciled == 1 and progress.states == {"0.m0": "done"}
+
+
+def test_a_lost_run_creation_answer_makes_no_second_run(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    fake.fail("POST", "runs", "stored-then-504")
+    uploader = Uploader(client)
+    with pytest.raises(RetryLater):
+        uploader.upload(points(5), "b1")
+    Uploader(client).upload(points(5), "b1")  # even a new process: found by its key
+    assert len(fake.run_ids()) == 1
+
+
+def test_the_run_index_finds_the_run_without_asking_the_filter(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    Uploader(client, index=RunIndex(tmp_path)).upload(points(3), "b1")
+    fake.requests.clear()
+    Uploader(client, index=RunIndex(tmp_path)).upload(points(3, 3), "b2")
+    assert ("GET", "runs") not in fake.requests  # the index's id, checked with one GET
+    assert len(fake.run_ids()) == 1
+
+
+def test_instrument_counts_continue_the_runs_steps(fake: FakeSimvue, client: SimvueClient) -> None:
+    """A second process's count of instrument exports (counter "b") follows what the server
+    holds from the first (counter "a")."""
+
+    def counted(counter: str, steps: range) -> list[MetricRecord]:
+        return [
+            MetricRecord(RUN, {"g": float(s)}, s - steps.start, 0.0, 1_700_000_000.0 + s, counter)
+            for s in steps
+        ]
+
+    Uploader(client).upload(counted("a", range(0, 3)), "b1")
+    Uploader(client).upload(counted("b", range(3, 6)), "b2")  # its own count starts at 0
+    (run_id,) = fake.run_ids()
+    assert fake.points(run_id, "g") == [(s, float(s)) for s in range(6)]
+
+
+def test_only_changed_state_is_sent_and_a_final_status_sets_the_end(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    uploader = Uploader(client)
+    running = RunRecord(RUN, "running", 1.0, tags=("a",), metadata={"n": 1}, started=1.0)
+    uploader.upload([running], "b1")
+    fake.requests.clear()
+    uploader.upload([RunRecord(RUN, "running", 2.0, tags=("a",), metadata={"n": 1})], "b2")
+    assert ("PUT", next(iter(fake.runs))) not in [(m, p.split("/")[-1]) for m, p in fake.requests]
+    uploader.upload([RunRecord(RUN, "completed", 3.0, tags=("a", "b"), ended=3.0)], "b3")
+    run = next(iter(fake.runs.values()))
+    assert run["status"] == "completed" and run["tags"] == ["a", "b"] and run["endtime"]
+
+
+def test_a_refused_record_is_set_aside_with_its_reason(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    uploader = Uploader(client, rejected_dir=tmp_path / "rejected")
+    fake.fail("POST", "events", 422)
+    uploader.upload([EventRecord(RUN, "hello", 1.0)], "b1")
+    assert uploader.stats.rejected == 1
+    (reason,) = (tmp_path / "rejected").glob("*.reason.json")
+    assert "refused events" in reason.read_text()
+
+
+# -- the online sink ---------------------------------------------------------------------------
+
+
+def test_the_online_sink_keeps_everything_while_the_server_is_down(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    fake.down = True
+    sink = OnlineSink(client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10)
+    try:
+        sink.submit(points(50))
+        assert not sink.flush(0.5)  # nothing can be delivered
+        assert list((tmp_path / "spool").glob("*.seg")), "spilled to disk, not dropped"
+        assert sink.upload_stats().failures["unreachable"] >= 1
+        fake.down = False
+        assert sink.flush(20)
+    finally:
+        assert sink.close(20)
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(50))
+    assert sink.run_id("key-1") == run_id and sink.backlog() == 0
+
+
+# -- the bridge core ---------------------------------------------------------------------------
+
+
+def _request(key: str, values: list[float]) -> ExportLogsServiceRequest:
+    resource = Resource(
+        attributes=[KeyValue(key="simvue.run.key", value=AnyValue(string_value=key))]
+    )
+    records = []
+    for i, v in enumerate(values):
+        body = AnyValue()
+        body.kvlist_value.values.append(KeyValue(key="x", value=AnyValue(double_value=v)))
+        records.append(
+            LogRecord(time_unix_nano=time.time_ns() + i, event_name="simvue.metrics", body=body)
+        )
+    return ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=resource, scope_logs=[ScopeLogs(log_records=records)])]
+    )
+
+
+def test_the_bridge_core_stores_a_resent_request_once(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    sink = OnlineSink(client, tmp_path / "spool", flush_interval=0.05, max_memory_points=0)
+    core = BridgeCore(sink, token=None)
+    try:
+        request = _request("bridge-key", [1.0, 2.0, 3.0])
+        first = core.ingest("logs", request)
+        again = core.ingest("logs", request)  # the sender did not get the first answer
+        assert (first.accepted, first.rejected, first.resent, first.points) == (3, 0, 0, 3)
+        assert (again.accepted, again.resent, again.points) == (3, 3, 0)
+        assert sink.flush(20)
+    finally:
+        sink.close(20)
+    (run_id,) = fake.run_ids()
+    assert [v for _, v in fake.points(run_id, "x")] == [1.0, 2.0, 3.0]
