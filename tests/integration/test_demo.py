@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, start_server, stop_server
+
+DEMO_SECONDS = 10
+"""What the demo should take on an idle machine; the test allows twice that on a busy one."""
 
 
 def test_demo_records_runs_three_ways_and_prints_their_pages(tmp_path: Path) -> None:
@@ -18,12 +23,15 @@ def test_demo_records_runs_three_ways_and_prints_their_pages(tmp_path: Path) -> 
     env["HOME"] = str(tmp_path)
     port = free_port()
     db = tmp_path / "demo.db"
+    began = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "simvue_otel", "demo", "--exit", "--port", str(port),
          "--db", str(db)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    took = time.monotonic() - began
     assert done.returncode == 0, done.stderr
+    assert took < 2 * DEMO_SECONDS, f"the demo took {took:.1f} s"
     out = done.stdout
     rows = [line.split() for line in out.splitlines() if re.match(r"^\S+\s+/demo/", line)]
     names = [r[0] for r in rows]
@@ -35,6 +43,47 @@ def test_demo_records_runs_three_ways_and_prints_their_pages(tmp_path: Path) -> 
     assert len(pages) == 5
     assert re.search(rf"http://127\.0\.0\.1:{port}/login\?code=\S+", out)
     assert db.exists()
+
+    # The simulation ran long enough for its resource metrics (sampled every second) to be
+    # lines on its page: several points each, over a few seconds.
+    user = re.search(r"^API: .* --user (\S+?)\)?$", out, re.M)
+    assert user, out
+    server = start_server(tmp_path / "after", db=db, first_token="none: a restarted server")
+    try:
+        headers = server.headers(user.group(1))
+        api = server.api
+        run = requests.get(
+            f"{api}/runs",
+            params={"filters": json.dumps(["name == heat-equation"])},
+            headers=headers,
+            timeout=30,
+        ).json()["data"][0]
+        resources = sorted(m for m in run["metrics"] if m.startswith("resources/"))
+        assert resources == ["resources/cpu.usage.memory", "resources/cpu.usage.percentage"]
+        points = requests.get(
+            f"{api}/metrics",
+            params={"runs": json.dumps([run["id"]]), "metrics": json.dumps(resources)},
+            headers=headers,
+            timeout=30,
+        ).json()[run["id"]]
+        for name in resources:
+            times = [p["time"] for p in points[name]]
+            assert len(times) >= 3, (name, times)
+            assert max(times) - min(times) >= 1.5, (name, times)
+    finally:
+        stop_server(server)
+
+
+def test_demo_refuses_a_port_it_cannot_use(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "demo", "--exit", "--port", "0"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "simvue-otel demo: --port must be between 1 and 65535, not 0"
+    assert done.stdout == ""
 
 
 def test_demo_keeps_serving_until_interrupted(tmp_path: Path) -> None:

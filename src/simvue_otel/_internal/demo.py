@@ -10,8 +10,8 @@ each run's page, and keeps serving until Ctrl-C (``--exit`` stops at once).
 from __future__ import annotations
 
 import contextlib
+import getpass
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -24,7 +24,17 @@ from typing import Any, TextIO
 
 import requests
 
+from .config import child_environment
+
 __all__ = ["run_demo"]
+
+
+def _user() -> str:
+    """The demo's user name on its server: the login name, else ``demo``."""
+    try:
+        return getpass.getuser() or "demo"
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return "demo"
 
 
 def _free_port() -> int:
@@ -42,11 +52,23 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _heat_equation(run: Any, diffusivity: float, steps: int = 120, cells: int = 50) -> None:
-    """An explicit 1-D heat equation: the run's metrics are what a scientist would watch."""
+SIMULATION_SECONDS = 3.0
+"""How long the demo's main simulation takes: long enough for resource metrics, sampled every
+:data:`RESOURCE_INTERVAL` seconds, to draw lines rather than single points."""
+RESOURCE_INTERVAL = 1.0
+
+
+def _heat_equation(
+    run: Any, diffusivity: float, steps: int = 120, cells: int = 50, seconds: float = 0.0
+) -> None:
+    """An explicit 1-D heat equation: the run's metrics are what a scientist would watch.
+    With ``seconds``, the steps are paced to take that long, as a real solver's would."""
     u = [math.sin(math.pi * i / (cells - 1)) for i in range(cells)]
     dt = 0.4 / diffusivity / (cells - 1) ** 2
+    began = time.monotonic()
     for step in range(steps):
+        if seconds > 0:
+            time.sleep(max(0.0, began + seconds * step / steps - time.monotonic()))
         new = u[:]
         for i in range(1, cells - 1):
             new[i] = u[i] + diffusivity * dt * (cells - 1) ** 2 * (u[i - 1] - 2 * u[i] + u[i + 1])
@@ -129,6 +151,9 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
     from .server.store import Store
     from .server.web import issue_login_code
 
+    if not 0 < port < 65536:
+        print(f"simvue-otel demo: --port must be between 1 and 65535, not {port}", file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="simvue-otel-demo-"))
     db = db or workdir / "demo.db"
     if not _port_free(port):
@@ -136,7 +161,7 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
         print(f"port {port} is busy; using {chosen}", file=out)
         port = chosen
     store = Store(db)
-    identity, _ = store.ensure_user(os.environ.get("USER") or "demo", "default")
+    identity, _ = store.ensure_user(_user(), "default")
     token = issue_token(store.secret(), identity.user, identity.tenant)
     url = f"http://127.0.0.1:{port}"
     server = uvicorn.Server(
@@ -169,9 +194,9 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
             tags=["demo", "heat"],
             metadata={"solver": {"scheme": "explicit", "cells": 50}, "diffusivity": 1.0},
             description="A 1-D heat equation, recorded through OpenTelemetry",
-            resources_metrics_interval=0.5,
+            resources_metrics_interval=RESOURCE_INTERVAL,
         )
-        _heat_equation(run, 1.0)
+        _heat_equation(run, 1.0, seconds=SIMULATION_SECONDS)
 
     print("2. a parameter scan (three runs) ...", file=out, flush=True)
     for diffusivity in (0.5, 2.0, 4.0):
@@ -187,8 +212,10 @@ def run_demo(db: Path | None, port: int, *, exit_at_once: bool, out: TextIO = sy
     print("3. an OpenTelemetry-instrumented app through simvue-otel bridge ...", file=out,
           flush=True)  # fmt: skip
     bridge_port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
-    env.update(SIMVUE_URL=url, SIMVUE_TOKEN=token, SIMVUE_OFFLINE_DIRECTORY=str(workdir / "bridge"))
+    env = child_environment(
+        drop=("SIMVUE_", "OTEL_"),
+        SIMVUE_URL=url, SIMVUE_TOKEN=token, SIMVUE_OFFLINE_DIRECTORY=str(workdir / "bridge"),
+    )  # fmt: skip
     bridge = subprocess.Popen(
         [sys.executable, "-m", "simvue_otel", "bridge", "--listen", f"127.0.0.1:{bridge_port}",
          "--no-grpc"],

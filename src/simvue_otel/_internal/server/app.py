@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Identity, TokenError, verify_token
 from .filters import FilterError, parse_filters
-from .store import Invalid, Store, StoreError
+from .store import Forbidden, Invalid, Store, StoreError
 
 __all__ = ["API_VERSION", "create_app"]
 
@@ -53,6 +53,13 @@ _RUN_TIMES = {
 }
 
 Handler = Callable[[Request, Identity], Any]
+ADMIN_ROUTES = (
+    "/api/tenants",
+    "/api/tenants/{identifier}",
+    "/api/users",
+    "/api/users/{identifier}",
+)
+"""The official client's administrator objects (``simvue.api.objects.administrator``): 403."""
 
 
 class JSONReply(Response):
@@ -112,6 +119,14 @@ def _names(request: Request, name: str) -> list[str]:
     ):
         raise StoreError(f"query parameter {name!r} must be a JSON list of strings")
     return [str(v) for v in value]
+
+
+def _sorting(request: Request) -> list[dict[str, Any]]:
+    """The ``sorting`` query parameter: a JSON list of ``{"id": column, "desc": bool}``."""
+    sorting = _json_param(request, "sorting") or []
+    if not isinstance(sorting, list) or not all(isinstance(s, dict) for s in sorting):
+        raise StoreError("query parameter 'sorting' must be a JSON list of {id, desc}")
+    return sorting
 
 
 def _refused(request: Request, status: int, detail: Any) -> None:
@@ -244,6 +259,30 @@ class _API:
     def alerts(self, request: Request, who: Identity) -> Any:
         return {"data": [], "count": 0}
 
+    def stats(self, request: Request, who: Identity) -> Any:
+        """Statistics of the caller's own objects. ``single=False`` (the official client's
+        ``Stats.admin_stats``) answers per user; with no administrators here, that is the
+        caller alone, and another tenant's statistics are refused."""
+        tenant = request.query_params.get("tenant")
+        if tenant is not None and tenant != who.tenant:
+            raise Forbidden(
+                f"statistics of tenant {tenant[:100]!r} need an administrator, and "
+                "simvue-otel server has none: you can read your own tenant's "
+                f"({who.tenant!r}) only"
+            )
+        if _flag(request, "single", True):
+            return {"runs": self.store.run_stats(who)}
+        return {who.user: self.store.user_stats(who)}
+
+    def administration(self, request: Request, who: Identity) -> Any:
+        """Routes of the official client's administrator objects (tenants, users)."""
+        what = request.url.path.removeprefix("/api/").split("/", 1)[0]
+        raise Forbidden(
+            f"{request.method} {request.url.path[:200]}: administration of {what} is not "
+            "available on simvue-otel server, which has no administrators; users and "
+            "tenants are made with 'simvue-otel server token --user NAME --tenant NAME'"
+        )
+
     def empty_list(self, request: Request, who: Identity) -> Any:
         self.store.get_run(who, request.path_params["run_id"])
         return []
@@ -266,7 +305,11 @@ class _API:
     def folders_get(self, request: Request, who: Identity) -> Any:
         predicate = parse_filters(request.query_params.get("filters"))
         data, total = self.store.list_folders(
-            who, predicate, _int(request, "start", 0) or 0, _int(request, "count", None)
+            who,
+            predicate,
+            _int(request, "start", 0) or 0,
+            _int(request, "count", None),
+            sorting=_sorting(request),
         )
         return {"data": data, "count": total}
 
@@ -304,13 +347,10 @@ class _API:
         predicate = parse_filters(
             request.query_params.get("filters"), _RUN_TIMES, {"folder.path": "folder"}
         )
-        sorting = _json_param(request, "sorting") or []
-        if not isinstance(sorting, list) or not all(isinstance(s, dict) for s in sorting):
-            raise StoreError("query parameter 'sorting' must be a JSON list of {id, desc}")
         data, total = self.store.list_runs(
             who,
             predicate,
-            sorting=sorting,
+            sorting=_sorting(request),
             start=_int(request, "start", 0) or 0,
             count=_int(request, "count", None),
             metrics=_flag(request, "return_metrics", True),
@@ -358,7 +398,11 @@ class _API:
     def tags_get(self, request: Request, who: Identity) -> Any:
         predicate = parse_filters(request.query_params.get("filters"))
         data, total = self.store.list_tags(
-            who, predicate, _int(request, "start", 0) or 0, _int(request, "count", None)
+            who,
+            predicate,
+            _int(request, "start", 0) or 0,
+            _int(request, "count", None),
+            sorting=_sorting(request),
         )
         return {"data": data, "count": total}
 
@@ -499,11 +543,47 @@ def _openapi(request: Request) -> Response:
     return JSONReply(openapi(API_VERSION))
 
 
+NOT_IMPLEMENTED = {
+    "alerts": "alerts",
+    "artifacts": "artifacts",
+    "storage": "storage",
+    "grids": "tensor grids",
+    "runs/*/artifacts": "artifacts",
+    "runs/*/grids": "tensor grids",
+    "runs/*/metrics": "tensor (grid) metrics",
+    "metrics/span": "metric spans",
+    "events/histogram": "event histograms",
+}
+"""Parts of the Simvue API this server does not implement, by path under ``/api`` (``*``:
+one segment), with what each is: a request for them answers 404 saying so."""
+
+
+def _unimplemented(path: str) -> str | None:
+    """What part of the Simvue API ``path`` belongs to, when it is one not implemented."""
+    parts = path.removeprefix("/api/").split("/") if path.startswith("/api/") else []
+    for prefix, what in NOT_IMPLEMENTED.items():
+        wanted = prefix.split("/")
+        if len(parts) >= len(wanted) and all(
+            w in ("*", p) for w, p in zip(wanted, parts, strict=False)
+        ):
+            return what
+    return None
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
+    what = _unimplemented(request.url.path)
+    if what:
+        return _error(
+            404,
+            f"{request.method} {request.url.path[:200]}: {what} are not implemented by "
+            "simvue-otel server (it stores runs, folders, tags, metadata, metrics and events)",
+        )
     return _error(404, f"no such endpoint: {request.method} {request.url.path}")
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    if _unimplemented(request.url.path):
+        return await _not_found(request, exc)
     return _error(405, f"method {request.method} not allowed on {request.url.path}")
 
 
@@ -522,6 +602,11 @@ def create_app(
         Route("/api/nosim/version", r(api.version), methods=["GET"]),
         Route("/api/whoami", r(api.whoami), methods=["GET"]),
         Route("/api/alerts", r(api.alerts), methods=["GET"]),
+        Route("/api/stats", r(api.stats), methods=["GET"]),
+        *(
+            Route(path, r(api.administration), methods=["GET", "POST", "PUT", "DELETE"])
+            for path in ADMIN_ROUTES
+        ),
         Route("/api/folders", r(api.folders_post), methods=["POST"]),
         Route("/api/folders", r(api.folders_get), methods=["GET"]),
         Route("/api/folders/{folder_id}", r(api.folder_get), methods=["GET"]),

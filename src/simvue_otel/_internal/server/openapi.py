@@ -149,16 +149,39 @@ def openapi(version: str) -> dict[str, Any]:
     """The description, for API version ``version``."""
     run_id, folder_id, tag_id = _path("run_id"), _path("folder_id"), _path("tag_id")
     starred = _object({"starred": _BOOL})
+    sorting = _query("sorting", {"type": "string"}, "a JSON list of {id, desc}")
+    admin = {
+        method: _op("administration (403: the server has no administrators)")
+        for method in ("get", "post", "put", "delete")
+    }
+    admin_one = {
+        method: _op(
+            "administration (403: the server has no administrators)",
+            params=[_path("identifier")],
+        )
+        for method in ("get", "post", "put", "delete")
+    }
     paths: dict[str, Any] = {
         "/api/version": {"get": _op("the API version")},
         "/api/whoami": {"get": _op("the token's user and tenant")},
         "/api/alerts": {"get": _op("alerts (none: not implemented)")},
+        "/api/stats": {
+            "get": _op(
+                "counts of your runs by status ({runs: {...}}); with single=false, of your "
+                "runs, tags, metric values and events, keyed by user name",
+                params=[_query("single", _BOOL), _query("tenant", _STR)],
+            )
+        },
+        "/api/tenants": admin,
+        "/api/tenants/{identifier}": admin_one,
+        "/api/users": admin,
+        "/api/users/{identifier}": admin_one,
         "/api/folders": {
             "post": _op(
                 "create a folder and its parents (409 with its id if it exists)",
                 body=_object({"path": _FOLDER, **_FOLDER_FIELDS}, ("path",)),
             ),
-            "get": _op("list folders", params=[_FILTERS, *_PAGE]),
+            "get": _op("list folders, newest first", params=[_FILTERS, *_PAGE, sorting]),
         },
         "/api/folders/{folder_id}": {
             "get": _op("read a folder", params=[folder_id]),
@@ -187,7 +210,7 @@ def openapi(version: str) -> dict[str, Any]:
                 params=[
                     _FILTERS,
                     *_PAGE,
-                    _query("sorting", {"type": "string"}, "a JSON list of {id, desc}"),
+                    sorting,
                     _query("return_metrics", _BOOL),
                 ],
             ),
@@ -213,7 +236,7 @@ def openapi(version: str) -> dict[str, Any]:
         "/api/runs/{run_id}/grids": {"get": _op("grids (none)", params=[run_id])},
         "/api/tags": {
             "post": _op("create a tag (409 with its id if it exists)", body=_object(_TAG_FIELDS)),
-            "get": _op("list tags", params=[_FILTERS, *_PAGE]),
+            "get": _op("list tags", params=[_FILTERS, *_PAGE, sorting]),
         },
         "/api/tags/{tag_id}": {
             "get": _op("read a tag", params=[tag_id]),

@@ -506,6 +506,9 @@ class Store:
 
     def _folder_api(self, row: sqlite3.Row) -> dict[str, Any]:
         doc = json.loads(row["doc"])
+        modified = _epoch(doc.get("modified"))
+        if modified is None:
+            modified = _epoch(row["created"])
         return {
             "id": row["id"],
             "path": row["path"],
@@ -516,19 +519,32 @@ class Store:
             "starred": doc.get("starred", False),
             "ttl": doc.get("ttl"),
             "created": format_time(row["created"]),
+            "modified": format_time(modified),
             "user": row["owner"],
             "visibility": {"public": False, "tenant": False, "users": []},
+            # numeric epochs for sorting; dropped before serving
+            "_created": _epoch(row["created"]),
+            "_modified": modified,
         }
 
     def list_folders(
-        self, who: Identity, predicate: Predicate, start: int = 0, count: int | None = None
+        self,
+        who: Identity,
+        predicate: Predicate,
+        start: int = 0,
+        count: int | None = None,
+        sorting: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[list[dict[str, Any]], int]:
+        """The caller's folders, newest first unless ``sorting`` says otherwise (as the
+        official client expects: ``Folder.get(count=10)`` must hold a folder just made)."""
         with self._read() as db:
             rows = db.execute(
-                "SELECT * FROM folders WHERE owner = ? ORDER BY created, path", (who.user,)
+                "SELECT * FROM folders WHERE owner = ? ORDER BY created DESC, rowid DESC",
+                (who.user,),
             ).fetchall()
         found = [f for f in _formatted(rows, self._folder_api) if predicate(f, who.user)]
-        return _page(found, start, count), len(found)
+        _sort_items(found, sorting, FOLDER_SORT_COLUMNS, "folders")
+        return [_public(f) for f in _page(found, start, count)], len(found)
 
     def get_folder(self, who: Identity, folder_id: str) -> dict[str, Any]:
         with self._read() as db:
@@ -537,7 +553,7 @@ class Store:
             ).fetchone()
         if row is None:
             raise NotFound(f"folder {folder_id!r} not found")
-        return self._folder_api(row)
+        return _public(self._folder_api(row))
 
     def update_folder(self, who: Identity, folder_id: str, changes: Mapping[str, Any]) -> None:
         if not isinstance(changes, Mapping):
@@ -560,6 +576,7 @@ class Store:
                     doc["ttl"] = _check_ttl(value, "ttl")
                 elif key in ("description", "name", "starred"):
                     doc[key] = value
+            doc["modified"] = time.time()
             db.execute("UPDATE folders SET doc = ? WHERE id = ?", (json.dumps(doc), folder_id))
 
     def delete_folder(
@@ -646,13 +663,19 @@ class Store:
         }
 
     def list_tags(
-        self, who: Identity, predicate: Predicate, start: int = 0, count: int | None = None
+        self,
+        who: Identity,
+        predicate: Predicate,
+        start: int = 0,
+        count: int | None = None,
+        sorting: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[list[dict[str, Any]], int]:
         with self._read() as db:
             rows = db.execute(
                 "SELECT * FROM tags WHERE owner = ? ORDER BY created, name", (who.user,)
             ).fetchall()
         found = [t for t in _formatted(rows, self._tag_api) if predicate(t, who.user)]
+        _sort_items(found, sorting, TAG_SORT_COLUMNS, "tags")
         return _page(found, start, count), len(found)
 
     def get_tag(self, who: Identity, tag_id: str) -> dict[str, Any]:
@@ -1103,7 +1126,8 @@ class Store:
     def get_metrics(
         self, who: Identity, run_ids: Sequence[str], names: Sequence[str], xaxis: str
     ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-        """Points per run and metric, ordered by step (then arrival)."""
+        """Points per run and metric, ordered by step (then arrival); only runs and metrics
+        that have points appear."""
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         with self._read() as db:
             for run_id in self._visible_runs(db, who, run_ids):
@@ -1124,7 +1148,10 @@ class Store:
                             }
                             for r in rows
                         ]
-                out[run_id] = per_metric
+                # A run with none of the metrics asked for is left out: the official client
+                # reads the first metric of the first run, and answers "no data" for ``{}``.
+                if per_metric:
+                    out[run_id] = per_metric
         return out
 
     def metric_names(self, who: Identity, run_ids: Sequence[str]) -> list[str]:
@@ -1153,6 +1180,41 @@ class Store:
         ]
         found = [e for e in events if predicate({"event": e, **e}, who.user)]
         return _page(found, start, count), len(found)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def run_stats(self, who: Identity) -> dict[str, int]:
+        """How many of the caller's runs are in each status."""
+        self.sweep()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT status, COUNT(*) AS n FROM runs WHERE owner = ? GROUP BY status",
+                (who.user,),
+            ).fetchall()
+        counts = dict.fromkeys(RUN_STATUSES, 0)
+        for row in rows:
+            if row["status"] in counts:
+                counts[row["status"]] = int(row["n"])
+        return counts
+
+    def user_stats(self, who: Identity) -> dict[str, int]:
+        """What the caller holds: runs, tags, metric values and events (alerts, files and
+        their volume are always 0: the server stores none)."""
+        with self._read() as db:
+
+            def one(sql: str) -> int:
+                return int(db.execute(sql, (who.user,)).fetchone()[0])
+
+            owned = "SELECT id FROM runs WHERE owner = ?"
+            return {
+                "runs": one("SELECT COUNT(*) FROM runs WHERE owner = ?"),
+                "alerts": 0,
+                "tags": one("SELECT COUNT(*) FROM tags WHERE owner = ?"),
+                "files": 0,
+                "volume": 0,
+                "events": one(f"SELECT COUNT(*) FROM events WHERE run_id IN ({owned})"),  # noqa: S608
+                "metrics": one(f"SELECT COUNT(*) FROM metrics WHERE run_id IN ({owned})"),  # noqa: S608
+            }
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -1212,6 +1274,41 @@ class _Transaction:
                 self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
+
+
+FOLDER_SORT_COLUMNS = ("created", "modified", "path", "name", "metadata.<key>")
+"""What folders can be sorted on (the official client allows created, modified, path and
+metadata.*)."""
+TAG_SORT_COLUMNS = ("created", "name")
+"""What tags can be sorted on (as the official client allows)."""
+
+
+def _sort_items(
+    items: list[dict[str, Any]],
+    sorting: Sequence[Mapping[str, Any]],
+    allowed: Sequence[str],
+    what: str,
+) -> None:
+    """Sort ``items`` in place by each ``{id, desc}`` of ``sorting``, first one first; a
+    column not in ``allowed`` (``metadata.<key>`` standing for any metadata key) answers 400
+    naming it. Times sort by their numeric ``_<column>`` when the item has one."""
+    for spec in sorting:
+        column = spec.get("id")
+        if not isinstance(column, str) or not (
+            column in allowed
+            or ("metadata.<key>" in allowed and column.startswith("metadata.") and column[9:])
+        ):
+            raise StoreError(
+                f"query parameter 'sorting': {what} can be sorted by "
+                f"{', '.join(allowed)}, not {str(column)[:100]!r}"
+            )
+    for spec in reversed(list(sorting)):
+        column = str(spec["id"])
+
+        def key(item: dict[str, Any], c: str = column) -> tuple[int, Any]:
+            return _sort_key(item[f"_{c}"] if f"_{c}" in item else _dig(item, c))
+
+        items.sort(key=key, reverse=bool(spec.get("desc", False)))
 
 
 def _page(items: list[dict[str, Any]], start: int, count: int | None) -> list[dict[str, Any]]:

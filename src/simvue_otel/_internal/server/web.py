@@ -396,7 +396,7 @@ def web_routes(store: Store) -> list[Route]:
         ) + (f"; users: {', '.join(vis.get('users') or [])}" if vis.get("users") else "")
         metadata = "".join(
             f"<tr><td>{_e(k)}</td><td>{_e(json.dumps(v))}</td></tr>"
-            for k, v in sorted(_flat(run.get("metadata") or {}).items())
+            for k, v in sorted(_flat(user_metadata(run.get("metadata"))).items())
         )
 
         def plots(group: list[str]) -> str:
@@ -443,12 +443,30 @@ def web_routes(store: Store) -> list[Route]:
         )
         return _page(str(run["name"]), body, who)
 
+    def dashboard_run(request: Request) -> Response:
+        """The address the official client prints for a run (``Monitor in the UI at
+        <server>/dashboard/runs/run/<id>``), sent on to the run's page here."""
+        return RedirectResponse(f"/runs/{quote(request.path_params['run_id'], safe='')}", 303)
+
     return [
         Route("/", runs, methods=["GET"]),
         Route("/runs/{run_id}", run_page, methods=["GET"]),
+        Route("/dashboard/runs/run/{run_id}", dashboard_run, methods=["GET"]),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["GET"]),
     ]
+
+
+BOOKKEEPING_PREFIX = "simvue_otel"
+"""Top-level metadata keys simvue-otel keeps for itself (the run key, see
+``conventions.RUN_KEY_METADATA``): kept by the API, not shown among the user's metadata."""
+
+
+def user_metadata(metadata: Any) -> dict[str, Any]:
+    """A run's metadata as its user gave it: without simvue-otel's bookkeeping keys."""
+    if not isinstance(metadata, dict):
+        return {}
+    return {k: v for k, v in metadata.items() if not str(k).startswith(BOOKKEEPING_PREFIX)}
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
