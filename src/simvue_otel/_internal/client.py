@@ -37,7 +37,7 @@ import requests
 from opentelemetry import context as otel_context
 
 from .config import Secret, SimvueConfig, server_root
-from .conventions import RUN_KEY_METADATA
+from .conventions import ENDED_STATUSES, RUN_KEY_METADATA
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -468,7 +468,7 @@ class SimvueClient:
     def set_status(self, run_id: str, status: str, *, endtime: float | None = None) -> None:
         """Set the status; a final status also records the end time."""
         changes: dict[str, Any] = {"status": status}
-        if status in ("completed", "failed", "terminated", "lost"):
+        if status in ENDED_STATUSES:
             changes["endtime"] = format_timestamp(endtime if endtime is not None else time.time())
         self.update_run(run_id, **changes)
 

@@ -43,7 +43,14 @@ RUN_STATUS: Final = "simvue.run.status"
 ERROR → ``failed``, OK/UNSET → ``completed``."""
 
 RUN_STATUSES: Final = ("created", "running", "completed", "failed", "terminated", "lost")
+"""Every status a Simvue run can have (the server sets ``lost``; a client never does)."""
+LIVE_STATUSES: Final = ("created", "running")
 FINAL_STATUSES: Final = ("completed", "failed", "terminated")
+"""Statuses a client ends a run with."""
+ENDED_STATUSES: Final = (*FINAL_STATUSES, "lost")
+"""Statuses of a run that has ended (it has an end time)."""
+SETTABLE_STATUSES: Final = tuple(s for s in RUN_STATUSES if s != "lost")
+"""Statuses a client may state."""
 
 VISIBILITY_VALUES: Final = ("private", "tenant", "public")
 
@@ -171,7 +178,10 @@ request. When none but ``service.name`` is present, every attribute of the Resou
 
 # -- Server-side bookkeeping -------------------------------------------------------------------
 
-RUN_KEY_METADATA: Final = "simvue_otel_run_key"
+BOOKKEEPING_PREFIX: Final = "simvue_otel"
+"""Top-level metadata keys starting with this are simvue-otel's own bookkeeping: the API keeps
+them, the web view does not show them among the user's metadata."""
+RUN_KEY_METADATA: Final = f"{BOOKKEEPING_PREFIX}_run_key"
 """The flat metadata key holding the run key on the Simvue run, so any process (an exporter,
 ``simvue-otel send``, a bridge replica) finds the run with a ``metadata.<key> == <run key>``
 filter instead of making a second one: a Simvue server does not deduplicate runs."""

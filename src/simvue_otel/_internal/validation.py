@@ -43,8 +43,8 @@ _MAX_FOLDER = 1024
 _MAX_TAG = 255
 _MAX_METRIC_NAME = 255
 
-RUN_STATUSES: tuple[str, ...] = ("created", "running", "completed", "failed", "terminated")
-LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
+RUN_STATUSES: tuple[str, ...] = cv.SETTABLE_STATUSES
+LOG_LEVELS: tuple[str, ...] = cv.LOG_LEVELS
 
 _NAME_RULE = (
     "must be a non-empty string of at most 255 letters, digits, spaces or any of - _ / . : "

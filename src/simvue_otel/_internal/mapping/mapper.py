@@ -266,7 +266,7 @@ class Mapper:
         if final:
             if status not in cv.FINAL_STATUSES:
                 status = "failed" if span.status == STATUS_ERROR else self.unset_status
-        elif status not in ("created", "running"):
+        elif status not in cv.LIVE_STATUSES:
             status = "running"
         state.origin = min(state.origin, span.start)
         state.has_state = True

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import conventions as cv
 from ..names import generate_run_name
 from .auth import Identity
 from .filters import Predicate
@@ -44,9 +45,9 @@ __all__ = [
     "StoreError",
 ]
 
-RUN_STATUSES = ("created", "running", "completed", "failed", "terminated", "lost")
+RUN_STATUSES = cv.RUN_STATUSES
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
-_NAME_RE = re.compile(r"^[a-zA-Z0-9\-\_\s\/\.:]+$")
+_NAME_RE = re.compile(rf"^{cv.NAME_PATTERN}$")
 _ID_ALPHABET = string.ascii_letters + string.digits
 _LOG = logging.getLogger("simvue_otel.server")
 _MAX_INT = 2**63 - 1
@@ -956,9 +957,7 @@ class Store:
                         doc["started"] = doc.get("started") or now
                         doc["endtime"] = None
                         cols["last_heartbeat"] = now
-                    elif (
-                        value in ("completed", "failed", "terminated") and "endtime" not in changes
-                    ):
+                    elif value in cv.FINAL_STATUSES and "endtime" not in changes:
                         doc["endtime"] = now
                 elif key in ("endtime", "started"):
                     doc[key] = parse_time(value, key)

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from .. import conventions as cv
 from .app import LOGIN_MAX_BODY, read_body
 from .auth import _ALGORITHM, _ISSUER, Identity, TokenError, issued_at, verify_token
 from .filters import FilterError, parse_filters
@@ -41,7 +42,7 @@ CSRF_COOKIE = "simvue_otel_csrf"
 SESSION_SECONDS = 7 * 86400
 """How long a web session lasts (signing out, or revoking the user's tokens, ends it sooner)."""
 _LOGIN_USE = "web-login"
-_STATUSES = ("created", "running", "completed", "failed", "terminated", "lost")
+_STATUSES = cv.RUN_STATUSES
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -457,9 +458,7 @@ def web_routes(store: Store) -> list[Route]:
     ]
 
 
-BOOKKEEPING_PREFIX = "simvue_otel"
-"""Top-level metadata keys simvue-otel keeps for itself (the run key, see
-``conventions.RUN_KEY_METADATA``): kept by the API, not shown among the user's metadata."""
+BOOKKEEPING_PREFIX = cv.BOOKKEEPING_PREFIX
 
 
 def user_metadata(metadata: Any) -> dict[str, Any]:
