@@ -4,18 +4,5 @@ These are the names the ``opentelemetry_*_exporter`` entry points point at, so t
 ``OTEL_TRACES_EXPORTER=simvue`` (and the metrics and logs equivalents) select them.
 """
 
-from ._internal.exporters import (
-    SimvueLogExporter,
-    SimvueLogRecordProcessor,
-    SimvueMetricExporter,
-    SimvueSpanExporter,
-    SimvueSpanProcessor,
-)
-
-__all__ = [
-    "SimvueLogExporter",
-    "SimvueLogRecordProcessor",
-    "SimvueMetricExporter",
-    "SimvueSpanExporter",
-    "SimvueSpanProcessor",
-]
+from ._internal.exporters import *  # noqa: F403  (the names of its __all__, listed there once)
+from ._internal.exporters import __all__ as __all__

@@ -10,17 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..conventions import METRICS_EVENT
-from .model import (
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_UNSET,
-    HistogramValue,
-    OtelEvent,
-    OtelLog,
-    OtelMetric,
-    OtelPoint,
-    OtelSpan,
-)
+from . import model
 
 __all__ = ["logs_from_sdk", "map_sdk_logs", "metrics_from_sdk", "span_from_sdk", "spans_from_sdk"]
 
@@ -39,13 +29,15 @@ def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
 def _status(span: Any) -> tuple[str, str]:
     status = getattr(span, "status", None)
     if status is None:
-        return STATUS_UNSET, ""
+        return model.STATUS_UNSET, ""
     name = getattr(status.status_code, "name", "UNSET")
-    code = {"OK": STATUS_OK, "ERROR": STATUS_ERROR}.get(name, STATUS_UNSET)
+    code = {"OK": model.STATUS_OK, "ERROR": model.STATUS_ERROR}.get(name, model.STATUS_UNSET)
     return code, status.description or ""
 
 
-def span_from_sdk(span: Any, resource_cache: dict[int, dict[str, Any]] | None = None) -> OtelSpan:
+def span_from_sdk(
+    span: Any, resource_cache: dict[int, dict[str, Any]] | None = None
+) -> model.OtelSpan:
     """One SDK span (``ReadableSpan``, or a live ``Span`` seen at start) in the neutral model."""
     resource = span.resource
     if resource_cache is not None:
@@ -57,7 +49,7 @@ def span_from_sdk(span: Any, resource_cache: dict[int, dict[str, Any]] | None = 
     code, message = _status(span)
     parent = span.parent
     end = span.end_time
-    return OtelSpan(
+    return model.OtelSpan(
         resource=attrs,
         name=span.name,
         trace_id=span.context.trace_id,
@@ -69,21 +61,21 @@ def span_from_sdk(span: Any, resource_cache: dict[int, dict[str, Any]] | None = 
         status=code,
         status_message=message,
         events=tuple(
-            OtelEvent(e.name, e.timestamp * _NS, _attrs(e.attributes)) for e in span.events
+            model.OtelEvent(e.name, e.timestamp * _NS, _attrs(e.attributes)) for e in span.events
         ),
     )
 
 
-def spans_from_sdk(spans: Iterable[Any]) -> list[OtelSpan]:
+def spans_from_sdk(spans: Iterable[Any]) -> list[model.OtelSpan]:
     """SDK ``ReadableSpan`` objects in the neutral model (resources converted once each)."""
     cache: dict[int, dict[str, Any]] = {}
     return [span_from_sdk(s, cache) for s in spans]
 
 
-def logs_from_sdk(records: Iterable[Any]) -> list[OtelLog]:
+def logs_from_sdk(records: Iterable[Any]) -> list[model.OtelLog]:
     """SDK ``ReadableLogRecord``/``ReadWriteLogRecord`` objects in the neutral model."""
     cache: dict[int, dict[str, Any]] = {}
-    out: list[OtelLog] = []
+    out: list[model.OtelLog] = []
     for item in records:
         record = item.log_record
         resource = item.resource
@@ -93,7 +85,7 @@ def logs_from_sdk(records: Iterable[Any]) -> list[OtelLog]:
         stamp = record.timestamp or record.observed_timestamp or 0
         severity = record.severity_number
         out.append(
-            OtelLog(
+            model.OtelLog(
                 resource=attrs,
                 body=record.body,
                 timestamp=stamp * _NS,
@@ -130,25 +122,25 @@ def map_sdk_logs(mapper: Any, records: Sequence[Any]) -> list[Any]:
     return out
 
 
-def _points(data: Any) -> Iterator[OtelPoint]:
+def _points(data: Any) -> Iterator[model.OtelPoint]:
     for point in data.data_points:
         start = point.start_time_unix_nano * _NS if point.start_time_unix_nano else None
-        value: float | HistogramValue
+        value: float | model.HistogramValue
         if hasattr(point, "value"):
             value = point.value
         else:
-            value = HistogramValue(
+            value = model.HistogramValue(
                 count=int(point.count),
                 sum=point.sum,
                 min=getattr(point, "min", None),
                 max=getattr(point, "max", None),
             )
-        yield OtelPoint(_attrs(point.attributes), point.time_unix_nano * _NS, start, value)
+        yield model.OtelPoint(_attrs(point.attributes), point.time_unix_nano * _NS, start, value)
 
 
-def metrics_from_sdk(metrics_data: Any) -> list[OtelMetric]:
+def metrics_from_sdk(metrics_data: Any) -> list[model.OtelMetric]:
     """An SDK ``MetricsData`` in the neutral model: one entry per instrument and Resource."""
-    out: list[OtelMetric] = []
+    out: list[model.OtelMetric] = []
     for resource_metrics in metrics_data.resource_metrics:
         resource = _attrs(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
@@ -165,7 +157,7 @@ def metrics_from_sdk(metrics_data: Any) -> list[OtelMetric]:
                     continue
                 temporality = getattr(data, "aggregation_temporality", None)
                 out.append(
-                    OtelMetric(
+                    model.OtelMetric(
                         resource=resource,
                         name=metric.name,
                         kind=kind,

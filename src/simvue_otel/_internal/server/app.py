@@ -121,6 +121,19 @@ def _names(request: Request, name: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def _listing(request: Request, who: Identity, lister: Callable[..., Any]) -> dict[str, Any]:
+    """A folder or tag listing: ``filters``, ``start``, ``count`` and ``sorting`` from the
+    query, answered ``{"data": [...], "count": total}`` as the official client reads it."""
+    data, total = lister(
+        who,
+        parse_filters(request.query_params.get("filters")),
+        _int(request, "start", 0) or 0,
+        _int(request, "count", None),
+        sorting=_sorting(request),
+    )
+    return {"data": data, "count": total}
+
+
 def _sorting(request: Request) -> list[dict[str, Any]]:
     """The ``sorting`` query parameter: a JSON list of ``{"id": column, "desc": bool}``."""
     sorting = _json_param(request, "sorting") or []
@@ -303,15 +316,7 @@ class _API:
         return {"id": folder_id}
 
     def folders_get(self, request: Request, who: Identity) -> Any:
-        predicate = parse_filters(request.query_params.get("filters"))
-        data, total = self.store.list_folders(
-            who,
-            predicate,
-            _int(request, "start", 0) or 0,
-            _int(request, "count", None),
-            sorting=_sorting(request),
-        )
-        return {"data": data, "count": total}
+        return _listing(request, who, self.store.list_folders)
 
     def folder_get(self, request: Request, who: Identity) -> Any:
         return self.store.get_folder(who, request.path_params["folder_id"])
@@ -396,15 +401,7 @@ class _API:
         return {"id": tag_id}
 
     def tags_get(self, request: Request, who: Identity) -> Any:
-        predicate = parse_filters(request.query_params.get("filters"))
-        data, total = self.store.list_tags(
-            who,
-            predicate,
-            _int(request, "start", 0) or 0,
-            _int(request, "count", None),
-            sorting=_sorting(request),
-        )
-        return {"data": data, "count": total}
+        return _listing(request, who, self.store.list_tags)
 
     def tag_get(self, request: Request, who: Identity) -> Any:
         return self.store.get_tag(who, request.path_params["tag_id"])
