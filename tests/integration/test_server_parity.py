@@ -509,3 +509,26 @@ def test_run_page_hides_bookkeeping_metadata_that_the_api_keeps(
     keys = re.findall(r"<tr><td>([^<]*)</td>", table.group(1))
     assert keys == ["my_simvue_otel_note", "nested.simvue_otel_run_key", "solver"]
     assert "key-0123456789" not in page.text and "internal" not in page.text
+
+
+# -- the official client's name rules, server side -----------------------------------------------
+
+
+def test_the_server_takes_the_official_names_and_refuses_the_rest_naming_the_field(
+    local_server: LocalServer,
+) -> None:
+    user = _unique("names")
+    run_id = _run(
+        local_server, user, name=f"my run: {uuid.uuid4().hex[:6]}/a", folder="/my sims/x",
+        tags=["fine tag", "ünïcode.tag-1"],
+    )  # fmt: skip
+    _metrics(local_server, user, run_id, [{"loss (%)": 1.0, "a/b:c=d": 2.0}])
+    refused = _api(local_server, "POST", "/runs", user, json={"folder": "/", "tags": ["a:b"]})
+    assert refused.status_code == 422 and "tags.0" in refused.text
+    entries = [{"values": {"bad#name": 1.0}, "step": 0, "time": 0.0,
+                "timestamp": "2026-01-01T00:00:00.000000"}]  # fmt: skip
+    refused = _api(local_server, "POST", "/metrics", user, json={"run": run_id, "metrics": entries})
+    assert refused.status_code == 422
+    assert "metrics.0.values" in refused.text and "bad#name" in refused.text
+    refused = _api(local_server, "POST", "/runs", user, json={"folder": "/", "name": "x#y"})
+    assert refused.status_code == 422 and "name" in refused.text

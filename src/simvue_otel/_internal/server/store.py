@@ -48,6 +48,8 @@ __all__ = [
 RUN_STATUSES = cv.RUN_STATUSES
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 _NAME_RE = re.compile(rf"^{cv.NAME_PATTERN}$")
+_TAG_RE = re.compile(cv.TAG_PATTERN)
+_METRIC_NAME_RE = re.compile(cv.METRIC_NAME_PATTERN)
 _ID_ALPHABET = string.ascii_letters + string.digits
 _LOG = logging.getLogger("simvue_otel.server")
 _MAX_INT = 2**63 - 1
@@ -200,8 +202,11 @@ def _check_ttl(value: Any, field: str) -> int | None:
 def _check_tags(value: Any) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-        raise _invalid("tags", "must be a list of non-empty strings")
+    if not isinstance(value, list):
+        raise _invalid("tags", "must be a list of tags")
+    for i, tag in enumerate(value):
+        if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
+            raise _invalid(f"tags.{i}", f"must match {_TAG_RE.pattern} (the official rule)")
     return list(dict.fromkeys(value))
 
 
@@ -1047,6 +1052,7 @@ class Store:
         if not isinstance(entries, list):
             raise _invalid("metrics", "must be a list of {values, step, time, timestamp}")
         rows: list[tuple[Any, ...]] = []
+        names_seen: set[Any] = set()  # each name is checked once per batch
         for i, entry in enumerate(entries):
             if not isinstance(entry, Mapping):
                 raise _invalid(f"metrics.{i}", "must be an object")
@@ -1069,8 +1075,14 @@ class Store:
             if not isinstance(values, Mapping):
                 raise _invalid(f"metrics.{i}.values", "must be an object of name: number")
             for name, value in values.items():
-                if not isinstance(name, str) or not name:
-                    raise _invalid(f"metrics.{i}.values", "metric names must be strings")
+                if name not in names_seen:
+                    if not isinstance(name, str) or not _METRIC_NAME_RE.fullmatch(name):
+                        raise _invalid(
+                            f"metrics.{i}.values",
+                            f"metric names must match {_METRIC_NAME_RE.pattern} (the official "
+                            f"rule), not {name!r}",
+                        )
+                    names_seen.add(name)
                 if not isinstance(value, (int, float)):  # bools count: Simvue takes them
                     raise _invalid(f"metrics.{i}.values.{name}", "must be a number")
                 try:
