@@ -258,6 +258,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL, name TEXT NOT NULL, step INTEGER NOT NULL, time REAL,
     timestamp TEXT, value REAL);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, name, step);
+-- Per run and metric, kept up to date as points arrive, so that run documents and listings cost
+-- the same whatever a run holds: count, non-NaN count, min, max, sum, and the value at the
+-- highest step (the latest stored of equal steps).
+CREATE TABLE IF NOT EXISTS metric_summary (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL, finite INTEGER NOT NULL,
+    lo REAL, hi REAL, total REAL, step INTEGER NOT NULL, last REAL,
+    PRIMARY KEY (run_id, name));
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, message TEXT NOT NULL,
     log_level TEXT NOT NULL, timestamp TEXT NOT NULL);
@@ -297,6 +304,7 @@ class Store:
             columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(users)")}
             if "tokens_after" not in columns:  # a database made before revocation existed
                 self._conn.execute("ALTER TABLE users ADD COLUMN tokens_after REAL")
+            self._summarise_older_points()
         self._last_sweep = 0.0
         # Readers: idle connections, taken by one read at a time (WAL lets them read while
         # the writer writes); as many as reads ever ran at once, which the server's thread
@@ -826,13 +834,57 @@ class Store:
             raise Forbidden(f"run {run_id!r} belongs to another user; it is read-only to you")
         return row
 
+    def _summarise_older_points(self) -> None:
+        """Fill the summaries of a database written before they were kept (once)."""
+        done = self._conn.execute("SELECT 1 FROM meta WHERE key = 'metric_summary'").fetchone()
+        if done is not None:
+            return
+        with self._conn:
+            self._conn.execute("DELETE FROM metric_summary")
+            self._conn.execute(
+                "INSERT INTO metric_summary (run_id, name, n, finite, lo, hi, total, step, last) "
+                "SELECT m.run_id, m.name, COUNT(*), COUNT(m.value), MIN(m.value), MAX(m.value), "
+                "TOTAL(m.value), MAX(m.step), (SELECT value FROM metrics l WHERE l.run_id = "
+                "m.run_id AND l.name = m.name ORDER BY l.step DESC, l.rowid DESC LIMIT 1) "
+                "FROM metrics m GROUP BY m.run_id, m.name"
+            )
+            self._conn.execute("INSERT INTO meta (key, value) VALUES ('metric_summary', '1')")
+
+    @staticmethod
+    def _summarise(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Add a batch's points ``(run_id, name, step, time, timestamp, value)`` to the
+        summaries (inside the batch's transaction: both or neither)."""
+        batch: dict[tuple[Any, Any], list[Any]] = {}
+        for run_id, name, step, _t, _stamp, value in rows:
+            s = batch.get((run_id, name))
+            if s is None:
+                s = batch[(run_id, name)] = [0, 0, None, None, 0.0, step, value]
+            s[0] += 1
+            if value is not None:
+                s[1] += 1
+                s[2] = value if s[2] is None else min(s[2], value)
+                s[3] = value if s[3] is None else max(s[3], value)
+                s[4] += value
+            if step >= s[5]:  # the latest stored of the highest step
+                s[5], s[6] = step, value
+        db.executemany(
+            "INSERT INTO metric_summary (run_id, name, n, finite, lo, hi, total, step, last) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (run_id, name) DO UPDATE SET "
+            "n = n + excluded.n, finite = finite + excluded.finite, "
+            "lo = CASE WHEN lo IS NULL THEN excluded.lo WHEN excluded.lo IS NULL THEN lo "
+            "ELSE MIN(lo, excluded.lo) END, "
+            "hi = CASE WHEN hi IS NULL THEN excluded.hi WHEN excluded.hi IS NULL THEN hi "
+            "ELSE MAX(hi, excluded.hi) END, "
+            "total = total + excluded.total, "
+            "last = CASE WHEN excluded.step >= step THEN excluded.last ELSE last END, "
+            "step = MAX(step, excluded.step)",
+            [(run_id, name, *s) for (run_id, name), s in batch.items()],
+        )
+
     def _metric_summary(self, db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         rows = db.execute(
-            "SELECT m.name, COUNT(*) AS n, MIN(m.value) AS lo, MAX(m.value) AS hi, "
-            "AVG(m.value) AS mean, MAX(m.step) AS step, "
-            "(SELECT value FROM metrics l WHERE l.run_id = m.run_id AND l.name = m.name "
-            " ORDER BY l.step DESC, l.rowid DESC LIMIT 1) AS last "
-            "FROM metrics m WHERE m.run_id = ? GROUP BY m.name",
+            "SELECT name, n, finite, lo, hi, total, step, last FROM metric_summary "
+            "WHERE run_id = ? ORDER BY name",
             (run_id,),
         ).fetchall()
         return {
@@ -840,7 +892,7 @@ class Store:
                 "count": r["n"],
                 "min": r["lo"],
                 "max": r["hi"],
-                "average": r["mean"],
+                "average": r["total"] / r["finite"] if r["finite"] else None,
                 "last": r["last"],
                 "step": r["step"],
             }
@@ -1002,6 +1054,7 @@ class Store:
     def _delete_runs(db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
         rows = [(r,) for r in run_ids]
         db.executemany("DELETE FROM metrics WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM metric_summary WHERE run_id = ?", rows)
         db.executemany("DELETE FROM events WHERE run_id = ?", rows)
         db.executemany("DELETE FROM runs WHERE id = ?", rows)
 
@@ -1099,6 +1152,7 @@ class Store:
                 "VALUES (?,?,?,?,?,?)",
                 rows,
             )
+            self._summarise(db, rows)
         return len(rows)
 
     def add_events(self, who: Identity, run_id: Any, entries: Any) -> int:
@@ -1171,10 +1225,61 @@ class Store:
             names: dict[str, None] = {}
             for run_id in visible:
                 for r in db.execute(
-                    "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,)
+                    "SELECT name FROM metric_summary WHERE run_id = ? ORDER BY name", (run_id,)
                 ):
                     names[str(r["name"])] = None
         return list(names)
+
+    def plot_points(
+        self, who: Identity, run_id: str, names: Sequence[str], xaxis: str, buckets: int = 1000
+    ) -> dict[str, list[tuple[float, float]]]:
+        """What a plot of each metric needs: every ``(x, value)`` point up to ``2 * buckets``
+        of them; beyond, an envelope, the lowest and the highest value in each of ``buckets``
+        equal slices of x, read through the (run, metric, step) index, so a run page costs
+        about the same whether a metric holds a thousand points or a million. NaN and points
+        without an x are left out (nothing to draw)."""
+        column = "step" if xaxis == "step" else "time"
+        out: dict[str, list[tuple[float, float]]] = {}
+        with self._read() as db:
+            if not self._visible_runs(db, who, [run_id]):
+                return out
+            for name in names:
+                key = (run_id, name)
+                held = db.execute(
+                    "SELECT n FROM metric_summary WHERE run_id = ? AND name = ?", key
+                ).fetchone()
+                if held is None:
+                    continue
+                where = f"run_id = ? AND name = ? AND {column} IS NOT NULL AND value IS NOT NULL"
+                if held["n"] <= 2 * buckets:
+                    rows = db.execute(
+                        f"SELECT {column} AS x, value FROM metrics WHERE {where} "  # noqa: S608
+                        "ORDER BY step, rowid",
+                        key,
+                    ).fetchall()
+                    out[name] = [(float(r["x"]), float(r["value"])) for r in rows]
+                    continue
+                span = db.execute(  # by step: two seeks in the index, whatever the count
+                    f"SELECT MIN({column}) AS lo, MAX({column}) AS hi FROM metrics "  # noqa: S608
+                    f"WHERE run_id = ? AND name = ? AND {column} IS NOT NULL",
+                    key,
+                ).fetchone()
+                if span["lo"] is None:
+                    continue
+                width = (float(span["hi"]) - float(span["lo"])) / buckets or 1.0
+                rows = db.execute(
+                    f"SELECT MIN(CAST(({column} - ?) / ? AS INTEGER), ?) AS b, "  # noqa: S608
+                    f"MIN({column}) AS x0, "
+                    f"MAX({column}) AS x1, MIN(value) AS lo, MAX(value) AS hi "
+                    f"FROM metrics WHERE {where} GROUP BY b ORDER BY b",
+                    (span["lo"], width, buckets - 1, *key),
+                ).fetchall()
+                points: list[tuple[float, float]] = []
+                for r in rows:
+                    points.append((float(r["x0"]), float(r["lo"])))
+                    points.append((float(r["x1"]), float(r["hi"])))
+                out[name] = points
+        return out
 
     def get_events(
         self, who: Identity, run_id: str, predicate: Predicate, start: int, count: int | None

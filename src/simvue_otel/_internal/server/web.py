@@ -389,7 +389,7 @@ def web_routes(store: Store) -> list[Route]:
         if x_axis not in ("step", "time"):
             x_axis = "step"
         names = store.metric_names(who, [run_id])
-        series = store.get_metrics(who, [run_id], names, x_axis).get(run_id, {})
+        series = store.plot_points(who, run_id, names, x_axis)
         events, _ = store.get_events(who, run_id, lambda *_: True, 0, None)
         vis = run.get("visibility") or {}
         shared = (
@@ -403,14 +403,7 @@ def web_routes(store: Store) -> list[Route]:
         def plots(group: list[str]) -> str:
             return "".join(
                 f'<div class="plot" data-metric="{_e(name)}"><h4>{_e(name)}</h4>'
-                + svg_plot(
-                    [
-                        (float(p[x_axis]), float(p["value"]))
-                        for p in series.get(name, [])
-                        if p[x_axis] is not None  # a point logged without a time
-                    ],
-                    x_label=x_axis,
-                )
+                + svg_plot(series.get(name, []), x_label=x_axis)
                 + "</div>"
                 for name in group
             )
