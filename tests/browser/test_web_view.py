@@ -159,7 +159,7 @@ def test_a_user_cannot_see_another_users_private_run(
         private = make_run(client, folder, "owners-secret", ["private"], 5)
     sign_in(browser, local_server, local_server.token_for("web-other"))
     browser.get(f"{local_server.url}/runs/{private}")
-    assert "No such run" in browser.page_source
+    wait_for(lambda: "No such run" in browser.page_source)  # a 404 page: wait until it shows
     browser.get(f"{local_server.url}/?folder={folder}")
     assert browser.find_elements(By.CSS_SELECTOR, "#runs tr.run-row") == []
 
