@@ -65,10 +65,16 @@ def test_a_database_written_before_summaries_gets_them_on_opening(tmp_path: Path
     store.add_metrics(who, run, _entries(points))
     with sqlite3.connect(path) as db:  # as an older release left it: points, no summaries
         db.execute("DELETE FROM metric_summary")
-        db.execute("DELETE FROM meta WHERE key = 'metric_summary'")
+        db.execute("DELETE FROM metric_envelope")
+        db.execute("DELETE FROM meta WHERE key = 'metric_summary_v2'")
     reopened = Store(path)
     assert reopened.get_run(who, run)["metrics"]["m"] == _expected(points)
     assert reopened.metric_names(who, [run]) == ["m"]
+    # the envelope was filled too: steps 0-29 are one slice, drawn as its lowest and highest
+    assert reopened.plot_points(who, run, ["m"], "step", buckets=5)["m"] == [
+        (0.0, 0.0),
+        (29.0, 841.0),
+    ]
 
 
 def test_a_deleted_run_leaves_no_summary(store: Store) -> None:

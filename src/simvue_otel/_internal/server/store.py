@@ -237,6 +237,9 @@ def _session_key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
+_SLICE_BITS = 10
+"""Steps per envelope slice: 2**10 = 1,024 (a million steps are a thousand slices)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -265,6 +268,13 @@ CREATE TABLE IF NOT EXISTS metric_summary (
     run_id TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL, finite INTEGER NOT NULL,
     lo REAL, hi REAL, total REAL, step INTEGER NOT NULL, last REAL,
     PRIMARY KEY (run_id, name));
+-- Per run, metric and slice of 1,024 steps: the lowest and highest value and the slice's first
+-- and last step, kept as points arrive, so a run page plots a metric of a million points from
+-- about a thousand rows.
+CREATE TABLE IF NOT EXISTS metric_envelope (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, slice INTEGER NOT NULL,
+    lo REAL NOT NULL, hi REAL NOT NULL, x0 INTEGER NOT NULL, x1 INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name, slice));
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, message TEXT NOT NULL,
     log_level TEXT NOT NULL, timestamp TEXT NOT NULL);
@@ -836,11 +846,18 @@ class Store:
 
     def _summarise_older_points(self) -> None:
         """Fill the summaries of a database written before they were kept (once)."""
-        done = self._conn.execute("SELECT 1 FROM meta WHERE key = 'metric_summary'").fetchone()
+        done = self._conn.execute("SELECT 1 FROM meta WHERE key = 'metric_summary_v2'").fetchone()
         if done is not None:
             return
         with self._conn:
             self._conn.execute("DELETE FROM metric_summary")
+            self._conn.execute("DELETE FROM metric_envelope")
+            self._conn.execute(
+                "INSERT INTO metric_envelope (run_id, name, slice, lo, hi, x0, x1) "
+                "SELECT run_id, name, step >> ?, MIN(value), MAX(value), MIN(step), MAX(step) "
+                "FROM metrics WHERE value IS NOT NULL GROUP BY run_id, name, step >> ?",
+                (_SLICE_BITS, _SLICE_BITS),
+            )
             self._conn.execute(
                 "INSERT INTO metric_summary (run_id, name, n, finite, lo, hi, total, step, last) "
                 "SELECT m.run_id, m.name, COUNT(*), COUNT(m.value), MIN(m.value), MAX(m.value), "
@@ -848,7 +865,9 @@ class Store:
                 "m.run_id AND l.name = m.name ORDER BY l.step DESC, l.rowid DESC LIMIT 1) "
                 "FROM metrics m GROUP BY m.run_id, m.name"
             )
-            self._conn.execute("INSERT INTO meta (key, value) VALUES ('metric_summary', '1')")
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('metric_summary_v2', '1')"
+            )
 
     @staticmethod
     def _summarise(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -867,6 +886,23 @@ class Store:
                 s[4] += value
             if step >= s[5]:  # the latest stored of the highest step
                 s[5], s[6] = step, value
+        slices: dict[tuple[Any, Any, int], list[Any]] = {}
+        for run_id, name, step, _t, _stamp, value in rows:
+            if value is None:
+                continue
+            e = slices.get((run_id, name, step >> _SLICE_BITS))
+            if e is None:
+                slices[(run_id, name, step >> _SLICE_BITS)] = [value, value, step, step]
+            else:
+                e[0], e[1] = min(e[0], value), max(e[1], value)
+                e[2], e[3] = min(e[2], step), max(e[3], step)
+        db.executemany(
+            "INSERT INTO metric_envelope (run_id, name, slice, lo, hi, x0, x1) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT (run_id, name, slice) DO UPDATE SET "
+            "lo = MIN(lo, excluded.lo), hi = MAX(hi, excluded.hi), "
+            "x0 = MIN(x0, excluded.x0), x1 = MAX(x1, excluded.x1)",
+            [(*k, *e) for k, e in slices.items()],
+        )
         db.executemany(
             "INSERT INTO metric_summary (run_id, name, n, finite, lo, hi, total, step, last) "
             "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (run_id, name) DO UPDATE SET "
@@ -1055,6 +1091,7 @@ class Store:
         rows = [(r,) for r in run_ids]
         db.executemany("DELETE FROM metrics WHERE run_id = ?", rows)
         db.executemany("DELETE FROM metric_summary WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM metric_envelope WHERE run_id = ?", rows)
         db.executemany("DELETE FROM events WHERE run_id = ?", rows)
         db.executemany("DELETE FROM runs WHERE id = ?", rows)
 
@@ -1230,6 +1267,25 @@ class Store:
                     names[str(r["name"])] = None
         return list(names)
 
+    @staticmethod
+    def _step_envelope(
+        db: sqlite3.Connection, key: tuple[str, str], buckets: int
+    ) -> list[tuple[float, float]]:
+        """The lowest and highest value per slice of steps, from the kept envelope (slices
+        merged so that at most ``buckets`` remain)."""
+        rows = db.execute(
+            "SELECT lo, hi, x0, x1 FROM metric_envelope WHERE run_id = ? AND name = ? "
+            "ORDER BY slice",
+            key,
+        ).fetchall()
+        per = max(1, math.ceil(len(rows) / buckets))
+        points: list[tuple[float, float]] = []
+        for start in range(0, len(rows), per):
+            group = rows[start : start + per]
+            points.append((float(group[0]["x0"]), float(min(r["lo"] for r in group))))
+            points.append((float(group[-1]["x1"]), float(max(r["hi"] for r in group))))
+        return points
+
     def plot_points(
         self, who: Identity, run_id: str, names: Sequence[str], xaxis: str, buckets: int = 1000
     ) -> dict[str, list[tuple[float, float]]]:
@@ -1259,7 +1315,10 @@ class Store:
                     ).fetchall()
                     out[name] = [(float(r["x"]), float(r["value"])) for r in rows]
                     continue
-                span = db.execute(  # by step: two seeks in the index, whatever the count
+                if column == "step":
+                    out[name] = self._step_envelope(db, key, buckets)
+                    continue
+                span = db.execute(
                     f"SELECT MIN({column}) AS lo, MAX({column}) AS hi FROM metrics "  # noqa: S608
                     f"WHERE run_id = ? AND name = ? AND {column} IS NOT NULL",
                     key,
