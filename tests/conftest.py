@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -349,3 +350,18 @@ def run_state(client: SimvueClient, key: str) -> dict[str, Any]:
         },
         "events": sorted((e["message"], e["log_level"]) for e in events),
     }
+
+
+def python_json(script: str, args: list[str], env: dict[str, str], cwd: Path) -> Any:
+    """Run a Python script (one using the official client, typically) in a subprocess, as a
+    user's would run; the JSON its last output line holds."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, f"the script failed:\n{out.stdout}\n{out.stderr}"
+    return json.loads(out.stdout.strip().splitlines()[-1])

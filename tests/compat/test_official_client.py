@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import newest_run
+from tests.conftest import newest_run, python_json
 
 pytestmark = pytest.mark.compat
 
@@ -97,19 +95,6 @@ def _official_env(server: Any, home: Path) -> dict[str, str]:
     return env
 
 
-def _python(script: str, args: list[str], env: dict[str, str], cwd: Path) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, f"official client failed:\n{out.stdout}\n{out.stderr}"
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_official_run_reads_back_exactly(local_server: Any, tmp_path: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     spec = {
@@ -124,8 +109,8 @@ def test_official_run_reads_back_exactly(local_server: Any, tmp_path: Path) -> N
         "events": N_EVENTS,
     }
     env = _official_env(local_server, tmp_path)
-    run_id = _python(WRITER, [json.dumps(spec)], env, tmp_path)["id"]
-    official = _python(READER, [run_id, spec["name"]], env, tmp_path)
+    run_id = python_json(WRITER, [json.dumps(spec)], env, tmp_path)["id"]
+    official = python_json(READER, [run_id, spec["name"]], env, tmp_path)
 
     expected_metadata = {
         "solver": "gmres",  # update_metadata replaced it

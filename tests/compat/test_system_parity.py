@@ -6,17 +6,17 @@ with the official ``simvue.Client``, carry the same ``system`` keys and values, 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import sys
 import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import python_json
 
 pytestmark = pytest.mark.compat
 
@@ -47,19 +47,6 @@ READER = textwrap.dedent(
     print(json.dumps({"system": run.system, "metadata": run.metadata}))
     """
 )
-
-
-def _python(script: str, args: list[str], env: dict[str, str], cwd: Path) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, f"failed:\n{out.stdout}\n{out.stderr}"
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -114,10 +101,10 @@ def test_system_git_python_and_shell_match_the_official_client(
         PARITY_MESH="fine",
     )
     suffix = uuid.uuid4().hex[:8]
-    official_id = _python(OFFICIAL, [f"official-{suffix}"], env, checkout)["id"]
-    ours_id = _python(OURS, [f"ours-{suffix}"], env, checkout)["id"]
-    official = _python(READER, [official_id], env, checkout)
-    ours = _python(READER, [ours_id], env, checkout)
+    official_id = python_json(OFFICIAL, [f"official-{suffix}"], env, checkout)["id"]
+    ours_id = python_json(OURS, [f"ours-{suffix}"], env, checkout)["id"]
+    official = python_json(READER, [official_id], env, checkout)
+    ours = python_json(READER, [ours_id], env, checkout)
 
     # system: the same keys, and the same values wherever both clients read the same source.
     assert _keys(ours["system"]) == _keys(official["system"])

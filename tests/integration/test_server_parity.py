@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from simvue_otel._internal.conventions import RUN_KEY_METADATA
-from tests.conftest import LocalServer
+from tests.conftest import LocalServer, python_json
 
 
 def _unique(prefix: str) -> str:
@@ -87,16 +87,7 @@ def _official(server: LocalServer, user: str, script: str, tmp: Path, *args: str
         SIMVUE_DISABLE_ENVIRONMENT_METRICS="1",
         SIMVUE_DISABLE_GIT_METRICS="1",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        env=env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, f"official client failed:\n{out.stdout}\n{out.stderr}"
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return python_json(textwrap.dedent(script), list(args), env, home)
 
 
 # -- the run address the official client prints ---------------------------------------------
