@@ -51,12 +51,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
-
-
-@pytest.fixture
 def debug_bridge(local_server: LocalServer, tmp_path: Path) -> Iterator[Bridge]:
     bridge = start_bridge(tmp_path / "bridge", local_server, extra=["--log-level", "debug"])
     yield bridge

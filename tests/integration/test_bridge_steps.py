@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +72,6 @@ def assert_continuous(held: list[dict[str, Any]], values: list[float]) -> None:
     assert stamps == sorted(stamps)
     times = [p["time"] for p in held]
     assert times == sorted(times), f"time went backwards: {times}"
-
-
-@pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
 
 
 def test_a_bridge_killed_and_restarted_mid_run_continues_the_steps(

@@ -874,22 +874,20 @@ class Store:
         """Add a batch's points ``(run_id, name, step, time, timestamp, value)`` to the
         summaries (inside the batch's transaction: both or neither)."""
         batch: dict[tuple[Any, Any], list[Any]] = {}
-        for run_id, name, step, _t, _stamp, value in rows:
+        slices: dict[tuple[Any, Any, int], list[Any]] = {}
+        for run_id, name, step, _t, _stamp, value in rows:  # one pass for both tables
             s = batch.get((run_id, name))
             if s is None:
                 s = batch[(run_id, name)] = [0, 0, None, None, 0.0, step, value]
             s[0] += 1
-            if value is not None:
-                s[1] += 1
-                s[2] = value if s[2] is None else min(s[2], value)
-                s[3] = value if s[3] is None else max(s[3], value)
-                s[4] += value
             if step >= s[5]:  # the latest stored of the highest step
                 s[5], s[6] = step, value
-        slices: dict[tuple[Any, Any, int], list[Any]] = {}
-        for run_id, name, step, _t, _stamp, value in rows:
-            if value is None:
+            if value is None:  # NaN: counted, not part of min, max, sum or the envelope
                 continue
+            s[1] += 1
+            s[2] = value if s[2] is None else min(s[2], value)
+            s[3] = value if s[3] is None else max(s[3], value)
+            s[4] += value
             e = slices.get((run_id, name, step >> _SLICE_BITS))
             if e is None:
                 slices[(run_id, name, step >> _SLICE_BITS)] = [value, value, step, step]

@@ -200,6 +200,16 @@ def _event_entries(records: Sequence[Record]) -> list[dict[str, Any]]:
     ]
 
 
+def _parts(
+    index: int, points: Sequence[Record], events: Sequence[Record]
+) -> list[tuple[str, str, Sequence[Record]]]:
+    """A run's records of one batch as its POSTs: ``("<run>.m<i>", "metrics", chunk)`` then
+    ``("<run>.e<i>", "events", chunk)``; the ids are what :class:`Progress` records."""
+    return [(f"{index}.m{i}", "metrics", chunk) for i, chunk in enumerate(_chunks(points))] + [
+        (f"{index}.e{i}", "events", chunk) for i, chunk in enumerate(_chunks(events))
+    ]
+
+
 def _earliest(plan: _RunPlan) -> float | None:
     """The time of a run's earliest point or event in a batch: what proves it had started."""
     stamps = [p.timestamp for p in plan.points] + [e.timestamp for e in plan.events]
@@ -305,15 +315,12 @@ class Uploader:
     # -- internals ------------------------------------------------------------------------
 
     def _upload_run(self, key: str, plan: _RunPlan, progress: Progress) -> None:
-        parts: list[tuple[str, str, Sequence[Record]]] = [
-            (f"{plan.index}.m{i}", "metrics", chunk) for i, chunk in enumerate(_chunks(plan.points))
-        ] + [
-            (f"{plan.index}.e{i}", "events", chunk) for i, chunk in enumerate(_chunks(plan.events))
-        ]
+        parts = _parts(plan.index, plan.points, plan.events)
         if plan.state is None and all(progress.states.get(p) == "done" for p, _, _ in parts):
             return
+        earliest = _earliest(plan)
         try:
-            run_id = self._ensure_run(plan.ref, plan.state, _earliest(plan))
+            run_id = self._ensure_run(plan.ref, plan.state, earliest)
         except (ServerUnreachableError, ServerError, AuthenticationError):
             raise
         except SimvueHTTPError as exc:
@@ -328,16 +335,14 @@ class Uploader:
             )
             raise RetryLater(str(exc)) from exc
         if any(p.counter is not None for p in plan.points):
-            points = self._numbered(key, run_id, plan.points)
-            parts = [
-                (f"{plan.index}.m{i}", "metrics", chunk) for i, chunk in enumerate(_chunks(points))
-            ] + [part for part in parts if part[1] == "events"]
+            # Same parts (same ids), their instrument points numbered as the run's steps.
+            parts = _parts(plan.index, self._numbered(key, run_id, plan.points), plan.events)
         for part, kind, chunk in parts:
             self._send_part(part, progress, run_id, kind, chunk)
         if plan.state is not None:
             self._apply_state(key, run_id, plan.state)
         else:
-            self._start_no_later(key, run_id, _earliest(plan))
+            self._start_no_later(key, run_id, earliest)
 
     def _start_no_later(self, key: str, run_id: str, earliest: float | None) -> None:
         """A live run's start moves back to its earliest record (a batch that arrived late
@@ -401,6 +406,7 @@ class Uploader:
         """
         out: list[MetricRecord] = []
         nxt = self._next_step.get(key)
+        started = self._sent.get(key, {}).get("started")
         for point in points:
             counter = point.counter
             if counter is None:
@@ -417,7 +423,6 @@ class Uploader:
             step = base + point.step
             nxt = step + 1 if nxt is None or step >= nxt else nxt
             elapsed = point.time
-            started = self._sent.get(key, {}).get("started")
             if retimed and isinstance(started, float):
                 elapsed = max(0.0, point.timestamp - started)
             out.append(MetricRecord(point.run, point.values, step, elapsed, point.timestamp))
