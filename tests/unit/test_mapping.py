@@ -37,7 +37,9 @@ from simvue_otel._internal.mapping.records import (
     RunRef,
 )
 from simvue_otel._internal.mapping.sdk import (
+    attributes_from_sdk,
     logs_from_sdk,
+    map_sdk_logs,
     metrics_from_sdk,
     span_from_sdk,
     spans_from_sdk,
@@ -630,6 +632,48 @@ def test_metrics_log_without_step_counts_per_run(logs) -> None:
         ("other", 0, {"y": 1}),
     ]
     assert [r.time for r in records] == [0.0, approx(1.0), approx(2.5), 0.0]
+
+
+def test_metric_rows_map_as_their_sdk_log_records(logs) -> None:
+    """A Run's in-process rows (Resource, body, step, time, timestamp) give exactly the records
+    the same fields give as SDK log records, through both SDK adapters."""
+    log = logs()
+    fields = [({"a": 1.5, "b": 2}, 0, 0.25, T0_NS), ({"a": -1.0}, 7, 3.0, T0_NS + 2 * NS)]
+    fields.append(({"c": 1e300}, 3, 12.5, T0_NS + NS))  # a step below the highest so far
+    for body, step, elapsed, stamp in fields:
+        log.logger.emit(
+            body=body,
+            event_name=cv.METRICS_EVENT,
+            attributes={cv.METRICS_STEP: step, cv.METRICS_TIME: elapsed},
+            timestamp=stamp,
+        )
+    sdk_records = log.exporter.get_finished_logs()
+    resource = attributes_from_sdk(sdk_records[0].resource.attributes)
+    rows = [(resource, dict(body), step, t, stamp * 1e-9) for body, step, t, stamp in fields]
+    from_rows = Mapper().metric_rows(rows)
+    assert from_rows == map_sdk_logs(Mapper(), sdk_records)
+    assert from_rows == Mapper().logs(log.finished())
+    assert [(r.run, r.step, r.time) for r in from_rows] == [
+        (KEYED_REF, 0, 0.25),
+        (KEYED_REF, 7, 3.0),
+        (KEYED_REF, 3, 12.5),
+    ]
+
+
+def test_metric_rows_of_two_runs_keep_each_run(logs) -> None:
+    """Rows of two Resources interleaved stay with their own runs, each announced once."""
+    other = {cv.RUN_KEY: "run-key-2", cv.RUN_NAME: "other", cv.RUN_FOLDER: "/"}
+    rows = [
+        (KEYED, {"x": 1.0}, 0, 0.0, T0),
+        (other, {"x": 2.0}, 0, 0.0, T0),
+        (KEYED, {"x": 3.0}, 1, 1.0, T0 + 1),
+    ]
+    records = Mapper().metric_rows(rows)
+    assert [(r.run.key, r.values) for r in records] == [
+        ("run-key-1", {"x": 1.0}),
+        ("run-key-2", {"x": 2.0}),
+        ("run-key-1", {"x": 3.0}),
+    ]
 
 
 def test_metrics_log_step_continues_after_explicit_step(logs) -> None:

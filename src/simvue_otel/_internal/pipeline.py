@@ -30,6 +30,8 @@ SPAN = "span"
 PENDING = "pending"
 LOG = "log"
 METRICS = "metrics"
+ROW = "row"
+"""A ``Run``'s ``simvue.metrics`` log record as its fields (see ``Mapper.metric_rows``)."""
 _FLUSH = "flush"
 
 default_shutdown_timeout = shutdown_timeout
@@ -188,6 +190,8 @@ class Pipeline:
                 records = []
                 for span in items:
                     records.extend(self.mapper.pending_span(span))
+            elif kind == ROW:
+                records = self.mapper.metric_rows(items)
             elif kind == LOG:
                 records = map_sdk_logs(self.mapper, items)
             elif kind == METRICS:

@@ -51,8 +51,9 @@ from .exporters import (
     SimvueSpanExporter,
     SimvueSpanProcessor,
 )
+from .mapping.sdk import attributes_from_sdk
 from .names import generate_run_name
-from .pipeline import Pipeline, default_shutdown_timeout
+from .pipeline import ROW, Pipeline, default_shutdown_timeout
 from .resources import cpu_count
 from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
 from .sink.online import run_index_for
@@ -256,6 +257,8 @@ class Run:
         self._root: trace.Span | None = None
         self._root_ctx: otel_context.Context | None = None
         self._logger: Any = None
+        self._put: Callable[[str, Any], bool] | None = None  # the in-process fast path
+        self._row_resource: dict[str, Any] = {}
         self._valid_names: set[str] = set()
         self._in_context = False
         self._interrupted = False
@@ -592,6 +595,22 @@ class Run:
             return self._error(exc)
         self._step += 1
         elapsed = time if time is not None else _monotonic() - self._t0
+        put = self._put
+        if put is not None:
+            # In process, the log record travels as its fields: the mapping reads the same
+            # body, step, time and timestamp as from the SDK record, built at a fraction of
+            # the cost (no SDK LogRecord, no attribute cleaning of two known-good values).
+            put(
+                ROW,
+                (
+                    self._row_resource,
+                    dict(metrics),  # a snapshot: callers often reuse and mutate one dict
+                    step,
+                    elapsed,
+                    (stamp if stamp is not None else _time_ns()) * 1e-9,
+                ),
+            )
+            return True
         logger.emit(
             body=dict(metrics),  # a snapshot: callers often reuse and mutate one dict
             event_name=cv.METRICS_EVENT,
@@ -694,6 +713,9 @@ class Run:
             lp.add_log_record_processor(ForwardingLogProcessor(logs))
         self._tracer_provider, self._logger_provider = tp, lp
         self._resource = resource
+        if pipeline is not None:
+            self._put = pipeline.put
+            self._row_resource = attributes_from_sdk(resource.attributes)
 
     def _start_resources(self) -> None:
         interval = self._resources_interval
@@ -1053,6 +1075,6 @@ def _abort(ref: weakref.ReferenceType[Run], key: str) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _monotonic() -> float:
-    """``time.monotonic`` under a name ``log_metrics(time=...)`` does not shadow."""
-    return time.monotonic()
+# ``time`` under names that ``log_metrics(time=...)`` does not shadow
+_monotonic = time.monotonic
+_time_ns = time.time_ns

@@ -451,7 +451,48 @@ class Mapper:
         if not values:
             self._skip(f"{cv.METRICS_EVENT} record with no numeric value")
             return None
-        step_attr = attributes.get(cv.METRICS_STEP)
+        return self._metric_point(
+            state,
+            values,
+            attributes.get(cv.METRICS_STEP),
+            attributes.get(cv.METRICS_TIME),
+            timestamp,
+        )
+
+    def metric_rows(
+        self, rows: Iterable[tuple[Mapping[str, Any], Mapping[str, float], int, float, float]]
+    ) -> list[Record]:
+        """Records for ``simvue.metrics`` log records given by their fields: ``(Resource
+        attributes, body, step, time, timestamp)``, the form in which a ``Run`` hands its
+        records to an in-process pipeline (one tuple per call, no SDK object). The body is
+        a dict of int and float values (validated by the ``Run``); the rules are those of
+        ``metric_record``."""
+        out: list[Record] = []
+        state_for = self._state
+        point = self._metric_point
+        last: Any = None
+        state: Any = None
+        for resource, body, step, elapsed, stamp in rows:
+            if resource is not last:
+                state = state_for(resource, stamp, out)
+                last = resource
+            else:
+                state.last_seen = stamp
+                if stamp < state.origin:
+                    state.origin = stamp
+            out.append(point(state, body, step, elapsed, stamp))  # the body is the row's own
+        return out
+
+    def _metric_point(
+        self,
+        state: Any,
+        values: Mapping[str, float],
+        step_attr: Any,
+        time_attr: Any,
+        timestamp: float,
+    ) -> MetricRecord:
+        """A point of validated ``values`` at the ``simvue.metrics.step`` and ``.time``
+        attributes given (or the run's next step, and time since its origin)."""
         if step_attr.__class__ is int and step_attr >= 0:
             step = step_attr
             if step >= state.metric_step:
@@ -459,7 +500,6 @@ class Mapper:
         else:
             step = state.metric_step
             state.metric_step += 1
-        time_attr = attributes.get(cv.METRICS_TIME)
         if time_attr.__class__ is not float:
             time_attr = _number(time_attr)
         elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)

@@ -12,12 +12,20 @@ from typing import Any
 from ..conventions import METRICS_EVENT
 from . import model
 
-__all__ = ["logs_from_sdk", "map_sdk_logs", "metrics_from_sdk", "span_from_sdk", "spans_from_sdk"]
+__all__ = [
+    "attributes_from_sdk",
+    "logs_from_sdk",
+    "map_sdk_logs",
+    "metrics_from_sdk",
+    "span_from_sdk",
+    "spans_from_sdk",
+]
 
 _NS = 1e-9
 
 
-def _attrs(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+def attributes_from_sdk(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """SDK attributes (a Resource's, a span's) as the mapping reads them: arrays as lists."""
     if not attributes:
         return {}
     out: dict[str, Any] = {}
@@ -43,9 +51,9 @@ def span_from_sdk(
     if resource_cache is not None:
         attrs = resource_cache.get(id(resource))
         if attrs is None:
-            attrs = resource_cache[id(resource)] = _attrs(resource.attributes)
+            attrs = resource_cache[id(resource)] = attributes_from_sdk(resource.attributes)
     else:
-        attrs = _attrs(resource.attributes)
+        attrs = attributes_from_sdk(resource.attributes)
     code, message = _status(span)
     parent = span.parent
     end = span.end_time
@@ -57,11 +65,12 @@ def span_from_sdk(
         parent_span_id=parent.span_id if parent is not None else None,
         start=(span.start_time or 0) * _NS,
         end=end * _NS if end is not None else None,
-        attributes=_attrs(span.attributes),
+        attributes=attributes_from_sdk(span.attributes),
         status=code,
         status_message=message,
         events=tuple(
-            model.OtelEvent(e.name, e.timestamp * _NS, _attrs(e.attributes)) for e in span.events
+            model.OtelEvent(e.name, e.timestamp * _NS, attributes_from_sdk(e.attributes))
+            for e in span.events
         ),
     )
 
@@ -81,7 +90,9 @@ def logs_from_sdk(records: Iterable[Any]) -> list[model.OtelLog]:
         resource = item.resource
         attrs = cache.get(id(resource))
         if attrs is None:
-            attrs = cache[id(resource)] = _attrs(resource.attributes if resource else None)
+            attrs = cache[id(resource)] = attributes_from_sdk(
+                resource.attributes if resource else None
+            )
         stamp = record.timestamp or record.observed_timestamp or 0
         severity = record.severity_number
         out.append(
@@ -113,7 +124,9 @@ def map_sdk_logs(mapper: Any, records: Sequence[Any]) -> list[Any]:
         resource = item.resource
         attrs = cache.get(id(resource))
         if attrs is None:
-            attrs = cache[id(resource)] = _attrs(resource.attributes if resource else None)
+            attrs = cache[id(resource)] = attributes_from_sdk(
+                resource.attributes if resource else None
+            )
         stamp = (record.timestamp or record.observed_timestamp or 0) * _NS
         state = mapper.run_state(attrs, stamp, out)
         point = mapper.metric_record(state, record.body, record.attributes or {}, stamp)
@@ -135,14 +148,16 @@ def _points(data: Any) -> Iterator[model.OtelPoint]:
                 min=getattr(point, "min", None),
                 max=getattr(point, "max", None),
             )
-        yield model.OtelPoint(_attrs(point.attributes), point.time_unix_nano * _NS, start, value)
+        yield model.OtelPoint(
+            attributes_from_sdk(point.attributes), point.time_unix_nano * _NS, start, value
+        )
 
 
 def metrics_from_sdk(metrics_data: Any) -> list[model.OtelMetric]:
     """An SDK ``MetricsData`` in the neutral model: one entry per instrument and Resource."""
     out: list[model.OtelMetric] = []
     for resource_metrics in metrics_data.resource_metrics:
-        resource = _attrs(resource_metrics.resource.attributes)
+        resource = attributes_from_sdk(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 data = metric.data
