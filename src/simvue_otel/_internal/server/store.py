@@ -25,6 +25,7 @@ import sqlite3
 import string
 import threading
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ from typing import Any
 
 from .. import conventions as cv
 from ..names import generate_run_name
+from . import points
 from .auth import Identity
 from .filters import Predicate
 
@@ -257,10 +259,13 @@ CREATE TABLE IF NOT EXISTS runs (
 DROP INDEX IF EXISTS runs_key;
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, name);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id TEXT NOT NULL, name TEXT NOT NULL, step INTEGER NOT NULL, time REAL,
-    timestamp TEXT, value REAL);
-CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, name, step);
+-- Metric points: one row per posted entry (a step of a run with its values), its metric names
+-- a shape kept once, its values little-endian doubles in the shape's order (see points.py).
+CREATE TABLE IF NOT EXISTS metric_shapes (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS metric_rows (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, time REAL, timestamp TEXT,
+    shape INTEGER NOT NULL, vals BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS metric_rows_run ON metric_rows (run_id, step);
 -- Per run and metric, kept up to date as points arrive, so that run documents and listings cost
 -- the same whatever a run holds: count, non-NaN count, min, max, sum, and the value at the
 -- highest step (the latest stored of equal steps).
@@ -314,7 +319,9 @@ class Store:
             columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(users)")}
             if "tokens_after" not in columns:  # a database made before revocation existed
                 self._conn.execute("ALTER TABLE users ADD COLUMN tokens_after REAL")
-            self._summarise_older_points()
+            self._shape_ids: dict[tuple[str, ...], int] = {}
+            self._shape_names: dict[int, tuple[str, ...]] = {}
+            self._upgrade_metrics()
         self._last_sweep = 0.0
         # Readers: idle connections, taken by one read at a time (WAL lets them read while
         # the writer writes); as many as reads ever ran at once, which the server's thread
@@ -844,6 +851,35 @@ class Store:
             raise Forbidden(f"run {run_id!r} belongs to another user; it is read-only to you")
         return row
 
+    def _upgrade_metrics(self) -> None:
+        """Bring a database written by an older version to the current way of keeping points:
+        summaries and envelopes filled once, then points moved from the one-row-per-value
+        ``metrics`` table to ``metric_rows`` (each old point an entry of one value)."""
+        old = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metrics'"
+        ).fetchone()
+        if old is None:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('metric_summary_v2', '1')"
+            )
+            return
+        self._summarise_older_points()
+        with self._tx() as db:
+            names = [r[0] for r in db.execute("SELECT DISTINCT name FROM metrics")]
+            db.execute("CREATE TEMP TABLE shape_of (name TEXT PRIMARY KEY, id INTEGER)")
+            db.executemany(
+                "INSERT INTO temp.shape_of (name, id) VALUES (?, ?)",
+                [(n, self._shape_id(db, (n,))) for n in names],
+            )
+            db.create_function("pack_one", 1, _pack_one, deterministic=True)
+            db.execute(
+                "INSERT INTO metric_rows (run_id, step, time, timestamp, shape, vals) "
+                "SELECT m.run_id, m.step, m.time, m.timestamp, s.id, pack_one(m.value) "
+                "FROM metrics m JOIN temp.shape_of s ON s.name = m.name ORDER BY m.rowid"
+            )
+            db.execute("DROP TABLE temp.shape_of")
+            db.execute("DROP TABLE metrics")
+
     def _summarise_older_points(self) -> None:
         """Fill the summaries of a database written before they were kept (once)."""
         done = self._conn.execute("SELECT 1 FROM meta WHERE key = 'metric_summary_v2'").fetchone()
@@ -870,36 +906,16 @@ class Store:
             )
 
     @staticmethod
-    def _summarise(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Add a batch's points ``(run_id, name, step, time, timestamp, value)`` to the
-        summaries (inside the batch's transaction: both or neither)."""
-        batch: dict[tuple[Any, Any], list[Any]] = {}
-        slices: dict[tuple[Any, Any, int], list[Any]] = {}
-        for run_id, name, step, _t, _stamp, value in rows:  # one pass for both tables
-            s = batch.get((run_id, name))
-            if s is None:
-                s = batch[(run_id, name)] = [0, 0, None, None, 0.0, step, value]
-            s[0] += 1
-            if step >= s[5]:  # the latest stored of the highest step
-                s[5], s[6] = step, value
-            if value is None:  # NaN: counted, not part of min, max, sum or the envelope
-                continue
-            s[1] += 1
-            s[2] = value if s[2] is None else min(s[2], value)
-            s[3] = value if s[3] is None else max(s[3], value)
-            s[4] += value
-            e = slices.get((run_id, name, step >> _SLICE_BITS))
-            if e is None:
-                slices[(run_id, name, step >> _SLICE_BITS)] = [value, value, step, step]
-            else:
-                e[0], e[1] = min(e[0], value), max(e[1], value)
-                e[2], e[3] = min(e[2], step), max(e[3], step)
+    def _summarise(db: sqlite3.Connection, run_id: str, batch: points.Batch) -> None:
+        """Add a batch to the run's summaries and envelopes (inside the batch's transaction:
+        both or neither)."""
+        summary, slices = points.summarise(batch, _SLICE_BITS)
         db.executemany(
             "INSERT INTO metric_envelope (run_id, name, slice, lo, hi, x0, x1) "
             "VALUES (?,?,?,?,?,?,?) ON CONFLICT (run_id, name, slice) DO UPDATE SET "
             "lo = MIN(lo, excluded.lo), hi = MAX(hi, excluded.hi), "
             "x0 = MIN(x0, excluded.x0), x1 = MAX(x1, excluded.x1)",
-            [(*k, *e) for k, e in slices.items()],
+            [(run_id, *k, *e) for k, e in slices.items()],
         )
         db.executemany(
             "INSERT INTO metric_summary (run_id, name, n, finite, lo, hi, total, step, last) "
@@ -912,7 +928,7 @@ class Store:
             "total = total + excluded.total, "
             "last = CASE WHEN excluded.step >= step THEN excluded.last ELSE last END, "
             "step = MAX(step, excluded.step)",
-            [(run_id, name, *s) for (run_id, name), s in batch.items()],
+            [(run_id, name, *s) for name, s in summary.items()],
         )
 
     def _metric_summary(self, db: sqlite3.Connection, run_id: str) -> dict[str, Any]:
@@ -1087,7 +1103,7 @@ class Store:
     @staticmethod
     def _delete_runs(db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
         rows = [(r,) for r in run_ids]
-        db.executemany("DELETE FROM metrics WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM metric_rows WHERE run_id = ?", rows)
         db.executemany("DELETE FROM metric_summary WHERE run_id = ?", rows)
         db.executemany("DELETE FROM metric_envelope WHERE run_id = ?", rows)
         db.executemany("DELETE FROM events WHERE run_id = ?", rows)
@@ -1134,61 +1150,81 @@ class Store:
             raise _invalid("run", f"no run {run_id!r} you can write to") from None
 
     def add_metrics(self, who: Identity, run_id: Any, entries: Any) -> int:
-        """Store a batch of ``{values, step, time, timestamp}`` entries, all or nothing.
+        """Store a batch of ``{values, step, time, timestamp}`` entries, all or nothing; the
+        number of values stored.
 
         A batch sent twice is stored twice, as on a Simvue server: clients own exactly-once."""
-        if not isinstance(entries, list):
-            raise _invalid("metrics", "must be a list of {values, step, time, timestamp}")
-        rows: list[tuple[Any, ...]] = []
-        names_seen: set[Any] = set()  # each name is checked once per batch
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, Mapping):
-                raise _invalid(f"metrics.{i}", "must be an object")
-            step = entry.get("step", 0)
-            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_INT:
-                raise _invalid(
-                    f"metrics.{i}.step", f"must be an integer from 0 to {_MAX_INT}, not {step!r}"
+        try:
+            with self._tx() as db:
+                batch = points.check_entries(
+                    run_id,
+                    entries,
+                    lambda names: self._shape_id(db, names),
+                    max_int=_MAX_INT,
+                    max_seconds=MAX_SECONDS,
+                    valid_name=_valid_metric_name,
+                    name_rule=_METRIC_NAME_RE.pattern,
+                    invalid=_invalid,
                 )
-            t = entry.get("time")
-            if t is not None:
-                t = finite_number(t)
-                if t is None or abs(t) > MAX_SECONDS:
-                    raise _invalid(
-                        f"metrics.{i}.time", f"must be a number of seconds, at most {MAX_SECONDS}"
-                    )
-            stamp = entry.get("timestamp")
-            if stamp is not None and not isinstance(stamp, str):
-                raise _invalid(f"metrics.{i}.timestamp", "must be a timestamp string")
-            values = entry.get("values")
-            if not isinstance(values, Mapping):
-                raise _invalid(f"metrics.{i}.values", "must be an object of name: number")
-            for name, value in values.items():
-                if name not in names_seen:
-                    if not isinstance(name, str) or not _METRIC_NAME_RE.fullmatch(name):
-                        raise _invalid(
-                            f"metrics.{i}.values",
-                            f"metric names must match {_METRIC_NAME_RE.pattern} (the official "
-                            f"rule), not {name!r}",
-                        )
-                    names_seen.add(name)
-                if not isinstance(value, (int, float)):  # bools count: Simvue takes them
-                    raise _invalid(f"metrics.{i}.values.{name}", "must be a number")
-                try:
-                    number = float(value)
-                except OverflowError:
-                    raise _invalid(
-                        f"metrics.{i}.values.{name}", "must be a number a double can hold"
-                    ) from None
-                rows.append((run_id, name, step, t, stamp, _nan_safe(number)))
-        with self._tx() as db:
-            self._run_for_write(db, who, run_id)
-            db.executemany(
-                "INSERT INTO metrics (run_id, name, step, time, timestamp, value) "
-                "VALUES (?,?,?,?,?,?)",
-                rows,
-            )
-            self._summarise(db, rows)
-        return len(rows)
+                self._run_for_write(db, who, run_id)
+                db.executemany(
+                    "INSERT INTO metric_rows (run_id, step, time, timestamp, shape, vals) "
+                    "VALUES (?,?,?,?,?,?)",
+                    batch.rows,
+                )
+                self._summarise(db, run_id, batch)
+        except BaseException:
+            self._forget_shapes()  # ids made in a transaction that did not commit
+            raise
+        return batch.values
+
+    def _shape_id(self, db: sqlite3.Connection, names: tuple[str, ...]) -> int:
+        """The id of a shape (an entry's metric names, in order), made on first use."""
+        found = self._shape_ids.get(names)
+        if found is not None:
+            return found
+        text = json.dumps(names, ensure_ascii=False)
+        row = db.execute("SELECT id FROM metric_shapes WHERE names = ?", (text,)).fetchone()
+        if row is None:
+            cursor = db.execute("INSERT INTO metric_shapes (names) VALUES (?)", (text,))
+            shape = int(cursor.lastrowid or 0)
+        else:
+            shape = int(row[0])
+        self._shape_ids[names] = shape
+        self._shape_names[shape] = names
+        return shape
+
+    def _forget_shapes(self) -> None:
+        self._shape_ids = {}
+        self._shape_names = {}
+
+    def _positions(self, db: sqlite3.Connection, name: str) -> dict[int, int]:
+        """Shape id -> the position of metric ``name`` in it, for every shape holding it."""
+        out: dict[int, int] = {}
+        for row in db.execute("SELECT id, names FROM metric_shapes"):
+            names = self._shape_names.get(row[0])
+            if names is None:
+                names = tuple(json.loads(row[1]))
+            if name in names:
+                out[int(row[0])] = names.index(name)
+        return out
+
+    def _points_of(
+        self, db: sqlite3.Connection, run_id: str, name: str
+    ) -> list[tuple[int, Any, Any, float]]:
+        """A metric's points in a run, ``(step, time, timestamp, value)`` ordered by step then
+        arrival."""
+        where = self._positions(db, name)
+        if not where:
+            return []
+        shapes = ",".join(str(k) for k in where)
+        rows = db.execute(
+            "SELECT step, time, timestamp, shape, vals FROM metric_rows "  # noqa: S608
+            f"WHERE run_id = ? AND shape IN ({shapes}) ORDER BY step, rowid",
+            (run_id,),
+        ).fetchall()
+        unpack = points.unpack
+        return [(r[0], r[1], r[2], unpack(r[4])[where[r[3]]]) for r in rows]
 
     def add_events(self, who: Identity, run_id: Any, entries: Any) -> int:
         if not isinstance(entries, list):
@@ -1233,20 +1269,11 @@ class Store:
             for run_id in self._visible_runs(db, who, run_ids):
                 per_metric: dict[str, list[dict[str, Any]]] = {}
                 for name in names:
-                    rows = db.execute(
-                        "SELECT step, time, timestamp, value FROM metrics "
-                        "WHERE run_id = ? AND name = ? ORDER BY step, rowid",
-                        (run_id, name),
-                    ).fetchall()
-                    if rows:
+                    held = self._points_of(db, run_id, name)
+                    if held:
                         per_metric[name] = [
-                            {
-                                "step": r["step"],
-                                "time": r["time"],
-                                "timestamp": r["timestamp"],
-                                "value": _nan_back(r["value"]),
-                            }
-                            for r in rows
+                            {"step": step, "time": t, "timestamp": stamp, "value": value}
+                            for step, t, stamp, value in held
                         ]
                 # A run with none of the metrics asked for is left out: the official client
                 # reads the first metric of the first run, and answers "no data" for ``{}``.
@@ -1289,9 +1316,10 @@ class Store:
     ) -> dict[str, list[tuple[float, float]]]:
         """What a plot of each metric needs: every ``(x, value)`` point up to ``2 * buckets``
         of them; beyond, an envelope, the lowest and the highest value in each of ``buckets``
-        equal slices of x, read through the (run, metric, step) index, so a run page costs
-        about the same whether a metric holds a thousand points or a million. NaN and points
-        without an x are left out (nothing to draw)."""
+        equal slices of x. By step, the envelope is the one kept as points arrive, so a run
+        page costs about the same whether a metric holds a thousand points or a million; by
+        time, it is computed from every point. NaN and points without an x are left out
+        (nothing to draw)."""
         column = "step" if xaxis == "step" else "time"
         out: dict[str, list[tuple[float, float]]] = {}
         with self._read() as db:
@@ -1304,38 +1332,16 @@ class Store:
                 ).fetchone()
                 if held is None:
                     continue
-                where = f"run_id = ? AND name = ? AND {column} IS NOT NULL AND value IS NOT NULL"
-                if held["n"] <= 2 * buckets:
-                    rows = db.execute(
-                        f"SELECT {column} AS x, value FROM metrics WHERE {where} "  # noqa: S608
-                        "ORDER BY step, rowid",
-                        key,
-                    ).fetchall()
-                    out[name] = [(float(r["x"]), float(r["value"])) for r in rows]
-                    continue
-                if column == "step":
+                if held["n"] > 2 * buckets and column == "step":
                     out[name] = self._step_envelope(db, key, buckets)
                     continue
-                span = db.execute(
-                    f"SELECT MIN({column}) AS lo, MAX({column}) AS hi FROM metrics "  # noqa: S608
-                    f"WHERE run_id = ? AND name = ? AND {column} IS NOT NULL",
-                    key,
-                ).fetchone()
-                if span["lo"] is None:
-                    continue
-                width = (float(span["hi"]) - float(span["lo"])) / buckets or 1.0
-                rows = db.execute(
-                    f"SELECT MIN(CAST(({column} - ?) / ? AS INTEGER), ?) AS b, "  # noqa: S608
-                    f"MIN({column}) AS x0, "
-                    f"MAX({column}) AS x1, MIN(value) AS lo, MAX(value) AS hi "
-                    f"FROM metrics WHERE {where} GROUP BY b ORDER BY b",
-                    (span["lo"], width, buckets - 1, *key),
-                ).fetchall()
-                points: list[tuple[float, float]] = []
-                for r in rows:
-                    points.append((float(r["x0"]), float(r["lo"])))
-                    points.append((float(r["x1"]), float(r["hi"])))
-                out[name] = points
+                index = 0 if column == "step" else 1
+                drawn = [
+                    (float(p[index]), p[3])
+                    for p in self._points_of(db, run_id, name)
+                    if p[index] is not None and p[3] == p[3]
+                ]
+                out[name] = drawn if len(drawn) <= 2 * buckets else _envelope(drawn, buckets)
         return out
 
     def get_events(
@@ -1386,7 +1392,9 @@ class Store:
                 "files": 0,
                 "volume": 0,
                 "events": one(f"SELECT COUNT(*) FROM events WHERE run_id IN ({owned})"),  # noqa: S608
-                "metrics": one(f"SELECT COUNT(*) FROM metrics WHERE run_id IN ({owned})"),  # noqa: S608
+                "metrics": one(
+                    f"SELECT COALESCE(SUM(n), 0) FROM metric_summary WHERE run_id IN ({owned})"  # noqa: S608
+                ),
             }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1535,6 +1543,38 @@ def _format_duration(seconds: float) -> str | None:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{int(hours):02d}:{int(minutes):02d}:{secs:09.6f}"
+
+
+def _envelope(drawn: Sequence[tuple[float, float]], buckets: int) -> list[tuple[float, float]]:
+    """The lowest and highest value in each of ``buckets`` equal slices of x, drawn at the
+    slice's first and last x."""
+    xs = [x for x, _ in drawn]
+    lo_x, hi_x = min(xs), max(xs)
+    width = (hi_x - lo_x) / buckets or 1.0
+    slices: dict[int, list[float]] = {}
+    for x, value in drawn:
+        b = min(int((x - lo_x) / width), buckets - 1)
+        s = slices.get(b)
+        if s is None:
+            slices[b] = [x, x, value, value]
+        else:
+            s[0], s[1] = min(s[0], x), max(s[1], x)
+            s[2], s[3] = min(s[2], value), max(s[3], value)
+    out: list[tuple[float, float]] = []
+    for b in sorted(slices):
+        x0, x1, lo, hi = slices[b]
+        out.append((x0, lo))
+        out.append((x1, hi))
+    return out
+
+
+def _valid_metric_name(name: str) -> bool:
+    return _METRIC_NAME_RE.fullmatch(name) is not None
+
+
+def _pack_one(value: float | None) -> bytes:
+    """An old one-value point (NULL was NaN) in the stored form of an entry's values."""
+    return points.pack(array("d", [math.nan if value is None else value]))
 
 
 # SQLite stores NaN as NULL. Every point has a value, so NULL can only mean NaN; aggregates
