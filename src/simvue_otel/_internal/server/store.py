@@ -25,7 +25,6 @@ import sqlite3
 import string
 import threading
 import time
-from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -259,13 +258,15 @@ CREATE TABLE IF NOT EXISTS runs (
 DROP INDEX IF EXISTS runs_key;
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, name);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
--- Metric points: one row per posted entry (a step of a run with its values), its metric names
--- a shape kept once, its values little-endian doubles in the shape's order (see points.py).
+-- Metric points in chunks (see points.py): per run, batch and shape (the metric names of an
+-- entry, kept once), packed columns of steps, times, timestamps, positions and values.
 CREATE TABLE IF NOT EXISTS metric_shapes (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS metric_rows (
-    run_id TEXT NOT NULL, step INTEGER NOT NULL, time REAL, timestamp TEXT,
-    shape INTEGER NOT NULL, vals BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS metric_rows_run ON metric_rows (run_id, step);
+CREATE TABLE IF NOT EXISTS metric_chunks (
+    run_id TEXT NOT NULL, shape INTEGER NOT NULL, batch INTEGER NOT NULL, n INTEGER NOT NULL,
+    lo INTEGER NOT NULL, hi INTEGER NOT NULL, ascending INTEGER NOT NULL,
+    steps BLOB NOT NULL, times BLOB NOT NULL, stamps TEXT NOT NULL, positions BLOB NOT NULL,
+    vals BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS metric_chunks_run ON metric_chunks (run_id, shape);
 -- Per run and metric, kept up to date as points arrive, so that run documents and listings cost
 -- the same whatever a run holds: count, non-NaN count, min, max, sum, and the value at the
 -- highest step (the latest stored of equal steps).
@@ -321,6 +322,8 @@ class Store:
                 self._conn.execute("ALTER TABLE users ADD COLUMN tokens_after REAL")
             self._shape_ids: dict[tuple[str, ...], int] = {}
             self._shape_names: dict[int, tuple[str, ...]] = {}
+            last = self._conn.execute("SELECT MAX(batch) FROM metric_chunks").fetchone()[0]
+            self._batches = int(last or 0)  # batches are numbered in the order stored
             self._upgrade_metrics()
         self._last_sweep = 0.0
         # Readers: idle connections, taken by one read at a time (WAL lets them read while
@@ -854,31 +857,58 @@ class Store:
     def _upgrade_metrics(self) -> None:
         """Bring a database written by an older version to the current way of keeping points:
         summaries and envelopes filled once, then points moved from the one-row-per-value
-        ``metrics`` table to ``metric_rows`` (each old point an entry of one value)."""
-        old = self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metrics'"
-        ).fetchone()
-        if old is None:
+        ``metrics`` table into chunks, in the order they were stored."""
+        tables = {
+            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "metric_rows" in tables:  # a development version kept a row per entry
+            self._chunk_entry_rows()
+        if "metrics" not in tables:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('metric_summary_v2', '1')"
             )
             return
         self._summarise_older_points()
         with self._tx() as db:
-            names = [r[0] for r in db.execute("SELECT DISTINCT name FROM metrics")]
-            db.execute("CREATE TEMP TABLE shape_of (name TEXT PRIMARY KEY, id INTEGER)")
-            db.executemany(
-                "INSERT INTO temp.shape_of (name, id) VALUES (?, ?)",
-                [(n, self._shape_id(db, (n,))) for n in names],
+            rows = db.execute(
+                "SELECT run_id, name, step, time, timestamp, value FROM metrics ORDER BY rowid"
             )
-            db.create_function("pack_one", 1, _pack_one, deterministic=True)
-            db.execute(
-                "INSERT INTO metric_rows (run_id, step, time, timestamp, shape, vals) "
-                "SELECT m.run_id, m.step, m.time, m.timestamp, s.id, pack_one(m.value) "
-                "FROM metrics m JOIN temp.shape_of s ON s.name = m.name ORDER BY m.rowid"
-            )
-            db.execute("DROP TABLE temp.shape_of")
+            batches: dict[str, points.Batch] = {}
+            for run_id, name, step, t, stamp, value in rows:
+                batch = batches.setdefault(run_id, points.Batch())
+                batch.values += 1  # counts entries here: their order of arrival
+                group = batch.groups.get((name,))
+                if group is None:
+                    group = batch.groups[(name,)] = points.Group((name,))
+                group.steps.append(step)
+                group.times.append(math.nan if t is None else t)
+                group.stamps.append(stamp or "")
+                group.order.append(batch.values)
+                group.values.append(math.nan if value is None else value)
+            for run_id, batch in batches.items():
+                self._insert_chunks(db, run_id, batch)
             db.execute("DROP TABLE metrics")
+
+    def _chunk_entry_rows(self) -> None:
+        with self._tx() as db:
+            batches: dict[str, points.Batch] = {}
+            for run_id, step, t, stamp, shape, blob in db.execute(
+                "SELECT run_id, step, time, timestamp, shape, vals FROM metric_rows ORDER BY rowid"
+            ):
+                names = self._names_of(db, shape)
+                batch = batches.setdefault(run_id, points.Batch())
+                batch.values += 1  # counts entries here: their order of arrival
+                group = batch.groups.get(names)
+                if group is None:
+                    group = batch.groups[names] = points.Group(names)
+                group.steps.append(step)
+                group.times.append(math.nan if t is None else t)
+                group.stamps.append(stamp or "")
+                group.order.append(batch.values)
+                group.values.extend(points.unpack("d", blob))
+            for run_id, batch in batches.items():
+                self._insert_chunks(db, run_id, batch)
+            db.execute("DROP TABLE metric_rows")
 
     def _summarise_older_points(self) -> None:
         """Fill the summaries of a database written before they were kept (once)."""
@@ -1103,7 +1133,7 @@ class Store:
     @staticmethod
     def _delete_runs(db: sqlite3.Connection, run_ids: Sequence[str]) -> None:
         rows = [(r,) for r in run_ids]
-        db.executemany("DELETE FROM metric_rows WHERE run_id = ?", rows)
+        db.executemany("DELETE FROM metric_chunks WHERE run_id = ?", rows)
         db.executemany("DELETE FROM metric_summary WHERE run_id = ?", rows)
         db.executemany("DELETE FROM metric_envelope WHERE run_id = ?", rows)
         db.executemany("DELETE FROM events WHERE run_id = ?", rows)
@@ -1154,29 +1184,35 @@ class Store:
         number of values stored.
 
         A batch sent twice is stored twice, as on a Simvue server: clients own exactly-once."""
+        batch = points.check_entries(
+            entries,
+            max_int=_MAX_INT,
+            max_seconds=MAX_SECONDS,
+            valid_name=_valid_metric_name,
+            name_rule=_METRIC_NAME_RE.pattern,
+            invalid=_invalid,
+        )
         try:
             with self._tx() as db:
-                batch = points.check_entries(
-                    run_id,
-                    entries,
-                    lambda names: self._shape_id(db, names),
-                    max_int=_MAX_INT,
-                    max_seconds=MAX_SECONDS,
-                    valid_name=_valid_metric_name,
-                    name_rule=_METRIC_NAME_RE.pattern,
-                    invalid=_invalid,
-                )
                 self._run_for_write(db, who, run_id)
-                db.executemany(
-                    "INSERT INTO metric_rows (run_id, step, time, timestamp, shape, vals) "
-                    "VALUES (?,?,?,?,?,?)",
-                    batch.rows,
-                )
+                self._insert_chunks(db, run_id, batch)
                 self._summarise(db, run_id, batch)
         except BaseException:
             self._forget_shapes()  # ids made in a transaction that did not commit
             raise
         return batch.values
+
+    def _insert_chunks(self, db: sqlite3.Connection, run_id: str, batch: points.Batch) -> None:
+        """One chunk per shape of a batch; batches are numbered in the order stored."""
+        self._batches += 1
+        db.executemany(
+            "INSERT INTO metric_chunks (run_id, shape, batch, n, lo, hi, ascending, steps, "
+            "times, stamps, positions, vals) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (run_id, self._shape_id(db, names), self._batches, *group.chunk())
+                for names, group in batch.groups.items()
+            ],
+        )
 
     def _shape_id(self, db: sqlite3.Connection, names: tuple[str, ...]) -> int:
         """The id of a shape (an entry's metric names, in order), made on first use."""
@@ -1212,19 +1248,51 @@ class Store:
     def _points_of(
         self, db: sqlite3.Connection, run_id: str, name: str
     ) -> list[tuple[int, Any, Any, float]]:
-        """A metric's points in a run, ``(step, time, timestamp, value)`` ordered by step then
-        arrival."""
+        """A metric's points in a run, ``(step, time, timestamp, value)`` ordered by step, then
+        as they arrived (batch, then position in it)."""
         where = self._positions(db, name)
         if not where:
             return []
         shapes = ",".join(str(k) for k in where)
-        rows = db.execute(
-            "SELECT step, time, timestamp, shape, vals FROM metric_rows "  # noqa: S608
-            f"WHERE run_id = ? AND shape IN ({shapes}) ORDER BY step, rowid",
+        chunks = db.execute(
+            "SELECT shape, batch, lo, hi, ascending, steps, times, stamps, positions, vals "  # noqa: S608
+            f"FROM metric_chunks WHERE run_id = ? AND shape IN ({shapes}) ORDER BY batch, shape",
             (run_id,),
         ).fetchall()
+        # Already in order when each chunk is and each starts above the last one's end.
+        in_order = True
+        top = -1
+        for c in chunks:
+            in_order = in_order and bool(c[4]) and c[2] > top
+            top = max(top, c[3])
         unpack = points.unpack
-        return [(r[0], r[1], r[2], unpack(r[4])[where[r[3]]]) for r in rows]
+        out: list[tuple[Any, ...]] = []
+        for c in chunks:
+            width = len(self._names_of(db, c[0]))
+            steps = unpack("q", c[5])
+            times = [None if t != t else t for t in unpack("d", c[6])]
+            stamps = [s or None for s in c[7].split(points.STAMP_SEPARATOR)]
+            values = unpack("d", c[9])[where[c[0]] :: width]
+            if in_order:
+                out.extend(zip(steps, times, stamps, values, strict=True))
+                continue
+            batch = c[1]
+            positions = unpack("q", c[8])
+            out.extend(
+                (s, t, m, v, batch, o)
+                for s, t, m, v, o in zip(steps, times, stamps, values, positions, strict=True)
+            )
+        if in_order:
+            return out
+        out.sort(key=lambda p: (p[0], p[4], p[5]))
+        return [p[:4] for p in out]
+
+    def _names_of(self, db: sqlite3.Connection, shape: int) -> tuple[str, ...]:
+        names = self._shape_names.get(shape)
+        if names is None:
+            row = db.execute("SELECT names FROM metric_shapes WHERE id = ?", (shape,)).fetchone()
+            names = tuple(json.loads(row[0]))
+        return names
 
     def add_events(self, who: Identity, run_id: Any, entries: Any) -> int:
         if not isinstance(entries, list):
@@ -1570,11 +1638,6 @@ def _envelope(drawn: Sequence[tuple[float, float]], buckets: int) -> list[tuple[
 
 def _valid_metric_name(name: str) -> bool:
     return _METRIC_NAME_RE.fullmatch(name) is not None
-
-
-def _pack_one(value: float | None) -> bytes:
-    """An old one-value point (NULL was NaN) in the stored form of an entry's values."""
-    return points.pack(array("d", [math.nan if value is None else value]))
 
 
 # SQLite stores NaN as NULL. Every point has a value, so NULL can only mean NaN; aggregates
