@@ -524,29 +524,48 @@ class Mapper:
     # -- metrics from the app's own instruments -------------------------------------------
 
     def metrics(self, metrics: Iterable[OtelMetric]) -> list[Record]:
-        """One metric record per run and export time, holding every instrument's value."""
+        """One metric record per run and export time, holding every instrument's value.
+
+        The run of a metric is looked up once for all its points (they share its Resource):
+        its time origin is then moved back to the metric's earliest point, as looking it up
+        at each point would, before any point's ``time`` is measured from it.
+        """
         out: list[Record] = []
         grouped: dict[tuple[str, int], tuple[_RunState, float, dict[str, float]]] = {}
         for metric in metrics:
+            points = metric.points
+            if not points:
+                continue
+            state = self._state(metric.resource, points[0].timestamp, out)
+            key = state.ref.key
             resources = metric.name in RESOURCE_METRICS
-            for point in metric.points:
-                state = self._state(metric.resource, point.timestamp, out)
-                slot = (state.ref.key, int(point.timestamp * 1000))
+            base_name = metric.name
+            room = 240 - len(base_name)
+            earliest = state.origin
+            for point in points:
+                stamp = point.timestamp
+                if stamp < earliest:
+                    earliest = stamp
+                slot = (key, int(stamp * 1000))
                 entry = grouped.get(slot)
                 if entry is None:
-                    entry = grouped[slot] = (state, point.timestamp, {})
+                    entry = grouped[slot] = (state, stamp, {})
                 values = entry[2]
                 value = point.value
-                if resources and not isinstance(value, HistogramValue):
-                    simvue = resource_metric(metric.name, point.attributes, value, metric.resource)
+                attributes = point.attributes
+                if isinstance(value, HistogramValue):
+                    name = base_name + _suffix(attributes, room) if attributes else base_name
+                    _histogram_values(name, value, values)
+                    continue
+                if resources:
+                    simvue = resource_metric(base_name, attributes, value, metric.resource)
                     if simvue is not None:  # OTel's resource metric as Simvue's (section 8)
                         values[simvue[0]] = simvue[1]
                         continue
-                name = metric.name + _suffix(point.attributes, 240 - len(metric.name))
-                if isinstance(value, HistogramValue):
-                    _histogram_values(name, value, values)
-                else:
-                    values[name] = value
+                name = base_name + _suffix(attributes, room) if attributes else base_name
+                values[name] = value
+            state.origin = earliest
+            state.last_seen = points[-1].timestamp
         for (_key, _ms), (state, stamp, values) in sorted(grouped.items(), key=lambda i: i[0][1]):
             if not values:
                 continue
