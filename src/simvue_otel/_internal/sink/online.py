@@ -4,11 +4,14 @@ Records are buffered in memory and uploaded by one worker thread in batches boun
 (``batch_points``) and by time (``flush_interval``). When the server cannot take them (down,
 slow, 5xx, 429, token refused) the batch goes to a spool on disk with what the server already
 holds of it (its :class:`~.uploader.Progress`), and so does anything past
-``max_memory_points``; the worker replays the spool first, oldest first, once the server
-answers again, skipping acknowledged parts and reconciling parts whose answer was lost, so
-each point and event is stored once without any help from the server. Run ids are recorded
-in a :class:`~.run_index.RunIndex` beside the spool. Heartbeats keep live runs from turning
-``lost``; a run that has ended gets none, whatever arrives for it later.
+``max_memory_points`` unless the server is taking data as fast as the buffer fills (then the
+producer waits up to ``room_wait`` seconds for the worker to take the buffer: cheaper than
+writing it to disk and reading it back, for the same end). The worker replays the spool
+first, oldest first, once the server answers again, skipping acknowledged parts and
+reconciling parts whose answer was lost, so each point and event is stored once without any
+help from the server. Run ids are recorded in a :class:`~.run_index.RunIndex` beside the
+spool. Heartbeats keep live runs from turning ``lost``; a run that has ended gets none,
+whatever arrives for it later.
 At ``close`` the sink waits at most ``timeout`` seconds and leaves the rest on disk for
 ``simvue-otel send``.
 """
@@ -69,12 +72,13 @@ class OnlineSink(Sink):
         *,
         batch_points: int = 20_000,
         flush_interval: float = 1.0,
-        max_memory_points: int = 100_000,
+        max_memory_points: int = 50_000,
         heartbeat_interval: float = 30.0,
         live_window: float | None = None,
         max_backoff: float = 15.0,
         spill_points: int = 10_000,
         segment_bytes: int = 8 * 2**20,
+        room_wait: float = 1.0,
     ) -> None:
         self.client = client
         self._spool = spool_dir
@@ -89,6 +93,7 @@ class OnlineSink(Sink):
         self.live_window = live_window
         self.max_backoff = max_backoff
         self.spill_points = spill_points
+        self.room_wait = room_wait
         self.abort_listener: Callable[[str], None] | None = None
         """Called (on the sink's thread) with the key of a run the server was asked to abort."""
         self.segment_bytes = segment_bytes
@@ -99,6 +104,7 @@ class OnlineSink(Sink):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # the worker took the buffer
         self._buffer: list[Record] = []
         self._buffered = 0
         self._busy = False
@@ -141,7 +147,7 @@ class OnlineSink(Sink):
             self._buffer.extend(records)
             self._buffered += _cost(records)
             self._note_live_locked(records, now)
-            if self._buffered > self.max_memory_points:
+            if self._buffered > self.max_memory_points and not self._wait_for_room_locked():
                 self._spill_locked(self._take_locked())
             if self._buffered >= self.batch_points:
                 self._wake.notify()
@@ -236,6 +242,7 @@ class OnlineSink(Sink):
                 self._spool,
                 command("send", "--cache", self._spool.parent.parent),
             )
+        self.uploader.close()
         self.client.close()
         return remaining == 0 and self.losses.total == 0
 
@@ -261,7 +268,23 @@ class OnlineSink(Sink):
 
     def _take_locked(self) -> list[Record]:
         batch, self._buffer, self._buffered = self._buffer, [], 0
+        self._room.notify_all()
         return batch
+
+    def _wait_for_room_locked(self) -> bool:
+        """The buffer is full: while the server takes data (the last upload worked, nothing
+        is waiting on disk), wait up to ``room_wait`` seconds for the worker to take it;
+        False when it did not (a slow or failing server, a sink closing): then it is spilled."""
+        if not self.room_wait or self._failures or self._spilled or self._closing:
+            return False
+        deadline = time.monotonic() + self.room_wait
+        self._wake.notify()
+        while self._buffered > self.max_memory_points:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._failures or self._closing or self._closed:
+                return False
+            self._room.wait(left)
+        return True
 
     def _next_key(self) -> str:
         self._seq += 1

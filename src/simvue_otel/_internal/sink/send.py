@@ -114,15 +114,20 @@ def send_spool(
         folders.append(folder)
     index = run_index_for(index_dir) if index_dir is not None else None
     uploader = Uploader(client, rejected_dir=spool_dir / "rejected", index=index)
-    for folder in folders:
-        result = _send_folder(folder, uploader, progress=progress, attempts=attempts, sleep=sleep)
-        total.frames += result.frames
-        total.bytes += result.bytes
-        if not result.complete:
-            resume = command("send", "--cache", spool_dir.parent)
-            total.complete = False
-            total.reason = f"{result.reason}; run `{resume}` again to resume"
-            break
+    try:
+        for folder in folders:
+            result = _send_folder(
+                folder, uploader, progress=progress, attempts=attempts, sleep=sleep
+            )
+            total.frames += result.frames
+            total.bytes += result.bytes
+            if not result.complete:
+                resume = command("send", "--cache", spool_dir.parent)
+                total.complete = False
+                total.reason = f"{result.reason}; run `{resume}` again to resume"
+                break
+    finally:
+        uploader.close()
     total.stats = uploader.stats
     return total
 

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,10 @@ def _event_entries(records: Sequence[Record]) -> list[dict[str, Any]]:
     ]
 
 
+def _entries(kind: str, records: Sequence[Record]) -> list[dict[str, Any]]:
+    return _metric_entries(records) if kind == "metrics" else _event_entries(records)
+
+
 def _parts(
     index: int, points: Sequence[Record], events: Sequence[Record]
 ) -> list[tuple[str, str, Sequence[Record]]]:
@@ -245,6 +250,7 @@ class Uploader:
         self._bases: dict[tuple[str, str], tuple[int, bool]] = {}
         self._next_step: dict[str, int] = {}
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
+        self._pool: ThreadPoolExecutor | None = None  # builds the next part's entries
 
     # -- public ---------------------------------------------------------------------------
 
@@ -339,8 +345,15 @@ class Uploader:
         if any(p.counter is not None for p in plan.points):
             # Same parts (same ids), their instrument points numbered as the run's steps.
             parts = _parts(plan.index, self._numbered(key, run_id, plan.points), plan.events)
-        for part, kind, chunk in parts:
-            self._send_part(part, progress, run_id, kind, chunk)
+        # While one part's POST waits for the server, the next part's entries are built in a
+        # helper thread: the server's work and ours overlap instead of taking turns.
+        ahead: Future[list[dict[str, Any]]] | None = None
+        for i, (part, kind, chunk) in enumerate(parts):
+            entries = ahead.result() if ahead is not None else None
+            ahead = None
+            if i + 1 < len(parts) and progress.states.get(parts[i + 1][0]) != "done":
+                ahead = self._preparer().submit(_entries, parts[i + 1][1], parts[i + 1][2])
+            self._send_part(part, progress, run_id, kind, chunk, entries)
         if plan.state is not None:
             self._apply_state(key, run_id, plan.state)
         else:
@@ -358,6 +371,17 @@ class Uploader:
         self.client.update_run(run_id, started=format_timestamp(earliest))
         sent["started"] = earliest
 
+    def _preparer(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="simvue-otel-prepare")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the helper thread (if one was started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
     def _send_part(
         self,
         part: str,
@@ -365,12 +389,15 @@ class Uploader:
         run_id: str,
         kind: str,
         records: Sequence[Record],
+        entries: list[dict[str, Any]] | None = None,
     ) -> None:
-        """POST one part once: skipped when done, reconciled first when in doubt."""
+        """POST one part once: skipped when done, reconciled first when in doubt.
+        ``entries``: the part's entries, when already built."""
         state = progress.states.get(part)
         if state == "done":
             return
-        entries = _metric_entries(records) if kind == "metrics" else _event_entries(records)
+        if entries is None:
+            entries = _entries(kind, records)
         post = self.client.post_metrics if kind == "metrics" else self.client.post_events
         if state == "sending":
             entries = self._missing(run_id, kind, entries)
