@@ -562,7 +562,7 @@ class Run:
                 return True
             return self._error(RuntimeError(self._not_running("log_metrics")))
         try:
-            if not isinstance(metrics, Mapping):
+            if metrics.__class__ is not dict and not isinstance(metrics, Mapping):
                 raise SimvueValidationError("metrics", "must be a dict of name: number", metrics)
             valid = self._valid_names
             convert = False

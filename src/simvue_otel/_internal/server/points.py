@@ -107,6 +107,9 @@ def check_entries(
     stored then). Entries without values are left out."""
     if not isinstance(entries, list):
         raise invalid("metrics", "must be a list of {values, step, time, timestamp}")
+    uniform = _uniform(entries, max_int, max_seconds, valid_name)
+    if uniform is not None:
+        return uniform
     batch = Batch()
     groups = batch.groups
     last_names: tuple[str, ...] | None = None
@@ -173,6 +176,54 @@ def check_entries(
     return batch
 
 
+def _uniform(
+    entries: list[Any], max_int: int, max_seconds: float, valid_name: Callable[[str], bool]
+) -> Batch | None:
+    """The batch, when every entry is a plain well-formed one with the same metric names
+    (what clients send): checked a field at a time over all entries with the builtins,
+    several times faster than entry by entry. None when any entry is not (``check_entries``
+    then checks entry by entry, and names the first that breaks a rule)."""
+    if not entries or set(map(type, entries)) != {dict}:
+        return None
+    values = [e.get("values") for e in entries]
+    if set(map(type, values)) != {dict}:
+        return None
+    shapes = set(map(tuple, values))
+    if len(shapes) != 1:
+        return None
+    (names,) = shapes
+    if not names or not all(n.__class__ is str and valid_name(n) for n in names):
+        return None
+    steps = [e.get("step", 0) for e in entries]
+    if set(map(type, steps)) != {int} or min(steps) < 0 or max(steps) > max_int:
+        return None  # (bools are not ints here)
+    times = [e.get("time") for e in entries]
+    if set(map(type, times)) != {float}:
+        return None  # ints and absent times take the long way
+    total = sum(times)
+    if total != total or min(times) < -max_seconds or max(times) > max_seconds:
+        return None  # a NaN makes the sum NaN
+    stamps = [e.get("timestamp") for e in entries]
+    if set(map(type, stamps)) != {str} or min(map(len, stamps)) < 1 or max(map(len, stamps)) > 64:
+        return None
+    joined = "".join(stamps)
+    if not joined.isascii() or not joined.isprintable():
+        return None
+    group = Group(names)
+    try:
+        group.values.extend(itertools.chain.from_iterable(v.values() for v in values))
+    except (TypeError, OverflowError):
+        return None
+    group.steps.extend(steps)
+    group.times.extend(times)
+    group.stamps = stamps
+    group.order.extend(range(len(entries)))
+    batch = Batch()
+    batch.groups[names] = group
+    batch.values = len(group.values)
+    return batch
+
+
 def _seconds(value: Any, max_seconds: float) -> float | None:
     if value.__class__ is bool or not isinstance(value, int | float):
         return None
@@ -214,8 +265,9 @@ def summarise(
     - envelope, per slice of ``2**bits`` steps: ``[min, max, first step, last step]`` of the
       non-NaN values in it.
 
-    One pass per shape; the builtins (``zip``, ``min``, ``max``, ``sum``) do the per-value
-    work."""
+    The builtins (``sum``, ``min``, ``max`` over packed columns) do the per-value work, in
+    three passes over each column: its sum, and each slice's minimum and maximum (the
+    column's are those of its slices)."""
     summary: dict[str, list[Any]] = {}
     envelope: dict[tuple[str, int], list[Any]] = {}
     for group in batch.groups.values():
@@ -223,52 +275,50 @@ def summarise(
         top = max(steps)
         at = len(steps) - 1 - steps[::-1].index(top)  # the latest entry at the highest step
         order = group.order[at]  # its position in the batch: a later one wins a tie
-        segments = _segments(steps, bits)
+        segments = [
+            (slice_, start, stop, min(steps[start:stop]), max(steps[start:stop]))
+            for slice_, start, stop in _segments(steps, bits)
+        ]
         for j, name in enumerate(group.names):
             column = group.column(j)
-            finite = _finite_part(column)
-            last = column[at]
-            add = [
-                len(column),
-                len(finite),
-                min(finite) if finite else None,
-                max(finite) if finite else None,
-                sum(finite),
-                top,
-                None if last != last else last,
-                order,
-            ]
-            s = summary.get(name)
-            if s is None:
-                summary[name] = add
-            else:
-                s[0] += add[0]
-                s[1] += add[1]
-                if add[2] is not None:
-                    s[2] = add[2] if s[2] is None else min(s[2], add[2])
-                    s[3] = add[3] if s[3] is None else max(s[3], add[3])
-                s[4] += add[4]
-                if (top, order) > (s[5], s[7]):
-                    s[5], s[6], s[7] = top, add[6], order
-            if not finite:
-                continue
-            for slice_, start, stop in segments:
-                part = column[start:stop]
-                kept = _finite_part(part)
-                if not kept:
-                    continue
-                if kept is part:
-                    x0, x1 = min(steps[start:stop]), max(steps[start:stop])
-                else:
-                    at_steps = [x for x, v in zip(steps[start:stop], part, strict=True) if v == v]
-                    x0, x1 = min(at_steps), max(at_steps)
-                lo, hi = min(kept), max(kept)
+            total = sum(column)
+            clean = total == total  # no NaN (a NaN, or inf - inf, makes the sum NaN)
+            finite: Sequence[float] = column if clean else _finite_part(column)
+            if not clean:
+                total = sum(finite)
+            lo: float | None = None
+            hi: float | None = None
+            for slice_, start, stop, x0, x1 in segments:
+                part: Sequence[float] = column[start:stop]
+                if not clean:
+                    kept = [(x, v) for x, v in zip(steps[start:stop], part, strict=True) if v == v]
+                    if not kept:
+                        continue
+                    part = [v for _, v in kept]
+                    x0, x1 = min(x for x, _ in kept), max(x for x, _ in kept)
+                p_lo, p_hi = min(part), max(part)
+                lo = p_lo if lo is None else min(lo, p_lo)
+                hi = p_hi if hi is None else max(hi, p_hi)
                 e = envelope.get((name, slice_))
                 if e is None:
-                    envelope[(name, slice_)] = [lo, hi, x0, x1]
+                    envelope[(name, slice_)] = [p_lo, p_hi, x0, x1]
                 else:
-                    e[0], e[1] = min(e[0], lo), max(e[1], hi)
+                    e[0], e[1] = min(e[0], p_lo), max(e[1], p_hi)
                     e[2], e[3] = min(e[2], x0), max(e[3], x1)
+            last = column[at]
+            add = [len(column), len(finite), lo, hi, total, top, None if last != last else last]
+            s = summary.get(name)
+            if s is None:
+                summary[name] = [*add, order]
+                continue
+            s[0] += add[0]
+            s[1] += add[1]
+            if lo is not None:
+                s[2] = lo if s[2] is None else min(s[2], lo)
+                s[3] = hi if s[3] is None else max(s[3], hi)
+            s[4] += total
+            if (top, order) > (s[5], s[7]):
+                s[5], s[6], s[7] = top, add[6], order
     for s in summary.values():
         del s[7]
     return summary, envelope
