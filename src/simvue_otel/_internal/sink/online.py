@@ -59,7 +59,7 @@ def run_index_for(spool_dir: Path) -> RunIndex:
 
 def _cost(records: Sequence[Record]) -> int:
     """Size of records in metric values (an event or state counts as one)."""
-    return sum(len(r.values) if isinstance(r, MetricRecord) else 1 for r in records)
+    return sum(len(r.values) if r.__class__ is MetricRecord else 1 for r in records)
 
 
 class OnlineSink(Sink):
@@ -153,18 +153,22 @@ class OnlineSink(Sink):
                 self._wake.notify()
 
     def _note_live_locked(self, records: Sequence[Record], now: float) -> None:
-        """Track which runs are live (for heartbeats) and their heartbeat timeouts."""
-        for record in records:
-            key = record.run.key
-            if isinstance(record, RunRecord) and record.heartbeat_timeout:
-                self._timeouts[key] = record.heartbeat_timeout
-            if isinstance(record, RunRecord) and record.status in FINAL_STATUSES:
+        """Track which runs are live (for heartbeats) and their heartbeat timeouts: a run's
+        data or a running state makes it live, a final state ends it for good (late records
+        of an ended run never restart its heartbeats)."""
+        for state in [r for r in records if r.__class__ is RunRecord]:
+            assert isinstance(state, RunRecord)
+            key = state.run.key
+            if state.heartbeat_timeout:
+                self._timeouts[key] = state.heartbeat_timeout
+            if state.status in FINAL_STATUSES:
                 self._live.pop(key, None)
                 self._timeouts.pop(key, None)
                 self._ended.add(key)
-            elif key in self._ended:
-                continue  # late records of an ended run never restart its heartbeats
-            elif not isinstance(record, RunRecord) or record.status == "running":
+            elif state.status == "running" and key not in self._ended:
+                self._live[key] = now
+        for key in {r.run.key for r in records if r.__class__ is not RunRecord}:
+            if key not in self._ended:
                 self._live[key] = now
 
     def flush(self, timeout: float | None = None) -> bool:
