@@ -159,6 +159,25 @@ def test_the_online_sink_keeps_everything_while_the_server_is_down(
     assert sink.run_id("key-1") == run_id and sink.backlog() == 0
 
 
+def test_a_full_buffer_waits_for_a_server_that_takes_data_instead_of_going_to_disk(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """While the server takes what comes, a producer that fills the memory buffer waits for
+    the uploader to take it: nothing is written to the spool and read back."""
+    sink = OnlineSink(
+        client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10, room_wait=60
+    )
+    try:
+        for start in range(0, 200, 20):
+            sink.submit(points(20, start))  # each submit overfills the buffer
+        assert sink.flush(20)
+        assert sink._spill_seq == 0, "batches were written to the spool"
+    finally:
+        assert sink.close(20)
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(200))
+
+
 # -- the bridge core ---------------------------------------------------------------------------
 
 

@@ -279,7 +279,9 @@ class OnlineSink(Sink):
         """The buffer is full: while the server takes data (the last upload worked, nothing
         is waiting on disk), wait up to ``room_wait`` seconds for the worker to take it;
         False when it did not (a slow or failing server, a sink closing): then it is spilled."""
-        if not self.room_wait or self._failures or self._spilled or self._closing:
+        if not self.room_wait or not self.max_memory_points:  # 0: everything on disk first
+            return False
+        if self._failures or self._spilled or self._closing:
             return False
         deadline = time.monotonic() + self.room_wait
         self._wake.notify()
