@@ -46,7 +46,7 @@ class Pipeline:
         sink: Sink,
         mapper: Mapper | None = None,
         *,
-        max_queue: int = 10_000,
+        max_queue: int = 5_000,
         interval: float = 0.2,
         finish_foreign: bool = True,
     ) -> None:

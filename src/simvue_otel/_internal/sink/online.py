@@ -70,15 +70,15 @@ class OnlineSink(Sink):
         client: SimvueClient,
         spool_dir: Path,
         *,
-        batch_points: int = 20_000,
+        batch_points: int = 10_000,
         flush_interval: float = 1.0,
-        max_memory_points: int = 50_000,
+        max_memory_points: int = 25_000,
         heartbeat_interval: float = 30.0,
         live_window: float | None = None,
         max_backoff: float = 15.0,
         spill_points: int = 10_000,
         segment_bytes: int = 8 * 2**20,
-        room_wait: float = 1.0,
+        room_wait: float = 0.25,
     ) -> None:
         self.client = client
         self._spool = spool_dir
