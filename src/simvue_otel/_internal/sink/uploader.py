@@ -352,7 +352,7 @@ class Uploader:
             entries = ahead.result() if ahead is not None else None
             ahead = None
             if i + 1 < len(parts) and progress.states.get(parts[i + 1][0]) != "done":
-                ahead = self._preparer().submit(_entries, parts[i + 1][1], parts[i + 1][2])
+                ahead = self._prepare(parts[i + 1][1], parts[i + 1][2])
             self._send_part(part, progress, run_id, kind, chunk, entries)
         if plan.state is not None:
             self._apply_state(key, run_id, plan.state)
@@ -371,10 +371,15 @@ class Uploader:
         self.client.update_run(run_id, started=format_timestamp(earliest))
         sent["started"] = earliest
 
-    def _preparer(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="simvue-otel-prepare")
-        return self._pool
+    def _prepare(self, kind: str, records: Sequence[Record]) -> Future[list[dict[str, Any]]] | None:
+        """Build a part's entries in the helper thread; None when no thread can be started
+        (at interpreter exit: the part then builds its own)."""
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="simvue-otel-prepare")
+            return self._pool.submit(_entries, kind, records)
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            return None
 
     def close(self) -> None:
         """Stop the helper thread (if one was started)."""
