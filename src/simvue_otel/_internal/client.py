@@ -97,16 +97,20 @@ _stamp_cache: tuple[int, str] = (-1, "")
 def format_timestamp(epoch_seconds: float) -> str:
     """Simvue's timestamp text: UTC, microseconds, no zone suffix.
 
-    Hot on the upload path (one per metric point): the date-and-second prefix is cached."""
+    Hot on the upload path (one per metric point): the date-and-second prefix is cached, and
+    the microseconds are two lookups of three digits (cheaper than a format spec)."""
     global _stamp_cache
-    micros = round(epoch_seconds * 1_000_000)
-    second, micro = divmod(micros, 1_000_000)
+    second, micro = divmod(round(epoch_seconds * 1_000_000), 1_000_000)
     cached_second, prefix = _stamp_cache
     if second != cached_second:
         moment = datetime.datetime.fromtimestamp(second, tz=datetime.timezone.utc)
-        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
         _stamp_cache = (second, prefix)
-    return f"{prefix}.{micro:06d}"
+    milli, micro = divmod(micro, 1000)
+    return prefix + _DIGITS3[milli] + _DIGITS3[micro]
+
+
+_DIGITS3 = [f"{i:03d}" for i in range(1000)]
 
 
 def parse_timestamp(text: str) -> float:

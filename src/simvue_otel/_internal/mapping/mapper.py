@@ -472,6 +472,7 @@ class Mapper:
         point = self._metric_point
         last: Any = None
         state: Any = None
+        append = out.append
         for resource, body, step, elapsed, stamp in rows:
             if resource is not last:
                 state = state_for(resource, stamp, out)
@@ -480,7 +481,13 @@ class Mapper:
                 state.last_seen = stamp
                 if stamp < state.origin:
                     state.origin = stamp
-            out.append(point(state, body, step, elapsed, stamp))  # the body is the row's own
+            if step.__class__ is int and elapsed.__class__ is float and step >= 0:
+                # the Run's case, inline: its own step and time (the body is the row's own)
+                if step >= state.metric_step:
+                    state.metric_step = step + 1
+                append(MetricRecord(state.ref, body, step, elapsed, stamp))
+            else:
+                append(point(state, body, step, elapsed, stamp))
         return out
 
     def _metric_point(

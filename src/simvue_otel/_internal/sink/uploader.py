@@ -292,11 +292,13 @@ class Uploader:
             plan = plans.get(record.run.key)
             if plan is None:
                 plan = plans[record.run.key] = _RunPlan(record.run, len(plans))
-            if isinstance(record, MetricRecord):
+            if type(record) is MetricRecord:  # (exact types: cheaper than isinstance)
                 plan.points.append(record)
-            elif isinstance(record, EventRecord):
+            elif type(record) is EventRecord:
                 plan.events.append(record)
-            elif plan.state is None or record.observed >= plan.state.observed:
+            elif isinstance(record, RunRecord) and (
+                plan.state is None or record.observed >= plan.state.observed
+            ):
                 plan.state = record
         return plans
 
@@ -421,7 +423,7 @@ class Uploader:
                 self._reject(records, f"the server refused {kind}: {exc}")
             else:
                 if kind == "metrics":
-                    self.stats.points += sum(len(e["values"]) for e in entries)
+                    self.stats.points += sum(map(len, [e["values"] for e in entries]))
                 else:
                     self.stats.events += len(entries)
         progress.set(part, "done")
