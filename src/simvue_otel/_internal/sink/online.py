@@ -76,9 +76,9 @@ class OnlineSink(Sink):
         heartbeat_interval: float = 30.0,
         live_window: float | None = None,
         max_backoff: float = 15.0,
-        spill_points: int = 10_000,
+        spill_points: int = 50_000,
         segment_bytes: int = 8 * 2**20,
-        room_wait: float = 0.25,
+        room_wait: float = 1.0,
     ) -> None:
         self.client = client
         self._spool = spool_dir
@@ -105,6 +105,7 @@ class OnlineSink(Sink):
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)  # the worker took the buffer
+        self._spill_until = 0.0  # full buffers go to disk without waiting until then
         self._buffer: list[Record] = []
         self._buffered = 0
         self._busy = False
@@ -276,18 +277,24 @@ class OnlineSink(Sink):
         return batch
 
     def _wait_for_room_locked(self) -> bool:
-        """The buffer is full: while the server takes data (the last upload worked, nothing
-        is waiting on disk), wait up to ``room_wait`` seconds for the worker to take it;
-        False when it did not (a slow or failing server, a sink closing): then it is spilled."""
+        """The buffer is full: while the server takes data (the last upload worked), wait up
+        to ``room_wait`` seconds for the worker to take it; False when it did not (a slow or
+        failing server, a sink closing): then it is spilled, and so is every full buffer for
+        the next ``5 * room_wait`` seconds (a slow server costs the producer one wait, not
+        one per buffer)."""
         if not self.room_wait or not self.max_memory_points:  # 0: everything on disk first
             return False
-        if self._failures or self._spilled or self._closing:
+        now = time.monotonic()
+        if self._failures or self._closing or now < self._spill_until:
             return False
-        deadline = time.monotonic() + self.room_wait
+        deadline = now + self.room_wait
         self._wake.notify()
         while self._buffered > self.max_memory_points:
             left = deadline - time.monotonic()
-            if left <= 0 or self._failures or self._closing or self._closed:
+            if self._failures or self._closing or self._closed:
+                return False
+            if left <= 0:
+                self._spill_until = time.monotonic() + 5 * self.room_wait
                 return False
             self._room.wait(left)
         return True
