@@ -16,6 +16,7 @@ import itertools
 import json
 import string
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +48,7 @@ class FakeSimvue(BaseAdapter):
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[tuple[str, str]] = []
         self.down = False
+        self.slow: float = 0.0  # seconds each POST of metrics takes (a slow, healthy server)
         self._faults: list[tuple[str, str, str]] = []
         self._ids = (f"{n:022d}" for n in itertools.count(1))
         self._lock = threading.Lock()
@@ -84,6 +86,8 @@ class FakeSimvue(BaseAdapter):
         path = parts.path.removeprefix("/api/").strip("/")
         method = str(request.method)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if self.slow and method == "POST" and path == "metrics":
+            time.sleep(self.slow)
         with self._lock:
             self.requests.append((method, path))
             action = self._take_fault(method, path)

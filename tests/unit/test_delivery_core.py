@@ -178,6 +178,41 @@ def test_a_full_buffer_waits_for_a_server_that_takes_data_instead_of_going_to_di
     assert [s for s, _ in fake.points(run_id, "x")] == list(range(200))
 
 
+def test_a_slow_server_costs_the_producer_one_wait_then_full_buffers_go_to_disk(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """When the uploader does not take a full buffer within ``room_wait`` (each POST here
+    takes 0.5 s), that buffer goes to the spool, and so do the next ones without waiting (for
+    5 waits' time); everything still arrives once."""
+    fake.slow = 0.5
+    sink = OnlineSink(
+        client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10, room_wait=30
+    )
+    try:
+        sink.submit(points(20))  # full: the uploader takes it, and posts it for 0.5 s
+        assert sink._spill_seq == 0
+        sink.room_wait = 0.2
+        waits: list[float | None] = []
+        wait = sink._room.wait
+
+        def counted(timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return wait(timeout)
+
+        sink._room.wait = counted  # type: ignore[method-assign]
+        sink.submit(points(20, 20))  # full: waits 0.2 s for room, then spilled
+        assert sink._spill_seq == 1 and waits
+        waited = len(waits)
+        for start in range(40, 100, 20):
+            sink.submit(points(20, start))  # spilled without waiting
+        assert sink._spill_seq == 4 and len(waits) == waited
+        assert sink.flush(30)
+    finally:
+        assert sink.close(30)
+    (run_id,) = fake.run_ids()
+    assert sorted(s for s, _ in fake.points(run_id, "x")) == list(range(100))
+
+
 # -- the bridge core ---------------------------------------------------------------------------
 
 
