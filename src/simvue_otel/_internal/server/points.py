@@ -20,7 +20,7 @@ import itertools
 import math
 import sys
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["Batch", "check_entries", "pack", "summarise", "unpack"]
@@ -53,7 +53,24 @@ class Batch:
 
     def __init__(self) -> None:
         self.groups: dict[tuple[str, ...], Group] = {}
-        self.values = 0
+        self.values = 0  # how many values it holds
+        self.entries = 0  # how many entries: the next one's position in the batch
+
+    def add(
+        self, names: tuple[str, ...], step: int, time: float, stamp: str, values: Iterable[Any]
+    ) -> None:
+        """Append one entry (time NaN when absent, timestamp empty when absent); TypeError
+        or OverflowError when a value is not a number a double can hold."""
+        group = self.groups.get(names)
+        if group is None:
+            group = self.groups[names] = Group(names)
+        group.values.extend(values)
+        group.steps.append(step)
+        group.times.append(time)
+        group.stamps.append(stamp)
+        group.order.append(self.entries)
+        self.entries += 1
+        self.values += len(names)
 
 
 class Group:
@@ -67,7 +84,7 @@ class Group:
         self.steps: array[int] = array("q")
         self.times: array[float] = array("d")
         self.stamps: list[str] = []
-        self.order: array[int] = array("l")
+        self.order: array[int] = array("q")
         self.values: array[float] = array("d")
 
     def chunk(self) -> tuple[int, int, int, bool, bytes, bytes, str, bytes, bytes]:
@@ -75,7 +92,6 @@ class Group:
         positions, values)`` as stored."""
         steps = self.steps
         ascending = all(a <= b for a, b in itertools.pairwise(steps))
-        order = array("q", self.order)
         return (
             len(steps),
             min(steps),
@@ -84,7 +100,7 @@ class Group:
             pack(steps),
             pack(self.times),
             STAMP_SEPARATOR.join(self.stamps),
-            pack(order),
+            pack(self.order),
             pack(self.values),
         )
 
@@ -111,9 +127,6 @@ def check_entries(
     if uniform is not None:
         return uniform
     batch = Batch()
-    groups = batch.groups
-    last_names: tuple[str, ...] | None = None
-    group = Group(())
     nan = math.nan
     for i, entry in enumerate(entries):
         if entry.__class__ is not dict and not isinstance(entry, Mapping):
@@ -151,28 +164,17 @@ def check_entries(
         if not values:
             continue
         names = tuple(values)
-        if names != last_names:
-            found = groups.get(names)
-            if found is None:
-                for name in names:
-                    if name.__class__ is not str or not valid_name(name):
-                        raise invalid(
-                            f"metrics.{i}.values",
-                            f"metric names must match {name_rule} (the official rule), "
-                            f"not {name!r}",
-                        )
-                found = groups[names] = Group(names)
-            group = found
-            last_names = names
+        if names not in batch.groups:  # a new shape: its names are checked once
+            for name in names:
+                if name.__class__ is not str or not valid_name(name):
+                    raise invalid(
+                        f"metrics.{i}.values",
+                        f"metric names must match {name_rule} (the official rule), not {name!r}",
+                    )
         try:
-            group.values.extend(values.values())
+            batch.add(names, step, t, stamp, values.values())
         except (TypeError, OverflowError):
             raise _bad_value(i, values, invalid) from None
-        group.steps.append(step)
-        group.times.append(t)
-        group.stamps.append(stamp)
-        group.order.append(i)
-    batch.values = sum(len(g.values) for g in groups.values())
     return batch
 
 
@@ -221,6 +223,7 @@ def _uniform(
     batch = Batch()
     batch.groups[names] = group
     batch.values = len(group.values)
+    batch.entries = len(entries)
     return batch
 
 

@@ -873,42 +873,39 @@ class Store:
             rows = db.execute(
                 "SELECT run_id, name, step, time, timestamp, value FROM metrics ORDER BY rowid"
             )
-            batches: dict[str, points.Batch] = {}
-            for run_id, name, step, t, stamp, value in rows:
-                batch = batches.setdefault(run_id, points.Batch())
-                batch.values += 1  # counts entries here: their order of arrival
-                group = batch.groups.get((name,))
-                if group is None:
-                    group = batch.groups[(name,)] = points.Group((name,))
-                group.steps.append(step)
-                group.times.append(math.nan if t is None else t)
-                group.stamps.append(stamp or "")
-                group.order.append(batch.values)
-                group.values.append(math.nan if value is None else value)
-            for run_id, batch in batches.items():
-                self._insert_chunks(db, run_id, batch)
+            self._rechunk(
+                db,
+                ((run, (name,), step, t, stamp, [math.nan if v is None else v])
+                 for run, name, step, t, stamp, v in rows),
+            )  # fmt: skip
             db.execute("DROP TABLE metrics")
 
     def _chunk_entry_rows(self) -> None:
         with self._tx() as db:
-            batches: dict[str, points.Batch] = {}
-            for run_id, step, t, stamp, shape, blob in db.execute(
+            rows = db.execute(
                 "SELECT run_id, step, time, timestamp, shape, vals FROM metric_rows ORDER BY rowid"
-            ):
-                names = self._names_of(db, shape)
-                batch = batches.setdefault(run_id, points.Batch())
-                batch.values += 1  # counts entries here: their order of arrival
-                group = batch.groups.get(names)
-                if group is None:
-                    group = batch.groups[names] = points.Group(names)
-                group.steps.append(step)
-                group.times.append(math.nan if t is None else t)
-                group.stamps.append(stamp or "")
-                group.order.append(batch.values)
-                group.values.extend(points.unpack("d", blob))
-            for run_id, batch in batches.items():
-                self._insert_chunks(db, run_id, batch)
+            )
+            self._rechunk(
+                db,
+                ((run, self._names_of(db, shape), step, t, stamp, points.unpack("d", blob))
+                 for run, step, t, stamp, shape, blob in rows),
+            )  # fmt: skip
             db.execute("DROP TABLE metric_rows")
+
+    def _rechunk(
+        self,
+        db: sqlite3.Connection,
+        rows: Iterable[tuple[str, tuple[str, ...], Any, Any, Any, Any]],
+    ) -> None:
+        """Points kept by an older version, ``(run, names, step, time, timestamp, values)`` in
+        the order they were stored, as chunks (one batch per run)."""
+        batches: dict[str, points.Batch] = {}
+        for run_id, names, step, t, stamp, values in rows:
+            batches.setdefault(run_id, points.Batch()).add(
+                names, step, math.nan if t is None else t, stamp or "", values
+            )
+        for run_id, batch in batches.items():
+            self._insert_chunks(db, run_id, batch)
 
     def _summarise_older_points(self) -> None:
         """Fill the summaries of a database written before they were kept (once)."""

@@ -157,8 +157,7 @@ class OnlineSink(Sink):
         """Track which runs are live (for heartbeats) and their heartbeat timeouts: a run's
         data or a running state makes it live, a final state ends it for good (late records
         of an ended run never restart its heartbeats)."""
-        for state in [r for r in records if r.__class__ is RunRecord]:
-            assert isinstance(state, RunRecord)
+        for state in [r for r in records if type(r) is RunRecord]:
             key = state.run.key
             if state.heartbeat_timeout:
                 self._timeouts[key] = state.heartbeat_timeout
