@@ -352,7 +352,9 @@ def run_state(client: SimvueClient, key: str) -> dict[str, Any]:
     }
 
 
-def python_json(script: str, args: list[str], env: dict[str, str], cwd: Path) -> Any:
+def python_json(
+    script: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240
+) -> Any:
     """Run a Python script (one using the official client, typically) in a subprocess, as a
     user's would run; the JSON its last output line holds."""
     out = subprocess.run(
@@ -361,7 +363,7 @@ def python_json(script: str, args: list[str], env: dict[str, str], cwd: Path) ->
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
     )
     assert out.returncode == 0, f"the script failed:\n{out.stdout}\n{out.stderr}"
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -38,6 +38,7 @@ from tests.conftest import (
     LocalServer,
     make_app,
     newest_run,
+    python_json,
     run_state,
     start_bridge,
 )
@@ -723,6 +724,7 @@ OFFICIAL = textwrap.dedent(
         run.update_tags(["b"])
         run.update_metadata({"n": 4})
     if spec["mode"] == "offline":
+        print("{}")
         sys.exit(0)
     with Run() as queued:
         queued.init(name=spec["name"] + "-queued", folder=spec["folder"], running=False)
@@ -745,17 +747,9 @@ OFFICIAL = textwrap.dedent(
 )
 
 
-def _official(spec: dict[str, Any], env: dict[str, str], cwd: Path) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", OFFICIAL, json.dumps(spec)],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, f"the official client failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout
+def _official(spec: dict[str, Any], env: dict[str, str], cwd: Path) -> Any:
+    """The official client's scenario above, as a user's script; the counts it printed."""
+    return python_json(OFFICIAL, [json.dumps(spec)], env, cwd, timeout=600)
 
 
 def _official_env(proxy: Proxy, server: LocalServer, home: Path) -> dict[str, str]:
@@ -784,12 +778,12 @@ def test_the_official_client_conforms_to_the_table(
     env = _official_env(proxy, local_server, tmp_path / "home")
     name, folder = unique("official")
     spec = {"name": name, "folder": folder, "points": N_POINTS, "mode": "online"}
-    counts = json.loads(_official(spec, env, tmp_path).strip().splitlines()[-1])
+    counts = _official(spec, env, tmp_path)
     assert counts == {"points": N_POINTS, "runs": 1, "folders": 1, "events": 2}
 
     name, folder = unique("official-offline")
     spec = {"name": name, "folder": folder, "points": N_POINTS, "mode": "offline"}
-    _official(spec, env, tmp_path)
+    assert _official(spec, env, tmp_path) == {}
     sender = Path(sys.executable).with_name("simvue-sender")
     out = subprocess.run(
         [str(sender), "-i", env["SIMVUE_OFFLINE_DIRECTORY"]],
