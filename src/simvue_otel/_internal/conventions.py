@@ -199,6 +199,24 @@ FOLDER_PATTERN: Final = r"/.*"
 control characters, which no path can use."""
 MAX_NAME_LENGTH: Final = 255
 
+# -- Bounds a Simvue server is sure to accept (beyond them a run could be refused, 422) ------
+# The official client (simvue 2.6.2) states only lower bounds: ``RunInput.ttl: PositiveInt``
+# (simvue/models.py), ``Run.ttl: NonNegativeInt`` (simvue/api/objects/run.py), metadata a
+# ``dict`` of any depth. The upper bounds below are simvue-otel's, chosen so that every server
+# takes them whatever it stores them in; the Run refuses past them and the mapping leaves
+# such values out (docs/conventions.md, "Limits").
+
+MAX_RETENTION_SECONDS: Final = 2**31 - 1
+"""Longest retention period (and heartbeat timeout): about 68 years, the largest number of
+seconds a 32-bit integer column, a 64-bit one, a double and a date-time sum all hold. No
+retention (``None``) keeps a run for good."""
+MAX_METADATA_DEPTH: Final = 32
+"""Most levels of nested metadata (``a.b.c`` is 3): the server stores metadata nested, inside
+its own documents, and refuses a body nested too deep (the local server, past 64 levels)."""
+MAX_METADATA_BYTES: Final = 2**20
+"""Largest metadata of one run, as UTF-8 JSON text: 1 MiB, the default request-body limit of
+common reverse proxies (nginx's ``client_max_body_size``), which a run's POST must pass."""
+
 # -- Log levels --------------------------------------------------------------------------------
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")

@@ -58,6 +58,7 @@ from .resources import cpu_count
 from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
 from .sink.online import run_index_for
 from .validation import (
+    check_metadata_size,
     parse_retention,
     validate_folder,
     validate_interval,
@@ -68,6 +69,8 @@ from .validation import (
     validate_status,
     validate_step,
     validate_tags,
+    validate_text,
+    validate_timeout,
     validate_visibility,
 )
 from .version import VERSION
@@ -409,8 +412,8 @@ class Run:
             self._folder = validate_folder(folder)
             self._tags = validate_tags(tags) if tags is not None else ()
             self._metadata = validate_metadata(metadata) if metadata is not None else {}
-            if description is not None and not isinstance(description, str):
-                raise SimvueValidationError("description", "must be a string", description)
+            if description is not None:
+                description = validate_text(description, "description")
             self._description = description
             self._ttl = parse_retention(retention_period)
             validate_visibility(visibility)
@@ -420,13 +423,7 @@ class Run:
                 self._visibility = list(visibility)
             if resources_metrics_interval != 60:  # else keep what config() set (default 60)
                 self._resources_interval = validate_interval(resources_metrics_interval)
-            if timeout is not None and (
-                isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0
-            ):
-                raise SimvueValidationError(
-                    "timeout", "must be a positive number of seconds or None", timeout
-                )
-            self._heartbeat_timeout = timeout
+            self._heartbeat_timeout = validate_timeout(timeout)
             if notification not in ("none", "all", "error", "lost"):
                 raise SimvueValidationError(
                     "notification", "must be one of none, all, error, lost", notification
@@ -539,6 +536,7 @@ class Run:
             return True
         try:
             new = validate_metadata(metadata)
+            check_metadata_size({**self._metadata, **new})  # what the run would hold
         except SimvueValidationError as exc:
             return self._error(exc)
         self._metadata.update(new)
@@ -629,8 +627,7 @@ class Run:
                 return True
             return self._error(RuntimeError(self._not_running("log_event")))
         try:
-            if not isinstance(message, str):
-                raise SimvueValidationError("message", "must be a string", message)
+            message = validate_text(message, "message")
             level = validate_log_level(log_level or "info", field="log_level")
             stamp = _epoch_ns(timestamp) if timestamp is not None else None
         except SimvueValidationError as exc:

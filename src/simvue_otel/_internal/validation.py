@@ -7,6 +7,8 @@ raises :class:`~simvue_otel._internal.errors.SimvueValidationError` naming the a
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import numbers
 import re
@@ -19,6 +21,9 @@ from .errors import SimvueValidationError
 __all__ = [
     "LOG_LEVELS",
     "RUN_STATUSES",
+    "check_metadata_size",
+    "clean_text",
+    "metadata_size",
     "parse_retention",
     "validate_folder",
     "validate_interval",
@@ -29,8 +34,12 @@ __all__ = [
     "validate_status",
     "validate_step",
     "validate_tags",
+    "validate_text",
+    "validate_timeout",
     "validate_visibility",
 ]
+
+_LOG = logging.getLogger("simvue_otel")
 
 MetadataValue = int | float | str | bool
 
@@ -45,6 +54,45 @@ _MAX_METRIC_NAME = 255
 
 RUN_STATUSES: tuple[str, ...] = cv.SETTABLE_STATUSES
 LOG_LEVELS: tuple[str, ...] = cv.LOG_LEVELS
+
+# -- Text that is not Unicode -----------------------------------------------------------------
+# Python strings may hold lone surrogates (U+D800-U+DFFF): os.fsdecode() and surrogateescape
+# make one of each byte of a file name that is not UTF-8 (b"caf\xe9" -> "caf\udce9"). No
+# UTF-8 text can hold them: a server refuses them (422) and no file format stores them. The
+# rule (docs/conventions.md, "Text"): each is replaced with U+FFFD, as a JSON or UTF-8 encoder
+# does when asked to replace, and a warning names the field once. Strings with a pattern of
+# their own (run names, tags, metric names) then fail it and are refused at the call.
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+_replaced_fields: set[str] = set()  # fields already warned about (bounded below)
+
+
+def clean_text(text: str, field: str = "text") -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (the same object when it has
+    none, which an ASCII check decides at once for nearly every string); warns once per
+    ``field`` when something was replaced."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    if field not in _replaced_fields:
+        if len(_replaced_fields) > 1000:
+            _replaced_fields.clear()
+        _replaced_fields.add(field)
+        _LOG.warning(
+            "%s holds characters that are not Unicode text (bytes of another encoding, as "
+            "file names on some file systems give): each was replaced with U+FFFD",
+            field,
+        )
+    return _SURROGATE.sub(REPLACEMENT, text)
+
+
+def validate_text(value: Any, field: str) -> str:
+    """Check free text (a description, an event message): a string, returned with lone
+    surrogates replaced (see :func:`clean_text`)."""
+    if not isinstance(value, str):
+        raise SimvueValidationError(field, "must be a string", value)
+    return clean_text(value, field)
+
 
 _NAME_RULE = (
     "must be a non-empty string of at most 255 letters, digits, spaces or any of - _ / . : "
@@ -75,6 +123,7 @@ def validate_folder(path: str, field: str = "folder") -> str:
     """
     if not isinstance(path, str) or not path.startswith("/") or len(path) > _MAX_FOLDER:
         raise SimvueValidationError(field, _FOLDER_RULE, path)
+    path = clean_text(path, field)
     if path == "/":
         return path
     normalised = path[:-1] if path.endswith("/") else path
@@ -110,6 +159,14 @@ _METADATA_KEY_RULE = (
     "keys must be non-empty strings without leading or trailing whitespace and without '..'"
 )
 _METADATA_VALUE_RULE = "values must be int, float, str, bool or a nested mapping of those"
+_METADATA_DEPTH_RULE = (
+    f"must be nested at most {cv.MAX_METADATA_DEPTH} levels deep, counting each dot of a key "
+    "as a level (the server stores metadata nested)"
+)
+_METADATA_SIZE_RULE = (
+    f"must be at most {cv.MAX_METADATA_BYTES} bytes as JSON text in all (a run's metadata is "
+    "sent in one request; large data belongs in files)"
+)
 
 
 def validate_metadata(metadata: Any, field: str = "metadata") -> dict[str, MetadataValue]:
@@ -117,33 +174,67 @@ def validate_metadata(metadata: Any, field: str = "metadata") -> dict[str, Metad
 
     Keys are non-empty strings; values are int, float (NaN and infinities included), str,
     bool, or nested mappings, which are flattened with dots: ``{"solver": {"tol": 1e-6}}``
-    becomes ``{"solver.tol": 1e-6}``. A flattened key that collides with another is refused.
+    becomes ``{"solver.tol": 1e-6}``. A flattened key that collides with another is refused,
+    and so is metadata nested deeper than :data:`~.conventions.MAX_METADATA_DEPTH` levels or
+    larger than :data:`~.conventions.MAX_METADATA_BYTES` (a server could refuse the run).
+    Lone surrogates in keys and values become U+FFFD (:func:`clean_text`).
     """
     if not isinstance(metadata, Mapping):
         raise SimvueValidationError(field, "must be a mapping of string keys to values", metadata)
     flat: dict[str, MetadataValue] = {}
-    _flatten_metadata(metadata, (), field, flat)
+    _flatten_metadata(metadata, (), 0, field, flat)
+    check_metadata_size(flat, field)
     return flat
+
+
+def metadata_size(flat: Mapping[str, Any]) -> int:
+    """About how many bytes flat metadata takes as JSON text: each key and value as JSON,
+    plus the punctuation between them (at least what the nested form sent takes)."""
+    total = 2
+    for key, value in flat.items():
+        text = value if isinstance(value, str) else None
+        total += len(key.encode("utf-8", "replace")) + 4
+        if text is not None:
+            total += len(json.dumps(text, ensure_ascii=False).encode("utf-8", "replace"))
+        else:
+            total += len(repr(value))
+    return total
+
+
+def check_metadata_size(flat: Mapping[str, Any], field: str = "metadata") -> None:
+    """Refuse flat metadata larger than :data:`~.conventions.MAX_METADATA_BYTES`; used on
+    each call's metadata and on what a run holds after an update."""
+    size = metadata_size(flat)
+    if size > cv.MAX_METADATA_BYTES:
+        raise SimvueValidationError(
+            field, _METADATA_SIZE_RULE, f"metadata of about {size} bytes ({len(flat)} keys)"
+        )
 
 
 def _flatten_metadata(
     mapping: Mapping[Any, Any],
     prefix: tuple[str, ...],
+    depth: int,
     field: str,
     out: dict[str, MetadataValue],
 ) -> None:
-    """Add ``mapping``'s entries to ``out`` under dotted keys starting with ``prefix``."""
+    """Add ``mapping``'s entries to ``out`` under dotted keys starting with ``prefix``
+    (``depth``: the levels the prefix stands for, its keys' dots counted)."""
     parent_field = ".".join((field, *prefix))
     for key, value in mapping.items():
         if not isinstance(key, str) or not key or key != key.strip() or ".." in key:
             raise SimvueValidationError(parent_field, _METADATA_KEY_RULE, key)
+        key = clean_text(key, f"{parent_field} (a key)")
         path = (*prefix, key)
         dotted = ".".join(path)
         item_field = f"{field}.{dotted}"
         if ".." in dotted:
             raise SimvueValidationError(item_field, _METADATA_KEY_RULE, dotted)
+        levels = depth + key.count(".") + 1
+        if levels > cv.MAX_METADATA_DEPTH:
+            raise SimvueValidationError(field, _METADATA_DEPTH_RULE, dotted)
         if isinstance(value, Mapping):
-            _flatten_metadata(value, path, field, out)
+            _flatten_metadata(value, path, levels, field, out)
         elif isinstance(value, (bool, int, float, str)):
             if dotted in out:
                 raise SimvueValidationError(
@@ -151,7 +242,7 @@ def _flatten_metadata(
                     "flattened key collides with another key of the same name",
                     value,
                 )
-            out[dotted] = value
+            out[dotted] = clean_text(value, item_field) if isinstance(value, str) else value
         else:
             raise SimvueValidationError(item_field, _METADATA_VALUE_RULE, value)
 
@@ -174,7 +265,8 @@ _RETENTION_RE = re.compile(rf"\s*(?:{_NUMBER}\s*[a-z]+\s*)+")
 _RETENTION_RULE = (
     "must be a positive whole number of seconds or a positive duration such as '45 seconds', "
     "'30 min', '1.5 hours', '5 days', '2 weeks', '10s', '3d' or '1 hour 30 min' "
-    "(units: s/sec/second, m/min/minute, h/hr/hour, d/day, w/week)"
+    "(units: s/sec/second, m/min/minute, h/hr/hour, d/day, w/week), at most "
+    f"{cv.MAX_RETENTION_SECONDS} seconds (about 68 years; None keeps the run for good)"
 )
 
 
@@ -182,14 +274,16 @@ def parse_retention(value: Any, field: str = "retention_period") -> int | None:
     """Turn a retention period into whole seconds; ``None`` means keep forever.
 
     Accepts a positive int (seconds) or a duration string of one or more number-unit parts
-    (``"30 min"``, ``"2w"``, ``"1 hour 30 min"``), case-insensitive, rounded to seconds.
+    (``"30 min"``, ``"2w"``, ``"1 hour 30 min"``), case-insensitive, rounded to seconds; at
+    most :data:`~.conventions.MAX_RETENTION_SECONDS` (the official client asks only for a
+    positive int, ``RunInput.ttl: PositiveInt`` in simvue/models.py; a server may refuse more).
     """
     if value is None:
         return None
     if isinstance(value, bool):
         raise SimvueValidationError(field, _RETENTION_RULE, value)
     if isinstance(value, int):
-        if value <= 0:
+        if not 0 < value <= cv.MAX_RETENTION_SECONDS:
             raise SimvueValidationError(field, _RETENTION_RULE, value)
         return value
     if not isinstance(value, str):
@@ -202,10 +296,28 @@ def parse_retention(value: Any, field: str = "retention_period") -> int | None:
         if unit not in _RETENTION_UNITS:
             raise SimvueValidationError(field, _RETENTION_RULE, value)
         total += float(number) * _RETENTION_UNITS[unit]
-    seconds = round(total)
-    if seconds <= 0:
+    seconds = round(total) if math.isfinite(total) else 0
+    if not 0 < seconds <= cv.MAX_RETENTION_SECONDS:
         raise SimvueValidationError(field, _RETENTION_RULE, value)
     return seconds
+
+
+def validate_timeout(value: Any, field: str = "timeout") -> int | None:
+    """Check a heartbeat timeout: None (the server's default) or a whole number of seconds
+    from 1 to :data:`~.conventions.MAX_RETENTION_SECONDS` (as the server stores a ttl)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 < value <= cv.MAX_RETENTION_SECONDS
+    ):
+        raise SimvueValidationError(
+            field,
+            f"must be None or a whole number of seconds from 1 to {cv.MAX_RETENTION_SECONDS}",
+            value,
+        )
+    return value
 
 
 _VISIBILITY_RULE = "must be None, 'private', 'tenant', 'public', or a non-empty list of user names"
@@ -231,7 +343,7 @@ def validate_visibility(value: Any, field: str = "visibility") -> dict[str, Any]
             raise SimvueValidationError(
                 f"{field}[{index}]", "user names must be non-empty strings", user
             )
-        users.append(user)
+        users.append(clean_text(user, f"{field}[{index}]"))
     return {"public": False, "tenant": False, "users": users}
 
 

@@ -37,7 +37,13 @@ from typing import Any
 
 from .. import conventions as cv
 from ..errors import SimvueValidationError
-from ..validation import validate_folder, validate_tags, validate_visibility
+from ..validation import (
+    clean_text,
+    metadata_size,
+    validate_folder,
+    validate_tags,
+    validate_visibility,
+)
 from .model import STATUS_ERROR, HistogramValue, OtelLog, OtelMetric, OtelSpan
 from .records import EventRecord, MetricRecord, Record, RunRecord, RunRef
 from .system import CONSUMED, RESOURCE_METRICS, resource_metric, run_facts
@@ -121,6 +127,7 @@ class Mapper:
         self._runs: OrderedDict[str, _RunState] = OrderedDict()
         self._refs: dict[int, tuple[Mapping[str, Any], _RunState]] = {}
         self._warned: set[str] = set()
+        self._metric_names: set[str] = set()  # names known to pass the metric-name rule
         self._skipped: Counter[str] = Counter()
         # Instrument exports are counted per run state; each count is named by this mapper's
         # epoch and the state's number, so the uploader can continue a run's steps from what
@@ -148,6 +155,8 @@ class Mapper:
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
+            if len(self._warned) > 10_000:  # hostile input: bounded, at worst said again
+                self._warned.clear()
             self._warned.add(key)
             _LOG.warning(message, *args)
 
@@ -191,11 +200,11 @@ class Mapper:
     def _run_key(resource: Mapping[str, Any]) -> tuple[str, bool]:
         key = resource.get(cv.RUN_KEY)
         if isinstance(key, str) and key.strip():
-            return key.strip()[:128], False
+            return clean_text(key.strip()[:128], cv.RUN_KEY), False
         chosen = {k: resource[k] for k in cv.FOREIGN_RUN_KEY_ATTRIBUTES if k in resource}
         if set(chosen) <= {cv.SERVICE_NAME}:
             chosen = dict(resource)
-        canonical = json.dumps(chosen, sort_keys=True, default=str)
+        canonical = json.dumps(chosen, sort_keys=True, default=str, ensure_ascii=True)
         return str(uuid.uuid5(_FOREIGN_NAMESPACE, canonical)), True
 
     def _run_ref(self, key: str, resource: Mapping[str, Any], foreign: bool) -> RunRef:
@@ -222,15 +231,17 @@ class Mapper:
             if k not in CONSUMED and isinstance(v, str | int | float | bool | list | tuple):
                 metadata[f"resource.{k}"] = _metadata_value(v)
         service = resource.get(cv.SERVICE_NAME, "an OpenTelemetry service")
-        return RunRecord(
-            run=state.ref,
-            status="running",
-            observed=when,
-            description=f"Telemetry of {service}",
-            tags=("otel",),
-            metadata=metadata,
-            started=when,
-            system=system,
+        return self._clean_state(
+            RunRecord(
+                run=state.ref,
+                status="running",
+                observed=when,
+                description=f"Telemetry of {service}",
+                tags=("otel",),
+                metadata=metadata,
+                started=when,
+                system=system,
+            )
         )
 
     # -- spans ----------------------------------------------------------------------------
@@ -281,32 +292,88 @@ class Mapper:
             metadata = {**announced.metadata, **metadata}
         elif facts:
             metadata = {**facts, **metadata}  # the user's own keys win
-        return RunRecord(
-            run=state.ref,
-            status=str(status),
-            observed=observed if observed is not None else (span.end or span.start),
-            description=description,
-            tags=tags,
-            metadata=metadata,
-            visibility=self._visibility(state, attrs),
-            ttl=self._int_attr(attrs, cv.RUN_RETENTION),
-            heartbeat_timeout=self._int_attr(attrs, cv.RUN_HEARTBEAT_TIMEOUT),
-            started=span.start if status != "created" else None,
-            ended=span.end if final else None,
-            system=system,
+        return self._clean_state(
+            RunRecord(
+                run=state.ref,
+                status=str(status),
+                observed=observed if observed is not None else (span.end or span.start),
+                description=description,
+                tags=tags,
+                metadata=metadata,
+                visibility=self._visibility(state, attrs),
+                ttl=self._seconds_attr(state, attrs, cv.RUN_RETENTION),
+                heartbeat_timeout=self._seconds_attr(state, attrs, cv.RUN_HEARTBEAT_TIMEOUT),
+                started=span.start if status != "created" else None,
+                ended=span.end if final else None,
+                system=system,
+            )
         )
+
+    def _clean_state(self, record: RunRecord) -> RunRecord:
+        """A run state the server takes: text with lone surrogates replaced (conventions,
+        "Text"), and metadata too deep or too large for a run left out, logged once (a server
+        refuses the whole run for them; the Run refuses them at the call)."""
+        where = f"run {record.run.key}"
+        record.description = _clean(record.description, f"{cv.RUN_DESCRIPTION} of {where}")
+        record.tags = _clean(record.tags, f"{cv.RUN_TAGS} of {where}")
+        record.visibility = _clean(record.visibility, f"{cv.RUN_VISIBILITY} of {where}")
+        record.system = _clean(record.system, f"the system facts of {where}")
+        metadata = _clean(dict(record.metadata), f"{cv.RUN_METADATA_PREFIX[:-1]} of {where}")
+        deep = [k for k in metadata if k.count(".") >= cv.MAX_METADATA_DEPTH]
+        for k in deep:
+            del metadata[k]
+        if deep:
+            self._warn_once(
+                f"deep:{record.run.key}",
+                "metadata of run %s nested deeper than %d levels left out (%d key(s), the "
+                "first %r): a server refuses the run for it",
+                record.run.key,
+                cv.MAX_METADATA_DEPTH,
+                len(deep),
+                deep[0][:200],
+            )
+        if metadata_size(metadata) > cv.MAX_METADATA_BYTES:
+            kept: dict[str, Any] = {}
+            total = 2  # the braces; each item's size is metadata_size of it alone, less them
+            for k, v in metadata.items():
+                size = metadata_size({k: v}) - 2
+                if total + size <= cv.MAX_METADATA_BYTES:
+                    kept[k] = v
+                    total += size
+            self._warn_once(
+                f"big:{record.run.key}",
+                "metadata of run %s is larger than %d bytes: %d key(s) left out",
+                record.run.key,
+                cv.MAX_METADATA_BYTES,
+                len(metadata) - len(kept),
+            )
+            metadata = kept
+        record.metadata = metadata
+        return record
 
     @staticmethod
     def _str_attr(attrs: Mapping[str, Any], key: str) -> str | None:
         value = attrs.get(key)
         return value if isinstance(value, str) else None
 
-    @staticmethod
-    def _int_attr(attrs: Mapping[str, Any], key: str) -> int | None:
+    def _seconds_attr(self, state: _RunState, attrs: Mapping[str, Any], key: str) -> int | None:
+        """A retention or heartbeat timeout in seconds: None unless a number from 1 to
+        :data:`~..conventions.MAX_RETENTION_SECONDS` (past it, logged once: a server may
+        refuse the whole run for it)."""
         value = attrs.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         if not math.isfinite(value) or value <= 0:  # NaN and inf are "not a usable number"
+            return None
+        if value > cv.MAX_RETENTION_SECONDS:
+            self._warn_once(
+                f"{key}:{state.ref.key}",
+                "%s of run %s is %r, more than %d seconds: ignored",
+                key,
+                state.ref.key,
+                value,
+                cv.MAX_RETENTION_SECONDS,
+            )
             return None
         return int(value)
 
@@ -371,14 +438,11 @@ class Mapper:
         out = []
         for event in span.events:
             if event.name == cv.EXCEPTION_EVENT:
-                out.append(
-                    EventRecord(
-                        state.ref, _exception_message(event.attributes), event.timestamp, "error"
-                    )
-                )
+                text = clean_text(_exception_message(event.attributes), "an exception event")
+                out.append(EventRecord(state.ref, text, event.timestamp, "error"))
             else:
                 extra = " ".join(f"{k}={v}" for k, v in sorted(event.attributes.items()))
-                message = f"{event.name} {extra}".strip()
+                message = clean_text(f"{event.name} {extra}".strip(), "a span event")
                 out.append(EventRecord(state.ref, message, event.timestamp, "info"))
         return out
 
@@ -391,6 +455,7 @@ class Mapper:
         text = f"span {span.name!r} ended after {(end - span.start) * 1000:.1f} ms"
         if failed:
             text += f" with an error: {span.status_message}" if span.status_message else " in error"
+        text = clean_text(text, "a span's event")
         out: list[Record] = [EventRecord(state.ref, text, end, "error" if failed else "info")]
         out.extend(self._span_events(state, span))
         return out
@@ -422,6 +487,7 @@ class Mapper:
             if "exception.type" in log.attributes and event_name != cv.EVENT_EVENT:
                 message = f"{message}\n{_exception_message(log.attributes)}"
             level = cv.log_level_for(log.severity_number)
+            message = clean_text(message, "a log record's body")
             out.append(EventRecord(state.ref, message, log.timestamp, level))
         return out
 
@@ -448,6 +514,9 @@ class Mapper:
             values: dict[str, float] = dict(body)
         else:
             values = self._numeric_values(state, body)
+        good = self._metric_names
+        if not all(name in good for name in values):
+            values = self._named(state, values)
         if not values:
             self._skip(f"{cv.METRICS_EVENT} record with no numeric value")
             return None
@@ -512,6 +581,36 @@ class Mapper:
         elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)
         return MetricRecord(state.ref, values, step, elapsed, timestamp)
 
+    def _named(self, state: _RunState, values: Mapping[Any, float]) -> dict[str, float]:
+        """Values under names a server takes (the official client's rule, conventions §5):
+        a name that breaks it has each run of refused characters (a lone surrogate too)
+        replaced with ``_`` and is cut to 255 characters, logged once; a name that is left
+        empty is left out."""
+        good = self._metric_names
+        if len(good) > 100_000:
+            good.clear()
+        out: dict[str, float] = {}
+        for name, value in values.items():
+            text = str(name)
+            if text not in good:
+                fixed = _METRIC_BAD.sub("_", text)[: cv.MAX_NAME_LENGTH]
+                if fixed != text:
+                    self._warn_once(
+                        f"mname:{state.ref.key}:{text[:100]}",
+                        "metric name %r of run %s holds characters a Simvue metric name "
+                        "cannot (or is longer than %d): sent as %r",
+                        text[:300],
+                        state.ref.key,
+                        cv.MAX_NAME_LENGTH,
+                        fixed,
+                    )
+                    text = fixed
+                if not text:
+                    continue
+                good.add(text)
+            out[text] = value
+        return out
+
     def _numeric_values(self, state: _RunState, body: Mapping[str, Any]) -> dict[str, float]:
         values: dict[str, float] = {}
         for name, raw in body.items():
@@ -547,6 +646,8 @@ class Mapper:
             key = state.ref.key
             resources = metric.name in RESOURCE_METRICS
             base_name = metric.name
+            if base_name not in self._metric_names:
+                base_name = next(iter(self._named(state, {base_name: 0.0})), "metric")
             room = 240 - len(base_name)
             earliest = state.origin
             for point in points:
@@ -603,6 +704,24 @@ class Mapper:
                     RunRecord(run=s.ref, status=status, observed=now, started=s.origin, ended=now)
                 )
         return out
+
+
+def _clean(value: Any, field: str) -> Any:
+    """``value`` with lone surrogates replaced in every string it holds (keys of mappings
+    too); the same object when there were none."""
+    if isinstance(value, str):
+        return clean_text(value, field)
+    if isinstance(value, Mapping):
+        items = [(_clean(k, field), _clean(v, field)) for k, v in value.items()]
+        if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, list | tuple):
+        cleaned = [_clean(v, field) for v in value]
+        if all(a is b for a, b in zip(cleaned, value, strict=True)):
+            return value
+        return type(value)(cleaned)
+    return value
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:

@@ -18,6 +18,10 @@ A blob is one msgpack array ``[version, batch_key, runs, records]``:
 msgpack keeps ints and floats apart (floats as float64, so NaN and infinities survive),
 booleans and nil. Integers beyond 64 bits go as an extension type holding their decimal text.
 Tuples nested inside metadata come back as lists (``tags`` comes back as a tuple).
+
+Text is stored as UTF-8, which cannot hold a lone surrogate: should a record still carry one
+(the Run and the mapping replace them first), it is stored with U+FFFD in its place, as
+conventions "Text" states, rather than the whole blob failing and its records being lost.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import msgpack
 
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunRef
+from ..validation import clean_text
 
 __all__ = [
     "FORMAT_VERSION",
@@ -58,6 +63,18 @@ def _default(obj: object) -> object:
     if isinstance(obj, Mapping):
         return dict(obj)
     raise TypeError(f"cannot encode a value of type {type(obj).__name__}: {obj!r}")
+
+
+def _scrub(value: Any) -> Any:
+    """A copy of a blob's lists and dicts with lone surrogates in every string (keys too)
+    replaced by U+FFFD (see the module docstring)."""
+    if isinstance(value, str):
+        return clean_text(value, "records written to disk")
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, Mapping):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    return value
 
 
 def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
@@ -110,10 +127,12 @@ def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
             )
         else:
             raise CodecError(f"not a record: {type(record).__name__}")
+    blob = [FORMAT_VERSION, batch_key, table, items]
     try:
-        packed = msgpack.packb(
-            [FORMAT_VERSION, batch_key, table, items], default=_default, use_bin_type=True
-        )
+        try:
+            packed = msgpack.packb(blob, default=_default, use_bin_type=True)
+        except UnicodeEncodeError:  # a lone surrogate somewhere: stored as U+FFFD instead
+            packed = msgpack.packb(_scrub(blob), default=_default, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"cannot encode records: {exc}") from exc
     assert isinstance(packed, bytes)
