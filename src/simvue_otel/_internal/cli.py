@@ -131,10 +131,16 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"SIMVUE_TOKEN, or add --as-current-user to upload it as {config.identity()}",
             file=sys.stderr,
         )
+    for run, reason in stats.rejected_runs.items():
+        print(
+            f"simvue-otel send: the server refused records of run {run} ({reason}); they are "
+            f"set aside in {spool / 'rejected'} and were not sent",
+            file=sys.stderr,
+        )
     if not result.complete:
         print(f"simvue-otel send: {result.reason}", file=sys.stderr)
         return 1
-    return 1 if result.skipped else 0
+    return 1 if result.skipped or stats.rejected else 0
 
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -422,12 +422,14 @@ class OnlineSink(Sink):
             try:
                 self.uploader.upload(batch, key, progress)
             except Exception as exc:  # RetryLater, or anything unforeseen: keep the batch
-                if not isinstance(exc, RetryLater):
-                    _LOG.exception("unexpected error while uploading; the batch is kept on disk")
-                else:
-                    _LOG.info("Simvue server not taking data (%s); keeping it on disk", exc)
                 with self._lock:
+                    before = self._spill_seq
                     self._spill_locked(batch, key, progress)
+                    kept = "kept on disk" if self._spill_seq > before else "not kept (see below)"
+                if not isinstance(exc, RetryLater):
+                    _LOG.exception("unexpected error while uploading; the batch is %s", kept)
+                else:
+                    _LOG.info("Simvue server not taking data (%s); the batch is %s", exc, kept)
                 return False
 
     def _adopt_orphans(self) -> bool:

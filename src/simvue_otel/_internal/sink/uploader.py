@@ -16,16 +16,16 @@ Used by the online sink's worker and by ``simvue-otel send``. A batch is uploade
 
 A transient failure raises :class:`RetryLater` and the caller keeps the batch with its progress.
 Records the server refuses (4xx) can never succeed; they are written to ``rejected_dir`` with
-the reason, and logged.
+the reason (:mod:`.rejected`), counted, logged once per run, and the upload goes on: a run
+the server refuses to create (400, 409, 413, 422) is set aside with everything of it that
+follows (its points and events have no run to go to), and other runs are not held back.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,7 +48,7 @@ from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunR
 from ..names import name_for_key
 from .run_index import RunIndex
 
-__all__ = ["Progress", "RetryLater", "UploadStats", "Uploader"]
+__all__ = ["REFUSED_STATUSES", "Progress", "RetryLater", "UploadStats", "Uploader"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
@@ -71,6 +71,21 @@ class RetryLater(Exception):
     """The server cannot take the batch now (down, overloaded, token refused); keep it."""
 
 
+REFUSED_STATUSES = frozenset({400, 409, 413, 422})
+"""Answers that refuse the request itself (malformed, conflicting, too large, invalid): sent
+again it is refused again, so its records are set aside instead of retried. 401, 403 and 404
+are a token, a permission or a URL to fix and 429/5xx are passing: those records wait."""
+
+
+class _Refused(Exception):
+    """A run's records are to be set aside (its creation was refused)."""
+
+    def __init__(self, reason: str, status: int | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
 @dataclass
 class UploadStats:
     """Counters for progress reports and benchmarks."""
@@ -80,6 +95,8 @@ class UploadStats:
     events: int = 0
     states: int = 0
     rejected: int = 0
+    rejected_runs: dict[str, str] = field(default_factory=dict)
+    """Runs some of whose records were set aside, as ``"name (key)"``: the first reason."""
     reconciled: int = 0
     """Parts whose outcome was unknown and were checked against the server."""
     uploaded_batches: int = 0
@@ -250,6 +267,8 @@ class Uploader:
         self._bases: dict[tuple[str, str], tuple[int, bool]] = {}
         self._next_step: dict[str, int] = {}
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
+        self._refused: dict[str, tuple[str, int | None]] = {}  # run keys the server would not
+        # create, with why: what follows for them is set aside too
         self._pool: ThreadPoolExecutor | None = None  # builds the next part's entries
 
     # -- public ---------------------------------------------------------------------------
@@ -281,6 +300,20 @@ class Uploader:
                     "token", "the Simvue server refused the token; data is kept: %s", exc
                 )
                 raise RetryLater(str(exc)) from exc
+            except _Refused as exc:
+                self._set_aside(plan, progress, exc.reason, exc.status)
+            except SimvueHTTPError as exc:  # a refusal on the way (a read, a start time)
+                if exc.status_code not in REFUSED_STATUSES:
+                    self.stats.failures["refused_run"] += 1
+                    self._tell_once(
+                        f"http:{key}",
+                        "the Simvue server answered %s for run %r; its records wait and are "
+                        "tried again",
+                        exc,
+                        plan.ref.name or key,
+                    )
+                    raise RetryLater(str(exc)) from exc
+                self._set_aside(plan, progress, f"the server refused: {exc}", exc.status_code)
         self._told.discard("token")
         self.stats.timed(time.perf_counter() - began)
 
@@ -329,17 +362,28 @@ class Uploader:
         if plan.state is None and all(progress.states.get(p) == "done" for p, _, _ in parts):
             return
         earliest = _earliest(plan)
+        refused = self._refused.get(key)
+        if refused is not None:  # its run could not be made: nothing of it can go anywhere
+            raise _Refused(*refused)
         try:
             run_id = self._ensure_run(plan.ref, plan.state, earliest)
         except (ServerUnreachableError, ServerError, AuthenticationError):
             raise
         except SimvueHTTPError as exc:
-            # The server will not make the run (a wrong URL path, no permission, a value it
-            # refuses): every record of it waits on disk, never dropped, and the log says why.
+            if exc.status_code in REFUSED_STATUSES:
+                # The run itself is refused (a value the server will not take): it and what
+                # follows for it are set aside, and the other runs carry on.
+                self._refused[key] = (
+                    f"the server refused to create the run: {exc}",
+                    exc.status_code,
+                )
+                raise _Refused(*self._refused[key]) from exc
+            # The server will not make the run now (a wrong URL path, no permission): every
+            # record of it waits where it is, and the log says why.
             self._tell_once(
                 f"run:{key}",
-                "the Simvue server refused to create run %r (%s); its data is kept for "
-                "`simvue-otel send`: check SIMVUE_URL and the run's settings",
+                "the Simvue server refused to create run %r (%s); its records wait and are "
+                "tried again: check SIMVUE_URL and the token's permissions",
                 plan.ref.name or plan.ref.key,
                 exc,
             )
@@ -420,7 +464,7 @@ class Uploader:
             except SimvueHTTPError as exc:
                 if maybe_delivered(exc):  # a 5xx outside the retried set: may be stored
                     raise ServerError(exc.method, exc.url, exc.status_code, exc.detail) from exc
-                self._reject(records, f"the server refused {kind}: {exc}")
+                self._reject(records, f"the server refused {kind}: {exc}", exc.status_code)
             else:
                 if kind == "metrics":
                     self.stats.points += sum(map(len, [e["values"] for e in entries]))
@@ -661,17 +705,51 @@ class Uploader:
         self._observed[key] = state.observed
         self.stats.states += 1
 
-    def _reject(self, records: Sequence[Record], reason: str) -> None:
-        """Keep refused records on disk with the reason: refused is not the same as lost."""
-        self.stats.rejected += len(records)
-        _LOG.error("%s (%d record(s) set aside)", reason, len(records))
-        if self.rejected_dir is None:
-            return
-        from .codec import encode_records  # local: the codec is only needed on this rare path
+    def _set_aside(
+        self, plan: _RunPlan, progress: Progress, reason: str, status: int | None
+    ) -> None:
+        """Set aside what of a run's batch the server does not hold (its parts not yet
+        acknowledged, and its state), then mark the parts done: the batch goes on."""
+        parts = _parts(plan.index, plan.points, plan.events)
+        left: list[Record] = []
+        for part, _kind, chunk in parts:
+            if progress.states.get(part) != "done":
+                left.extend(chunk)
+        if plan.state is not None:
+            left.append(plan.state)
+        if left:
+            self._reject(left, reason, status)
+        for part, _kind, _chunk in parts:
+            progress.set(part, "done")
 
-        self.rejected_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        (self.rejected_dir / f"{stem}.records").write_bytes(encode_records(records))
-        (self.rejected_dir / f"{stem}.reason.json").write_text(
-            json.dumps({"reason": reason, "count": len(records)}, indent=2)
-        )
+    def _reject(self, records: Sequence[Record], reason: str, status: int | None = None) -> None:
+        """Keep refused records on disk with the reason: refused is not the same as lost.
+        Counted, and logged once per run; RetryLater when they cannot be written (they then
+        stay where they were)."""
+        path = None
+        if self.rejected_dir is not None:
+            from .rejected import set_aside  # local: only needed on this rare path
+
+            try:
+                path = set_aside(self.rejected_dir, records, reason, status=status)
+            except OSError as exc:
+                self._tell_once(
+                    "rejected-dir",
+                    "cannot set refused records aside in %s (%s); they are kept and tried again",
+                    self.rejected_dir,
+                    exc,
+                )
+                raise RetryLater(f"cannot write to {self.rejected_dir}: {exc}") from exc
+        self.stats.rejected += len(records)
+        for ref in dict.fromkeys(r.run for r in records):
+            label = f"{ref.name} ({ref.key})" if ref.name else ref.key
+            self.stats.rejected_runs.setdefault(label, reason)
+            self._tell_once(
+                f"rejected:{ref.key}",
+                "%s; records of run %s set aside in %s (%d record(s) in this batch); other runs "
+                "carry on",
+                reason,
+                label,
+                path or "memory (no folder for them)",
+                len(records),
+            )
