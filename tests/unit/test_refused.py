@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from simvue_otel._internal import conventions as cv
 from simvue_otel._internal.client import SimvueClient
+from simvue_otel._internal.mapping import Mapper
+from simvue_otel._internal.mapping.model import OtelLog, OtelSpan
 from simvue_otel._internal.mapping.records import (
     EventRecord,
     MetricRecord,
@@ -185,3 +188,101 @@ def test_a_lone_surrogate_is_stored_as_u_fffd_instead_of_failing_the_blob() -> N
         assert state.metadata == {"caf\ufffd": "caf\ufffd", "file": "caf\ufffd"}
         assert event.message == "opened caf\ufffd"
         assert dict(point.values) == {"caf\ufffd": 1.0}
+
+
+# -- the mapping: what arrives over OTel is mended, never sent to be refused --------------
+
+RESOURCE = {cv.RUN_KEY: SURROGATE + "-key", cv.RUN_NAME: "n", cv.RUN_FOLDER: f"/d/{SURROGATE}"}
+
+
+def _root(attributes: dict[str, object], resource: dict[str, object] | None = None) -> OtelSpan:
+    return OtelSpan(
+        resource=resource or RESOURCE,
+        name=cv.ROOT_SPAN,
+        trace_id=1,
+        span_id=1,
+        parent_span_id=None,
+        start=1_700_000_000.0,
+        end=1_700_000_010.0,
+        attributes=attributes,
+    )
+
+
+def _utf8(value: object) -> None:
+    """Fail unless every string inside ``value`` is UTF-8 text."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _utf8(k)
+            _utf8(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _utf8(v)
+
+
+def test_the_mapping_leaves_out_a_retention_or_timeout_no_server_takes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="simvue_otel.mapping"):
+        (state,) = Mapper().spans(
+            [_root({cv.RUN_RETENTION: 2**62, cv.RUN_HEARTBEAT_TIMEOUT: 2**40})]
+        )
+    assert isinstance(state, RunRecord)
+    assert state.ttl is None and state.heartbeat_timeout is None
+    assert any(cv.RUN_RETENTION in r.getMessage() for r in caplog.records)
+    (kept,) = Mapper().spans([_root({cv.RUN_RETENTION: 3600})])
+    assert isinstance(kept, RunRecord) and kept.ttl == 3600
+
+
+def test_the_mapping_leaves_out_metadata_too_deep_or_too_large() -> None:
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(79):
+        deep = {"a": deep}
+    attributes = {
+        cv.RUN_METADATA_PREFIX[:-1]: json.dumps({"deep": deep, "ok": {"x": 1}}),
+        cv.RUN_METADATA_PREFIX + "big": "x" * 2**20,
+        cv.RUN_METADATA_PREFIX + "small": "y",
+    }
+    (state,) = Mapper().spans([_root(attributes)])
+    assert isinstance(state, RunRecord)
+    assert {k: v for k, v in state.metadata.items() if not k.startswith(("python", "git"))} == {
+        "ok.x": 1,
+        "small": "y",
+    }
+    assert all(k.count(".") < cv.MAX_METADATA_DEPTH for k in state.metadata)
+
+
+def test_the_mapping_replaces_lone_surrogates_in_every_string() -> None:
+    mapper = Mapper()
+    attributes = {
+        cv.RUN_DESCRIPTION: SURROGATE,
+        cv.RUN_METADATA_PREFIX + "file": SURROGATE,
+        cv.RUN_METADATA_PREFIX + SURROGATE: 1,
+        cv.RUN_VISIBILITY_USERS: [SURROGATE],
+        cv.RUN_TAGS: ["ok", SURROGATE],
+    }
+    records = mapper.spans([_root(attributes)])
+    records += mapper.logs(
+        [
+            OtelLog(RESOURCE, f"opened {SURROGATE}", 1_700_000_001.0),
+            OtelLog(
+                RESOURCE,
+                {f"loss {SURROGATE}": 1.0, "ok": 2.0},
+                1_700_000_002.0,
+                event_name=cv.METRICS_EVENT,
+            ),
+        ]
+    )
+    state, event, point = records
+    assert isinstance(state, RunRecord)
+    assert state.run.key == "caf\ufffd-key" and state.run.folder == "/d/caf\ufffd"
+    assert state.description == "caf\ufffd"
+    assert state.metadata["file"] == "caf\ufffd" and state.metadata["caf\ufffd"] == 1
+    assert state.visibility is not None and state.visibility["users"] == ["caf\ufffd"]
+    assert state.tags == ("ok",)  # a tag that breaks the tag rule is left out, as before
+    assert isinstance(event, EventRecord) and event.message == "opened caf\ufffd"
+    assert isinstance(point, MetricRecord) and dict(point.values) == {"loss caf_": 1.0, "ok": 2.0}
+    for record in records:
+        _utf8([getattr(record, f) for f in record.__slots__ if f != "run"])
+        _utf8([record.run.key, record.run.name, record.run.folder])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -11,6 +13,8 @@ import pytest
 
 from simvue_otel._internal.errors import SimvueValidationError
 from simvue_otel._internal.validation import (
+    check_metadata_size,
+    clean_text,
     parse_retention,
     validate_folder,
     validate_interval,
@@ -21,6 +25,8 @@ from simvue_otel._internal.validation import (
     validate_status,
     validate_step,
     validate_tags,
+    validate_text,
+    validate_timeout,
     validate_visibility,
 )
 
@@ -417,3 +423,128 @@ def test_log_level_rejected(level: Any) -> None:
 def test_long_value_is_truncated_in_message() -> None:
     err = assert_rejected(validate_name, "x" * 300, "name")
     assert str(err).endswith("...)")
+
+
+# --- bounds a server is sure to accept (issue: a refused run blocked every other) ---------
+
+
+@pytest.mark.parametrize("value", [2**62, 2**31, "100 years", "99999999 weeks", "9" * 400 + " s"])
+def test_retention_past_the_bound_is_refused_naming_it(value: Any) -> None:
+    err = assert_rejected(parse_retention, value, "retention_period")
+    assert "2147483647" in err.rule
+
+
+def test_retention_at_the_bound_is_accepted() -> None:
+    assert parse_retention(2**31 - 1) == 2**31 - 1
+    assert parse_retention("3550 weeks") == 3550 * 604800
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**31, 2**62, True, 1.5, "180"])
+def test_heartbeat_timeout_out_of_bounds_is_refused(value: Any) -> None:
+    assert_rejected(validate_timeout, value, "timeout")
+
+
+def test_heartbeat_timeout_in_bounds() -> None:
+    assert validate_timeout(None) is None
+    assert validate_timeout(1) == 1
+    assert validate_timeout(2**31 - 1) == 2**31 - 1
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    tree: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        tree = {"a": tree}
+    return tree
+
+
+def test_metadata_nested_deeper_than_the_bound_is_refused_naming_the_key() -> None:
+    assert validate_metadata(_nested(32)) == {"a." * 31 + "leaf": 1}
+    with pytest.raises(SimvueValidationError) as info:
+        validate_metadata(_nested(33))
+    assert info.value.field == "metadata" and "32 levels" in info.value.rule
+    assert info.value.value == "a." * 32 + "leaf"
+    with pytest.raises(SimvueValidationError):  # dots in a key count as levels
+        validate_metadata({".".join(["k"] * 33): 1})
+
+
+def test_metadata_nested_thousands_deep_is_refused_without_recursing_through_it() -> None:
+    with pytest.raises(SimvueValidationError):
+        validate_metadata(_nested(100_000))
+
+
+def test_metadata_larger_than_the_bound_is_refused_with_its_size() -> None:
+    validate_metadata({"blob": "x" * (2**20 - 100)})
+    with pytest.raises(SimvueValidationError) as info:
+        validate_metadata({"blob": "x" * 2**20})
+    assert info.value.field == "metadata" and "1048576 bytes" in info.value.rule
+    assert "bytes" in str(info.value.value)
+    with pytest.raises(SimvueValidationError):  # many small keys add up too
+        validate_metadata({f"k{i}": "y" * 100 for i in range(20_000)})
+    with pytest.raises(SimvueValidationError):
+        check_metadata_size({f"k{i}": "y" * 100 for i in range(20_000)})
+
+
+@pytest.mark.parametrize(
+    ("func", "value", "field"),
+    [
+        (validate_name, "a" * 256, "name"),
+        (validate_metric_name, "m" * 256, "metrics"),
+        (validate_tags, ["t" * 256], "tags[0]"),
+    ],
+)
+def test_names_longer_than_255_are_refused(
+    func: Callable[..., Any], value: Any, field: str
+) -> None:
+    with pytest.raises(SimvueValidationError) as info:
+        func(value)
+    assert info.value.field == field and "255" in info.value.rule
+
+
+# --- text that is not Unicode (os.fsdecode of a non-UTF-8 file name) ----------------------
+
+CAFE = os.fsdecode(b"caf\xe9")  # "caf\udce9"
+
+
+def test_clean_text_replaces_each_lone_surrogate_with_u_fffd_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert CAFE == "caf\udce9"
+    with caplog.at_level(logging.WARNING, logger="simvue_otel"):
+        assert clean_text(CAFE, "metadata.unique-field") == "caf\ufffd"
+        assert clean_text("\ud800x\udfff", "metadata.unique-field") == "\ufffdx\ufffd"
+    assert [r.getMessage() for r in caplog.records if "unique-field" in r.getMessage()] == [
+        "metadata.unique-field holds characters that are not Unicode text (bytes of another "
+        "encoding, as file names on some file systems give): each was replaced with U+FFFD"
+    ]
+    plain = "déjà vu ✓"
+    assert clean_text(plain) is plain
+
+
+def test_metadata_keys_and_values_holding_surrogates_are_replaced() -> None:
+    got = validate_metadata({"input": {"file": CAFE}, CAFE: 1})
+    assert got == {"input.file": "caf\ufffd", "caf\ufffd": 1}
+    for text in got:
+        text.encode("utf-8")
+
+
+def test_free_text_folder_and_users_holding_surrogates_are_replaced() -> None:
+    assert validate_text(CAFE, "description") == "caf\ufffd"
+    assert validate_folder(f"/data/{CAFE}/") == "/data/caf\ufffd"
+    assert validate_visibility([CAFE]) == {"public": False, "tenant": False, "users": ["caf\ufffd"]}
+    assert_rejected(validate_text, 3, "message", field="message")
+
+
+@pytest.mark.parametrize(
+    ("func", "value", "field"),
+    [
+        (validate_name, CAFE, "name"),
+        (validate_metric_name, CAFE, "metrics"),
+        (validate_tags, [CAFE], "tags[0]"),
+    ],
+)
+def test_names_with_a_pattern_refuse_surrogates_at_the_call(
+    func: Callable[..., Any], value: Any, field: str
+) -> None:
+    with pytest.raises(SimvueValidationError) as info:
+        func(value)
+    assert info.value.field == field and "\\udce9" in str(info.value)
