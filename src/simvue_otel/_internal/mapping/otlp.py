@@ -4,7 +4,8 @@ The bridge decodes each request here and hands the result to the same :class:`Ma
 in-process exporters use. OTLP/JSON is read by rewriting its hex trace and span ids to the
 base64 that protobuf's JSON reader expects and then parsing into the same protobuf messages:
 ``json_format`` alone would silently mis-read the hex ids as base64 (OTLP/JSON differs from
-proto3 JSON there).
+proto3 JSON there). The same pass replaces lone surrogates (which JSON escapes can spell but
+protobuf strings cannot hold) with U+FFFD.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ..validation import clean_text
 from .model import (
     STATUS_ERROR,
     STATUS_OK,
@@ -61,6 +63,8 @@ def _hex_ids_to_base64(node: Any) -> Any:
         return out
     if isinstance(node, list):
         return [_hex_ids_to_base64(item) for item in node]
+    if isinstance(node, str):  # JSON's "\udce9" escapes give lone surrogates: U+FFFD instead
+        return clean_text(node, "OTLP/JSON text")  # (conventions, "Text"), not a 400
     return node
 
 
