@@ -100,17 +100,24 @@ class OtlpRun:
         )
         self.root = root
 
-    def run(self, steps: range) -> None:
-        """The root span (exported at its end) with ``steps`` metric points and an event."""
-        logger = self.lp.get_logger("app")
+    def run(self, steps: range, *, state_first: bool = False) -> None:
+        """The root span (exported at its end) with ``steps`` metric points and an event;
+        ``state_first``: the span ends (so the bridge sees the run's state) before them."""
         with self.tp.get_tracer("app").start_as_current_span("simvue.run", attributes=self.root):
-            for step in steps:
-                logger.emit(
-                    body={"loss": 1.0 / (step + 1)},
-                    event_name="simvue.metrics",
-                    attributes={"simvue.metrics.step": step},
-                )
-            logger.emit(body=f"done {steps.stop}", event_name="simvue.event")
+            if not state_first:
+                self.data(steps)
+        if state_first:
+            self.data(steps)
+
+    def data(self, steps: range) -> None:
+        logger = self.lp.get_logger("app")
+        for step in steps:
+            logger.emit(
+                body={"loss": 1.0 / (step + 1)},
+                event_name="simvue.metrics",
+                attributes={"simvue.metrics.step": step},
+            )
+        logger.emit(body=f"done {steps.stop}", event_name="simvue.event")
 
     def close(self) -> None:
         self.lp.shutdown()
@@ -138,7 +145,7 @@ def test_bridge_mends_a_run_the_server_would_refuse_and_the_next_run_flows(
     )
     good = OtlpRun(bridge, "good-run", folder, {"simvue.run.metadata.fine": 2})
     try:
-        bad.run(range(20))
+        bad.run(range(20), state_first=True)  # its state is the first the bridge hears of it
         good.run(range(50))
     finally:
         bad.close()
@@ -147,7 +154,8 @@ def test_bridge_mends_a_run_the_server_would_refuse_and_the_next_run_flows(
     got = poll(lambda: run_by_key(client, good.key), lambda r: r and r["status"] == "completed")
     assert got is not None and got["status"] == "completed"
     assert user_metadata(got) == {"fine": 2}
-    mended = poll(lambda: run_by_key(client, bad.key), lambda r: r and r["status"] == "completed")
+    mended = poll(lambda: point_count(client, bad.key), lambda n: n == 20)
+    mended = run_by_key(client, bad.key)
     assert mended is not None and mended["ttl"] is None
     assert user_metadata(mended) == {"fine": 1}
     assert point_count(client, bad.key) == 20

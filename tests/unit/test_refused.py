@@ -122,10 +122,10 @@ def test_records_that_cannot_be_set_aside_stay_where_they_were(
     victim.mkdir()
     (tmp_path / "rejected").symlink_to(victim)
     uploader = Uploader(client, rejected_dir=tmp_path / "rejected")
-    fake.fail("POST", "runs", 422)
+    fake.fail("POST", "metrics", 422)  # the run is made; its points are refused
     with pytest.raises(RetryLater):
         uploader.upload(batch(BAD), "b1", Progress())
-    assert list(victim.iterdir()) == []
+    assert list(victim.iterdir()) == []  # nothing written through the planted link
     assert uploader.stats.rejected == 0
 
 
