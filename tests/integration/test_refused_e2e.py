@@ -400,3 +400,40 @@ def test_bridge_replaces_non_utf8_text_from_otlp_json(bridge: Bridge, client: Si
     got = poll(lambda: run_by_key(client, key), lambda r: r and r["status"] == "completed")
     _assert_cafe_run(client, got)
     assert not reasons(bridge.offline)
+
+
+def test_a_run_the_server_still_refuses_is_set_aside_and_the_next_run_arrives(
+    refusing: Proxy,
+    local_server: LocalServer,
+    client: SimvueClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a stricter server refuses past the bounds (the proxy answers the first `POST
+    /api/runs` 422): that Run's records are set aside, and the next Run, whose sink picks up
+    what the first left in the spool, is delivered instead of waiting behind it for ever."""
+    offline = tmp_path / "offline"
+    monkeypatch.setenv("SIMVUE_URL", refusing.url)
+    monkeypatch.setenv("SIMVUE_TOKEN", local_server.token)
+    monkeypatch.setenv("SIMVUE_OFFLINE_DIRECTORY", str(offline))
+    monkeypatch.delenv("SIMVUE_OTEL_MODE", raising=False)
+    folder = f"/refused/{uuid.uuid4().hex[:8]}"
+    refusing.rules.append(("POST", "/api/runs", 422))
+    with Run() as first:
+        first.init(name="refused", folder=folder, resources_metrics_interval=None)
+        for step in range(50):
+            first.log_metrics({"loss": float(step)})
+        first_key = first.key
+    with Run() as second:
+        second.init(name="valid", folder=folder, resources_metrics_interval=None)
+        for step in range(100):
+            second.log_metrics({"loss": float(step)})
+        second_key = second.key
+    assert first_key is not None and second_key is not None
+    got = poll(lambda: run_by_key(client, second_key), lambda r: r and r["status"] == "completed")
+    assert got is not None and got["status"] == "completed"
+    assert point_count(client, second_key) == 100
+    assert client.find_run_by_key(first_key) is None
+    aside = reasons(offline)
+    assert aside and all(x["runs"][0]["key"] == first_key for x in aside)
+    assert sum(x["metric_values"] for x in aside) == 50
