@@ -286,3 +286,9 @@ def test_the_mapping_replaces_lone_surrogates_in_every_string() -> None:
     for record in records:
         _utf8([getattr(record, f) for f in record.__slots__ if f != "run"])
         _utf8([record.run.key, record.run.name, record.run.folder])
+
+
+def test_set_aside_works_before_the_spool_folder_exists(tmp_path: Path) -> None:
+    folder = tmp_path / "otel-spool" / "server-x" / "rejected"
+    path = set_aside(folder, batch(BAD), "refused before anything was spooled")
+    assert path.is_file() and stat.S_IMODE(folder.parent.stat().st_mode) == 0o700

@@ -49,6 +49,8 @@ def _open_folder(directory: Path) -> int:
     """A descriptor of the ``rejected`` folder, made 0700 if new; refused (OSError) when it
     is a link, not a folder, or another user's."""
     with contextlib.suppress(FileExistsError):
+        # (the spool folder itself may not exist yet: a refusal before anything was spooled)
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.mkdir(directory, 0o700)
     fd = os.open(directory, _DIR_FLAGS)  # a link here fails (ELOOP) instead of being followed
     try:
