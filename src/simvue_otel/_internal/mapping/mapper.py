@@ -402,7 +402,7 @@ class Mapper:
         if isinstance(whole, str):
             try:
                 whole = json.loads(whole)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested thousands deep
                 whole = None
         if isinstance(whole, Mapping):
             _flatten(whole, "", flat)
@@ -728,6 +728,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
+            if dotted.count(".") >= cv.MAX_METADATA_DEPTH:
+                out[dotted] = None  # too deep for any server: left out (see _clean_state)
+                continue
             _flatten(value, dotted + ".", out)
         else:
             out[dotted] = _metadata_value(value)
