@@ -27,6 +27,7 @@ import msgpack
 import pytest
 import requests
 
+from simvue_otel._internal import conventions as cv
 from simvue_otel._internal.server.filters import FilterError, _binary
 from simvue_otel._internal.server.store import Store
 from tests.conftest import Bridge, LocalServer
@@ -839,3 +840,70 @@ def test_the_token_cli_revokes_every_token_of_a_user(local_server: LocalServer) 
         timeout=60,
     )  # fmt: skip
     assert nobody.returncode == 1 and "no user 'no-such-user-here'" in nobody.stderr
+
+
+# -- metric names: bounded in length and in number per run ---------------------------------------
+
+
+def _post_metrics(server: LocalServer, user: str, run_id: str, values: dict[str, float]) -> Any:
+    return requests.post(
+        f"{server.api}/metrics",
+        data=msgpack.packb(
+            {"run": run_id, "metrics": [{"values": values, "step": 0, "time": 0.0}]},
+            use_bin_type=True,
+        ),
+        headers={**server.headers(user), "Content-Type": "application/msgpack"},
+        timeout=60,
+    )
+
+
+def test_a_metric_name_longer_than_the_bound_is_422_and_not_stored(
+    local_server: LocalServer,
+) -> None:
+    """A 1 MB metric name is refused, naming the field, the bound and the length given (the
+    reply quotes only its start); a name of exactly the bound is stored."""
+    user = "long-names"
+    run_id = _new_run(local_server, user)
+    bound = cv.MAX_METRIC_NAME_LENGTH
+    for name in ("m" * (bound + 1), "m" * 2**20):
+        reply = _post_metrics(local_server, user, run_id, {name: 1.0})
+        _assert_422_naming(reply, "metrics.0.values")
+        assert f"at most {bound} characters" in reply.text and str(len(name)) in reply.text
+        assert len(reply.content) < 2000, "the reply echoes the whole name"
+    ok = _post_metrics(local_server, user, run_id, {"m" * bound: 1.0})
+    assert ok.status_code == 200, ok.text[:300]
+    names = requests.get(
+        f"{local_server.api}/metrics/names",
+        params={"runs": f'["{run_id}"]'},
+        headers=local_server.headers(user),
+        timeout=30,
+    ).json()
+    assert names == ["m" * bound]
+    _still_healthy(local_server, user)
+
+
+def test_a_run_holds_a_bounded_number_of_metric_names(local_server: LocalServer) -> None:
+    """Up to MAX_METRICS_PER_RUN distinct names a run takes; a batch bringing one more new
+    name is refused whole (422 naming `metrics`, the bound and the counts), while more points
+    of names the run already holds are stored."""
+    user = "many-names"
+    bound = cv.MAX_METRICS_PER_RUN
+    run_id = _new_run(local_server, user)
+    first = {f"n{i}": float(i) for i in range(bound)}
+    assert _post_metrics(local_server, user, run_id, first).status_code == 200
+    over = _post_metrics(local_server, user, run_id, {"n0": 1.0, "one-too-many": 2.0})
+    _assert_422_naming(over, "metrics")
+    assert f"at most {bound} distinct metric names" in over.text, over.text
+    assert f"holds {bound}" in over.text and "one-too-many" in over.text
+    again = _post_metrics(local_server, user, run_id, {"n0": 1.0, f"n{bound - 1}": 2.0})
+    assert again.status_code == 200, again.text[:300]
+    run = requests.get(
+        f"{local_server.api}/runs/{run_id}", headers=local_server.headers(user), timeout=30
+    ).json()
+    assert len(run["metrics"]) == bound and "one-too-many" not in run["metrics"]
+    assert run["metrics"]["n0"]["count"] == 2
+
+    fresh = _new_run(local_server, user)  # one batch over the bound by itself
+    too_many = {f"k{i}": 0.0 for i in range(bound + 1)}
+    _assert_422_naming(_post_metrics(local_server, user, fresh, too_many), "metrics")
+    _still_healthy(local_server, user)

@@ -1187,17 +1187,51 @@ class Store:
             max_seconds=MAX_SECONDS,
             valid_name=_valid_metric_name,
             name_rule=_METRIC_NAME_RE.pattern,
+            max_name=cv.MAX_METRIC_NAME_LENGTH,
             invalid=_invalid,
         )
         try:
             with self._tx() as db:
                 self._run_for_write(db, who, run_id)
+                self._check_metric_count(db, run_id, batch)
                 self._insert_chunks(db, run_id, batch)
                 self._summarise(db, run_id, batch)
         except BaseException:
             self._forget_shapes()  # ids made in a transaction that did not commit
             raise
         return batch.values
+
+    @staticmethod
+    def _check_metric_count(db: sqlite3.Connection, run_id: str, batch: points.Batch) -> None:
+        """422 when the batch would take the run past :data:`cv.MAX_METRICS_PER_RUN`
+        distinct metric names (every name a run holds is in every listing of it). The
+        names already held are looked up only when the run is near the bound."""
+        limit = cv.MAX_METRICS_PER_RUN
+        names = {name for shape in batch.groups for name in shape}
+        held = int(
+            db.execute(
+                "SELECT COUNT(*) FROM metric_summary WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+        )
+        if held + len(names) <= limit:
+            return
+        wanted = sorted(names)
+        for start in range(0, len(wanted), 500):
+            part = json.dumps(wanted[start : start + 500], ensure_ascii=False)
+            for row in db.execute(
+                "SELECT name FROM metric_summary WHERE run_id = ? "
+                "AND name IN (SELECT value FROM json_each(?))",
+                (run_id, part),
+            ):
+                names.discard(row[0])
+        if held + len(names) > limit:
+            example = min(names)
+            raise _invalid(
+                "metrics",
+                f"a run may hold at most {limit} distinct metric names: run {run_id} holds "
+                f"{held} and this batch would add {len(names)} new ones (such as "
+                f"{example[:100]!r})",
+            )
 
     def _insert_chunks(self, db: sqlite3.Connection, run_id: str, batch: points.Batch) -> None:
         """One chunk per shape of a batch; batches are numbered in the order stored."""
@@ -1634,7 +1668,7 @@ def _envelope(drawn: Sequence[tuple[float, float]], buckets: int) -> list[tuple[
 
 
 def _valid_metric_name(name: str) -> bool:
-    return _METRIC_NAME_RE.fullmatch(name) is not None
+    return len(name) <= cv.MAX_METRIC_NAME_LENGTH and _METRIC_NAME_RE.fullmatch(name) is not None
 
 
 # SQLite stores NaN as NULL. Every point has a value, so NULL can only mean NaN; aggregates
