@@ -30,7 +30,7 @@ import requests
 from simvue_otel._internal import conventions as cv
 from simvue_otel._internal.server.filters import FilterError, _binary
 from simvue_otel._internal.server.store import Store
-from tests.conftest import Bridge, LocalServer
+from tests.conftest import Bridge, LocalServer, start_server, stop_server
 
 QUICK = 2.0
 """Seconds a refused request may take, with a wide margin (they answer in milliseconds)."""
@@ -907,3 +907,47 @@ def test_a_run_holds_a_bounded_number_of_metric_names(local_server: LocalServer)
     too_many = {f"k{i}": 0.0 for i in range(bound + 1)}
     _assert_422_naming(_post_metrics(local_server, user, fresh, too_many), "metrics")
     _still_healthy(local_server, user)
+
+
+# -- the database file holds the token-signing secret: private to its owner ------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_database_and_its_side_files_are_private(tmp_path: Path) -> None:
+    """A new database (made by the server, or by `server token --create`) and the -wal and
+    -shm files SQLite keeps beside it are 0600 whatever the umask lets through: they hold the
+    secret that signs every token. One made earlier, readable by all, is made private at
+    start, with a warning."""
+    server = start_server(tmp_path / "new")
+    try:
+        assert requests.get(f"{server.api}/runs", headers=server.headers(), timeout=30).ok
+        files = [server.db, Path(f"{server.db}-wal"), Path(f"{server.db}-shm")]
+        assert all(f.exists() for f in files), list(server.db.parent.iterdir())
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        stop_server(server)
+
+    minted = tmp_path / "minted.db"
+    subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "server", "token", "--db", str(minted),
+         "--user", "someone", "--create"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert _mode(minted) == 0o600
+
+    for f in files:  # as an older version left them
+        if f.exists():
+            f.chmod(0o644)
+    again = start_server(tmp_path / "new", db=server.db, first_token=server.token)
+    try:
+        assert {f.name: _mode(f) for f in files if f.exists()} == {
+            f.name: 0o600 for f in files if f.exists()
+        }
+        log = again.log.read_text()
+        assert f"{server.db} could be read by other users (mode 644)" in log, log
+        assert requests.get(f"{again.api}/runs", headers=again.headers(), timeout=30).ok
+    finally:
+        stop_server(again)

@@ -19,9 +19,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import sqlite3
+import stat
 import string
 import threading
 import time
@@ -304,11 +306,62 @@ _VISIBLE = (
 )
 
 
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+"""The files SQLite keeps beside a database (made with the database file's permissions)."""
+
+
+def secure_database_file(path: str) -> list[str]:
+    """Make the database file at ``path`` private to its owner before SQLite opens it: a new
+    one is created 0600 (it holds the token-signing secret, with which anyone who reads it
+    can mint tokens), and SQLite gives its ``-wal``, ``-shm`` and ``-journal`` files the same
+    mode. An existing file (or side file) that others can read or write is tightened to
+    0600; returns a warning for each, or for each that could not be tightened.
+    In-memory databases and ``file:`` URIs are left alone."""
+    if path == ":memory:" or path.startswith("file:"):
+        return []
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
+        )
+    except FileExistsError:
+        pass
+    except OSError:  # a directory that cannot be written: SQLite's own error says so
+        return []
+    else:
+        os.close(fd)
+        return []
+    warnings: list[str] = []
+    for name in (path, *(path + suffix for suffix in _SIDE_FILES)):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode) or not mode & 0o077:
+            continue
+        private = stat.S_IMODE(mode) & 0o700
+        try:
+            os.chmod(name, private)
+        except OSError as exc:
+            warnings.append(
+                f"{name} can be read by other users (mode {stat.S_IMODE(mode):o}) and could not "
+                f"be made private ({exc.strerror}): it holds the token-signing secret; "
+                f"run 'chmod 600 {name}'"
+            )
+        else:
+            warnings.append(
+                f"{name} could be read by other users (mode {stat.S_IMODE(mode):o}): made it "
+                f"private ({private:04o}), as it holds the token-signing secret"
+            )
+    return warnings
+
+
 class Store:
-    """All state of the local server, in one SQLite file."""
+    """All state of the local server, in one SQLite file, readable by its owner alone."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        self.warnings = secure_database_file(self.path)
+        """What was found wrong with the file's permissions (and fixed where possible)."""
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
