@@ -9,6 +9,7 @@ malformed values that used to answer 500, a run with 100,000 tags, and deep OTLP
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sqlite3
@@ -845,16 +846,21 @@ def test_the_token_cli_revokes_every_token_of_a_user(local_server: LocalServer) 
 # -- metric names: bounded in length and in number per run ---------------------------------------
 
 
-def _post_metrics(server: LocalServer, user: str, run_id: str, values: dict[str, float]) -> Any:
+def _post_metrics_entries(
+    server: LocalServer, user: str, run_id: str, entries: list[dict[str, Any]]
+) -> requests.Response:
     return requests.post(
         f"{server.api}/metrics",
-        data=msgpack.packb(
-            {"run": run_id, "metrics": [{"values": values, "step": 0, "time": 0.0}]},
-            use_bin_type=True,
-        ),
+        data=msgpack.packb({"run": run_id, "metrics": entries}, use_bin_type=True),
         headers={**server.headers(user), "Content-Type": "application/msgpack"},
         timeout=60,
     )
+
+
+def _post_metrics(
+    server: LocalServer, user: str, run_id: str, values: dict[str, float]
+) -> requests.Response:
+    return _post_metrics_entries(server, user, run_id, [{"values": values, "step": 0, "time": 0.0}])
 
 
 def test_a_metric_name_longer_than_the_bound_is_422_and_not_stored(
@@ -951,3 +957,76 @@ def test_the_database_and_its_side_files_are_private(tmp_path: Path) -> None:
         assert requests.get(f"{again.api}/runs", headers=again.headers(), timeout=30).ok
     finally:
         stop_server(again)
+
+
+# -- a full disk: 503 with Retry-After, said by /health, and over once there is room -------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a disk that fills up. Mounting needs the privilege to mount (root in a
+    sandbox, as in CI); without it the test is skipped, and CI sets SIMVUE_OTEL_REQUIRE_TMPFS=1
+    to make that a failure."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        reason = (
+            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root to test a full disk"
+        )
+        if os.environ.get("SIMVUE_OTEL_REQUIRE_TMPFS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_503_with_retry_after_and_health_says_so(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """Metrics written until the database's disk is full: the write that finds no room is
+    answered 503 with Retry-After (clients retry it), nothing of it is stored, reads go on,
+    and /health says the disk is full until room is made; then writes work again."""
+    server = start_server(tmp_path / "server", db=small_disk / "simvue.db")
+    try:
+        user = "filler"
+        run_id = _new_run(server, user)
+        entries = [
+            {"values": {f"m{j}": float(i * j) for j in range(10)}, "step": i, "time": float(i)}
+            for i in range(5000)
+        ]
+        stored = 0
+        for _ in range(100):
+            reply = _post_metrics_entries(server, user, run_id, entries)
+            if reply.status_code != 200:
+                break
+            stored += 1
+        else:
+            pytest.fail("a 2 MiB disk took 100 batches of 50,000 values")
+        assert reply.status_code == 503, (reply.status_code, reply.text[:500])
+        assert int(reply.headers["Retry-After"]) > 0
+        assert "is full" in reply.json()["detail"] and "nothing of this request" in reply.text
+        assert stored >= 1
+
+        health = requests.get(f"{server.url}/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "disk full", health.text
+        assert "Retry-After" in health.headers
+        listed = requests.get(f"{server.api}/runs", headers=server.headers(user), timeout=30)
+        assert listed.status_code == 200, listed.text[:300]
+        run = requests.get(
+            f"{server.api}/runs/{run_id}", headers=server.headers(user), timeout=30
+        ).json()
+        assert run["metrics"]["m1"]["count"] == 5000 * stored  # the refused batch left nothing
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        health = requests.get(f"{server.url}/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        again = _post_metrics_entries(server, user, run_id, entries)
+        assert again.status_code == 200, again.text[:300]
+    finally:
+        stop_server(server)

@@ -41,6 +41,7 @@ from .filters import Predicate
 
 __all__ = [
     "Conflict",
+    "DiskFull",
     "Forbidden",
     "Invalid",
     "NotFound",
@@ -88,6 +89,51 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     status = 422
+
+
+SQLITE_FULL = 13
+"""SQLite's primary result code for a write that found no room on the disk."""
+RETRY_AFTER_FULL = 30
+"""Seconds a client is told to wait (``Retry-After``) when the disk is full."""
+ROOM_REGAINED = 2**20
+"""Bytes of free space, beyond those left when a write failed for lack of room, after which
+the disk no longer counts as full (a write that still fails marks it full again)."""
+
+
+class DiskFull(StoreError):
+    """A write refused because the disk holding the database is full: 503 with
+    ``Retry-After`` (a full disk is temporary, and clients retry a 503), nothing stored."""
+
+    status = 503
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the disk holding the server's database ({path}) is full: nothing of this request "
+            f"was stored; try again once space is freed (GET /health says when)",
+        )
+        self.headers = {"Retry-After": str(RETRY_AFTER_FULL)}
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes free to unprivileged writers on the file system holding the file ``path``;
+    None for an in-memory database or when the system does not say."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    return int(info.f_bavail * info.f_frsize)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite failing a write for lack of room on the disk."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == SQLITE_FULL
+    return "disk is full" in str(exc)
 
 
 def new_id() -> str:
@@ -379,6 +425,7 @@ class Store:
             self._batches = int(last or 0)  # batches are numbered in the order stored
             self._upgrade_metrics()
         self._last_sweep = 0.0
+        self._full: tuple[float, int] | None = None  # (when, bytes free) of a failed write
         # Readers: idle connections, taken by one read at a time (WAL lets them read while
         # the writer writes); as many as reads ever ran at once, which the server's thread
         # pool bounds. An in-memory database exists only in its one connection.
@@ -393,6 +440,35 @@ class Store:
             for conn in self._idle:
                 conn.close()
             self._idle.clear()
+
+    # -- a full disk ------------------------------------------------------------------------
+
+    def note_write_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a write that failed because the disk is full; if so, remember
+        it (with the free space left then) for :meth:`disk_full`, and log it once."""
+        if not is_disk_full(exc):
+            return False
+        if self._full is None:
+            _LOG.warning(
+                "the disk holding %s is full: writes are answered 503 until space is freed",
+                self.path,
+            )
+        self._full = (time.time(), free_bytes(self.path) or 0)
+        return True
+
+    def disk_full(self) -> dict[str, Any] | None:
+        """How the disk stands when the last write failed for lack of room and no room has
+        been freed since (``since``, ``free_bytes``); None otherwise."""
+        full = self._full
+        if full is None:
+            return None
+        when, free_then = full
+        free = free_bytes(self.path)
+        if free is not None and free >= free_then + ROOM_REGAINED:
+            self._full = None
+            _LOG.warning("the disk holding %s has room again (%d bytes free)", self.path, free)
+            return None
+        return {"since": format_time(when), "free_bytes": free}
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -1565,6 +1641,10 @@ class Store:
             return
         try:
             self._sweep(now)
+        except sqlite3.Error as exc:
+            # A full disk must not fail reads too: the sweep is tried again later.
+            if force or not self.note_write_error(exc):
+                raise
         finally:
             self._lock.release()
 
