@@ -487,16 +487,90 @@ def test_cross_site_and_forged_sign_in_forms_are_refused(local_server: LocalServ
     assert "expired" in forged.text
 
 
+def _sign_in_link(server: LocalServer) -> str:
+    return next(
+        line.split("Web view: ", 1)[1].split()[0]
+        for line in server.log.read_text().splitlines()
+        if line.startswith("Web view: ")
+    )
+
+
+def _form_fields(html_text: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', html_text))
+
+
+def _click_sign_in(
+    browser: requests.Session, link: str, page: requests.Response | None = None
+) -> requests.Response:
+    """Open a sign-in link and press its button, as a person does (``page``: a confirmation
+    page already shown, to press its button again)."""
+    if page is None or page.status_code != 200:
+        page = browser.get(link, allow_redirects=False, timeout=30)
+        assert page.status_code == 200, (page.status_code, page.text[:300])
+    return browser.post(
+        link.split("?", 1)[0],
+        data=_form_fields(page.text),
+        headers={"Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+def test_a_sign_in_link_signs_in_only_on_a_click(fresh_server: LocalServer) -> None:
+    """Opening a sign-in link (which another site can make a browser do, with a link of its
+    own user: login CSRF) shows whose it is and a button; only the button's POST, from this
+    server's own page, signs in."""
+    link = _sign_in_link(fresh_server)
+    user = fresh_server.log.read_text().split("Created user '", 1)[1].split("'", 1)[0]
+    browser = requests.Session()
+    page = browser.get(link, allow_redirects=False, timeout=30)
+    assert page.status_code == 200, (page.status_code, page.headers)
+    assert "simvue_otel_session" not in browser.cookies
+    assert f"<strong id=login-user>{user}</strong>" in page.text
+    fields = _form_fields(page.text)
+    assert set(fields) == {"code", "next", "csrf"} and fields["code"] == link.split("code=")[1]
+    # Another site's form (no CSRF cookie), or this form posted from another site: refused.
+    forged = requests.post(
+        f"{fresh_server.url}/login", data=fields, allow_redirects=False, timeout=30
+    )
+    assert forged.status_code == 403 and "simvue_otel_session" not in forged.cookies
+    cross = browser.post(
+        f"{fresh_server.url}/login",
+        data=fields,
+        headers={"Sec-Fetch-Site": "cross-site"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert cross.status_code == 403 and "simvue_otel_session" not in browser.cookies
+    clicked = _click_sign_in(browser, link, page=page)
+    assert clicked.status_code == 303 and clicked.headers["location"] == "/"
+    assert browser.get(f"{fresh_server.url}/", allow_redirects=False, timeout=30).status_code == 200
+
+
+def test_pages_may_not_be_framed(local_server: LocalServer, objects: dict[str, str]) -> None:
+    """Every page of the web view forbids framing by other sites (a framed sign-in button
+    could be clicked through a decoy) and keeps sign-in codes out of Referer headers."""
+    browser = _web_session(local_server, objects["user"])
+    pages = [
+        requests.get(f"{local_server.url}/login", timeout=30),
+        browser.get(f"{local_server.url}/", timeout=30),
+        browser.get(f"{local_server.url}/runs/{objects['run']}", timeout=30),
+        browser.get(f"{local_server.url}/runs/no-such-run", timeout=30),
+    ]
+    for page in pages:
+        assert page.headers["content-type"].startswith("text/html"), page.url
+        assert page.headers.get("x-frame-options") == "DENY", page.url
+        assert "frame-ancestors 'none'" in page.headers.get("content-security-policy", "")
+        assert page.headers.get("referrer-policy") == "no-referrer", page.url
+
+
 def test_a_sign_in_link_works_once_and_the_cookie_is_no_api_token(
     fresh_server: LocalServer,
 ) -> None:
-    link = next(
-        line.split("Web view: ", 1)[1].split()[0]
-        for line in fresh_server.log.read_text().splitlines()
-        if line.startswith("Web view: ")
-    )
+    link = _sign_in_link(fresh_server)
     first = requests.Session()
-    reply = first.get(link, allow_redirects=False, timeout=30)
+    shown = first.get(link, allow_redirects=False, timeout=30)
+    reply = _click_sign_in(first, link, page=shown)
     assert reply.status_code == 303
     cookie = first.cookies.get("simvue_otel_session")
     assert cookie
@@ -505,6 +579,8 @@ def test_a_sign_in_link_works_once_and_the_cookie_is_no_api_token(
     again = requests.get(link + "&next=//evil.example/", allow_redirects=False, timeout=30)
     assert again.status_code == 401
     assert "already been used" in again.text
+    twice = _click_sign_in(first, link, page=shown)  # the button pressed again
+    assert twice.status_code == 401 and "already been used" in twice.text
 
     api = requests.get(
         f"{fresh_server.api}/runs", headers={"Authorization": f"Bearer {cookie}"}, timeout=30

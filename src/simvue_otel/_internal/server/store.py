@@ -615,6 +615,13 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM sessions WHERE key = ?", (_session_key(session_id),))
 
+    def code_used(self, jti: str) -> bool:
+        """Whether the sign-in link ``jti`` has been used."""
+        with self._read() as db:
+            return (
+                db.execute("SELECT 1 FROM used_codes WHERE jti = ?", (jti,)).fetchone() is not None
+            )
+
     def redeem_code(self, jti: str, expires: float) -> bool:
         """Mark the sign-in link ``jti`` used; False when it was used before."""
         with self._tx() as db:
