@@ -67,6 +67,11 @@ _STATE_FIELDS = (
 )
 
 
+# Seconds between two heartbeats of a run past which it may have been marked lost meanwhile
+# (the sink beats every 30 s at most, and a third of a run's heartbeat timeout when shorter).
+_BEAT_GAP = 60.0
+
+
 class RetryLater(Exception):
     """The server cannot take the batch now (down, overloaded, token refused); keep it."""
 
@@ -82,6 +87,9 @@ class UploadStats:
     rejected: int = 0
     reconciled: int = 0
     """Parts whose outcome was unknown and were checked against the server."""
+    unproven: int = 0
+    """Entries of such parts that the server's read-back neither showed nor proved missing
+    (an incomplete answer): not sent again, since they may be stored."""
     uploaded_batches: int = 0
     upload_seconds: list[int] = field(default_factory=lambda: [0] * (len(UPLOAD_BUCKETS) + 1))
     """Batches by upload time: counts per bucket of :data:`UPLOAD_BUCKETS` (the last: longer)."""
@@ -160,6 +168,19 @@ def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def _top_values(merged: Mapping[str, Any], changed: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata to PUT for ``changed`` keys: the whole top-level value of each key that
+    changes, as the run now has it (``merged``, dotted keys). A server that merges metadata
+    gets what it had plus the change; one that replaces each top-level value it is sent
+    (no deep merge) loses no sibling of a changed key either."""
+    nested = _unflatten(merged)
+    return {
+        top: value
+        for top, value in nested.items()
+        if any(k in changed for k in _flatten({top: value}))
+    }
 
 
 def _visibility(state: RunRecord | None) -> dict[str, Any]:
@@ -251,6 +272,8 @@ class Uploader:
         self._next_step: dict[str, int] = {}
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
         self._pool: ThreadPoolExecutor | None = None  # builds the next part's entries
+        self._beaten: dict[str, float] = {}  # run key -> time of its last heartbeat
+        self._suspect: set[str] = set()  # runs that may have turned lost: status read once
 
     # -- public ---------------------------------------------------------------------------
 
@@ -266,9 +289,11 @@ class Uploader:
                 self._upload_run(key, plan, progress)
             except ServerUnreachableError as exc:
                 self.stats.failures["unreachable"] += 1
+                self._suspect.update(self._ids)
                 raise RetryLater(str(exc)) from exc
             except ServerError as exc:
                 self.stats.failures["server_error"] += 1
+                self._suspect.update(self._ids)
                 raise RetryLater(str(exc)) from exc
             except RetryLater:
                 self.stats.failures["refused_run"] += 1
@@ -304,8 +329,14 @@ class Uploader:
 
     def heartbeat(self, run_keys: Iterable[str], *, check_abort: bool = False) -> list[str]:
         """Tell the server these runs are alive (unknown keys are skipped); with
-        ``check_abort``, also ask whether someone asked to abort them, and return those keys."""
+        ``check_abort``, also ask whether someone asked to abort them, and return those keys.
+
+        A run whose heartbeats stopped for a while (an outage, a failed upload, a process
+        that was stopped) may have been marked ``lost`` by the server meanwhile, and a
+        heartbeat alone may not bring it back: its status is read once beats resume, and a
+        ``lost`` run this process still has running is set back to ``running``."""
         aborted = []
+        now = time.monotonic()
         for key in run_keys:
             run_id = self._ids.get(key)
             if run_id is None:
@@ -314,9 +345,33 @@ class Uploader:
                 if check_abort and self.client.abort_requested(run_id):
                     aborted.append(key)
                 self.client.heartbeat(run_id)
+                last, self._beaten[key] = self._beaten.get(key), now
+                if key in self._suspect or (last is not None and now - last > self._gap(key)):
+                    self._revive(key, run_id)
             except TransportError as exc:
+                self._suspect.add(key)
                 _LOG.debug("heartbeat for run %s failed: %s", run_id, exc)
         return aborted
+
+    def _gap(self, key: str) -> float:
+        """Time without heartbeats past which the run may have turned lost: half its heartbeat
+        timeout (the sink beats every third of it), at most :data:`_BEAT_GAP`."""
+        timeout = self._sent.get(key, {}).get("heartbeat_timeout")
+        if isinstance(timeout, (int, float)) and timeout > 0:
+            return min(_BEAT_GAP, timeout / 2)
+        return _BEAT_GAP
+
+    def _revive(self, key: str, run_id: str) -> None:
+        """Set the run back to ``running`` if the server marked it ``lost`` while this
+        process, which still has it running, could not tell it otherwise."""
+        status = self.client.get_run(run_id).get("status")
+        if status == "lost" and self._sent.get(key, {}).get("status") == "running":
+            self.client.update_run(run_id, status="running")
+            _LOG.warning(
+                "run %s was marked lost while it could not be reached; set back to running",
+                run_id,
+            )
+        self._suspect.discard(key)
 
     def run_id(self, key: str) -> str | None:
         """The server id of the run with this key, once it has been created or found."""
@@ -471,7 +526,7 @@ class Uploader:
         names = sorted({name for p in points if p.counter is not None for name in p.values})
         steps = [
             point.get("step")
-            for held in self.client.get_metrics(run_id, names).values()
+            for held in self.client.read_metrics(run_id, names)[0].values()
             for point in held
         ]
         return max((s + 1 for s in steps if isinstance(s, int)), default=0)
@@ -485,45 +540,80 @@ class Uploader:
     def _missing(
         self, run_id: str, kind: str, entries: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The entries of a part the server does not hold: the server's points of those
-        metrics (or the run's events) are read back and matched by name, step and timestamp
-        (events: message and timestamp), each stored item matching one entry at most."""
+        """The entries of a part the server provably does not hold.
+
+        The server's points of those metrics (or the run's events) are read back, asked for
+        as the official client asks for all of them, and matched: a point by name, step and
+        timestamp, or by name and step where the server's answer carries no timestamp; an
+        event by message and timestamp; each stored item matching one entry at most. An
+        entry is sent again only when the read-back of its metric (or of the events) is
+        complete: as many items as the server counts for it. Where it is not (a server that
+        thins or cuts its answer), nothing of it is sent again: the entry may be stored, and
+        sending it twice is what this avoids (counted in ``unproven``, and logged).
+        """
+        unproven = 0
         if kind == "metrics":
             names = sorted({n for e in entries for n in e["values"]})
-            held: Counter[tuple[Any, ...]] = Counter()
-            for name, points in self.client.get_metrics(run_id, names).items():
-                for point in points:
-                    held[(name, point.get("step"), _stamp(point.get("timestamp")))] += 1
+            points, complete = self.client.read_metrics(run_id, names)
+            exact: Counter[tuple[Any, ...]] = Counter()
+            by_step: Counter[tuple[Any, ...]] = Counter()
+            for name, held in points.items():
+                for point in held:
+                    stamp = point.get("timestamp")
+                    if stamp is None:
+                        by_step[(name, point.get("step"))] += 1
+                    else:
+                        exact[(name, point.get("step"), _stamp(stamp))] += 1
             missing = []
             for entry in entries:
                 values = {}
                 for name, value in entry["values"].items():
                     found = (name, entry["step"], _stamp(entry["timestamp"]))
-                    if held[found] > 0:
-                        held[found] -= 1
+                    if exact[found] > 0:
+                        exact[found] -= 1
+                    elif by_step[found[:2]] > 0:
+                        by_step[found[:2]] -= 1
+                    elif name not in complete:
+                        unproven += 1
                     else:
                         values[name] = value
                 if values:
                     missing.append({**entry, "values": values})
+            sent = sum(len(e["values"]) for e in missing)
+            total = sum(len(e["values"]) for e in entries)
         else:
+            events, whole = self.client.read_events(run_id)
             stored: Counter[tuple[Any, ...]] = Counter(
-                (e.get("message"), _stamp(e.get("timestamp")))
-                for e in self.client.get_events(run_id)
+                (e.get("message"), _stamp(e.get("timestamp"))) for e in events
             )
             missing = []
             for entry in entries:
                 event = (entry["message"], _stamp(entry["timestamp"]))
                 if stored[event] > 0:
                     stored[event] -= 1
+                elif not whole:
+                    unproven += 1
                 else:
                     missing.append(entry)
+            sent, total = len(missing), len(entries)
+        if unproven:
+            self.stats.unproven += unproven
+            _LOG.warning(
+                "an earlier %s POST for run %s got no answer, and the server's read-back is "
+                "not complete: %d of its %d entries were not found and are not sent again "
+                "(they may be stored; sending them twice would double them)",
+                kind,
+                run_id,
+                unproven,
+                total,
+            )
         _LOG.info(
             "an earlier %s POST for run %s got no answer: the server has %d of its %d entries; "
             "sending the rest",
             kind,
             run_id,
-            len(entries) - len(missing),
-            len(entries),
+            total - sent - unproven,
+            total,
         )
         return missing
 
@@ -541,6 +631,11 @@ class Uploader:
                 doc = self.client.get_run(known)
             except NotFoundError:
                 self.index.forget(ref.key)  # deleted on the server: made again below
+            else:
+                held = (doc.get("metadata") or {}).get(RUN_KEY_METADATA)
+                if held is not None and held != ref.key:  # not this run (another server?)
+                    self.index.forget(ref.key)
+                    doc = None
         if doc is None:
             found = self.client.find_run_by_key(ref.key)
             if found is not None:
@@ -619,7 +714,7 @@ class Uploader:
                 had = sent.get("metadata") or {}
                 changed = {k: v for k, v in value.items() if k not in had or had[k] != v}
                 if changed:
-                    changes["metadata"] = _unflatten(changed)  # merged by the server
+                    changes["metadata"] = _top_values({**had, **value}, changed)
             elif sent.get(name) != value:
                 changes[name] = value
         started = sent.get("started")
