@@ -48,7 +48,7 @@ from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunR
 from ..names import name_for_key
 from .run_index import RunIndex
 
-__all__ = ["Progress", "RetryLater", "UploadStats", "Uploader"]
+__all__ = ["PartlyTaken", "Progress", "RetryLater", "UploadStats", "Uploader"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
@@ -74,6 +74,12 @@ _BEAT_GAP = 60.0
 
 class RetryLater(Exception):
     """The server cannot take the batch now (down, overloaded, token refused); keep it."""
+
+
+class PartlyTaken(RetryLater):
+    """The server answers, but one of its endpoints (metrics, events or runs) refused part of
+    the batch for now (5xx, 429): the rest of the batch was delivered, so later batches may
+    go too (their parts for that endpoint wait, untried, until the next pass)."""
 
 
 @dataclass
@@ -273,6 +279,7 @@ class Uploader:
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
         self._pool: ThreadPoolExecutor | None = None  # builds the next part's entries
         self._beaten: dict[str, float] = {}  # run key -> time of its last heartbeat
+        self._failing: dict[str, ServerError] | None = None  # per pass: see begin_pass
         self._suspect: set[str] = set()  # runs that may have turned lost: status read once
 
     # -- public ---------------------------------------------------------------------------
@@ -284,17 +291,22 @@ class Uploader:
         already has of this batch. ``batch_key`` names the batch in logs."""
         progress = progress if progress is not None else Progress()
         began = time.perf_counter()
+        # Endpoints that answered 5xx or 429: their parts wait, the other endpoints' go on
+        # (one failing endpoint holds back nothing else). Kept for a whole pass when one is
+        # open (see begin_pass), so later batches do not try them again meanwhile.
+        failing = self._failing if self._failing is not None else {}
+        whole = True  # every part of every run done, every state applied
         for key, plan in self.plan(records).items():
             try:
-                self._upload_run(key, plan, progress)
+                whole = self._upload_run(key, plan, progress, failing) and whole
             except ServerUnreachableError as exc:
                 self.stats.failures["unreachable"] += 1
                 self._suspect.update(self._ids)
                 raise RetryLater(str(exc)) from exc
-            except ServerError as exc:
-                self.stats.failures["server_error"] += 1
-                self._suspect.update(self._ids)
-                raise RetryLater(str(exc)) from exc
+            except ServerError as exc:  # the run itself could not be found or made
+                failing.setdefault("runs", exc)
+                whole = False
+                continue
             except RetryLater:
                 self.stats.failures["refused_run"] += 1
                 raise
@@ -306,8 +318,22 @@ class Uploader:
                     "token", "the Simvue server refused the token; data is kept: %s", exc
                 )
                 raise RetryLater(str(exc)) from exc
+        if not whole:
+            self.stats.failures["server_error"] += 1
+            self._suspect.update(self._ids)
+            raise PartlyTaken("; ".join(str(e) for e in failing.values()))
         self._told.discard("token")
         self.stats.timed(time.perf_counter() - began)
+
+    def begin_pass(self) -> None:
+        """Start a pass over several batches (the sink's worker: its spool, then its memory):
+        an endpoint that fails in one batch is not tried again by the later ones, which
+        still deliver what the other endpoints take."""
+        self._failing = {}
+
+    def end_pass(self) -> None:
+        """End the pass: every endpoint is tried again by the next batch."""
+        self._failing = None
 
     @staticmethod
     def plan(records: Sequence[Record]) -> dict[str, _RunPlan]:
@@ -379,11 +405,17 @@ class Uploader:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _upload_run(self, key: str, plan: _RunPlan, progress: Progress) -> None:
+    def _upload_run(
+        self, key: str, plan: _RunPlan, progress: Progress, failing: dict[str, ServerError]
+    ) -> bool:
+        """Upload one run's records; False when some wait for an endpoint in ``failing``
+        (which gets the endpoints that answer 5xx or 429 meanwhile)."""
         parts = _parts(plan.index, plan.points, plan.events)
         if plan.state is None and all(progress.states.get(p) == "done" for p, _, _ in parts):
-            return
+            return True
         earliest = _earliest(plan)
+        if key not in self._ids and "runs" in failing:
+            return False  # finding or making a run failed in this pass: this one waits too
         try:
             run_id = self._ensure_run(plan.ref, plan.state, earliest)
         except (ServerUnreachableError, ServerError, AuthenticationError):
@@ -405,16 +437,37 @@ class Uploader:
         # While one part's POST waits for the server, the next part's entries are built in a
         # helper thread: the server's work and ours overlap instead of taking turns.
         ahead: Future[list[dict[str, Any]]] | None = None
-        for i, (part, kind, chunk) in enumerate(parts):
+        todo = [p for p in parts if progress.states.get(p[0]) != "done"]
+        whole = True
+        for i, (part, kind, chunk) in enumerate(todo):
             entries = ahead.result() if ahead is not None else None
             ahead = None
-            if i + 1 < len(parts) and progress.states.get(parts[i + 1][0]) != "done":
-                ahead = self._prepare(parts[i + 1][1], parts[i + 1][2])
-            self._send_part(part, progress, run_id, kind, chunk, entries)
-        if plan.state is not None:
-            self._apply_state(key, run_id, plan.state)
-        else:
-            self._start_no_later(key, run_id, earliest)
+            if kind in failing:  # that endpoint failed in this pass: wait for the next one
+                whole = False
+                continue
+            nxt = next((p for p in todo[i + 1 :] if p[1] not in failing), None)
+            if nxt is not None:
+                ahead = self._prepare(nxt[1], nxt[2])
+            try:
+                self._send_part(part, progress, run_id, kind, chunk, entries)
+            except ServerError as exc:  # the server answers; this endpoint does not take data
+                failing.setdefault(kind, exc)
+                whole = False
+        if ahead is not None:
+            ahead.cancel()
+        if "runs" in failing:
+            return whole and plan.state is None
+        try:
+            # Applied even when another endpoint failed: a run's final status is not held
+            # back by, say, its events (which follow when that endpoint takes them).
+            if plan.state is not None:
+                self._apply_state(key, run_id, plan.state)
+            else:
+                self._start_no_later(key, run_id, earliest)
+        except ServerError as exc:
+            failing.setdefault("runs", exc)
+            return False
+        return whole
 
     def _start_no_later(self, key: str, run_id: str, earliest: float | None) -> None:
         """A live run's start moves back to its earliest record (a batch that arrived late
