@@ -213,6 +213,27 @@ def test_a_slow_server_costs_the_producer_one_wait_then_full_buffers_go_to_disk(
     assert sorted(s for s, _ in fake.points(run_id, "x")) == list(range(100))
 
 
+def test_heartbeats_go_on_while_only_one_endpoint_refuses_data(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The server answers (events refused with 503, again and again): its runs still get
+    their heartbeats, so they do not turn lost meanwhile."""
+    for _ in range(1000):
+        fake.fail("POST", "events", 503)
+    sink = OnlineSink(
+        client, tmp_path / "spool", flush_interval=0.05, heartbeat_interval=0.1, max_backoff=0.2
+    )
+    try:
+        sink.submit([RunRecord(RUN, "running", 1.0), EventRecord(RUN, "refused", 1.0)])
+        deadline = time.monotonic() + 60
+        while not any(p.endswith("/heartbeat") for _, p in fake.requests):
+            assert time.monotonic() < deadline, "no heartbeat while events were refused"
+            time.sleep(0.02)
+        assert ("POST", "events") in fake.requests
+    finally:
+        sink.close(0.1)
+
+
 # -- the bridge core ---------------------------------------------------------------------------
 
 

@@ -125,7 +125,7 @@ class OnlineSink(Sink):
         self._closed = False
         self._deadline: float | None = None
         self._failures = 0
-        self._partly = False  # the last spool pass was refused by some endpoints only
+        self._partly = False  # the last pass was refused by some endpoints only (5xx, 429)
         self._since = 0.0  # when the memory buffer last went from empty to holding records
         self._thread = threading.Thread(target=self._run, name="simvue-otel-sink", daemon=True)
         self._thread.start()
@@ -418,7 +418,8 @@ class OnlineSink(Sink):
                     left = self._deadline - time.monotonic()
                     backoff = min(backoff, max(0.05, left / 2))
             now = time.monotonic()
-            if ok and now - last_beat >= self._beat_every():
+            # Beats go on while the server answers, even when one endpoint refuses data.
+            if (ok or self._partly) and now - last_beat >= self._beat_every():
                 last_beat = now
                 self._heartbeat(now)
 
@@ -434,6 +435,7 @@ class OnlineSink(Sink):
             self.uploader.end_pass()
 
     def _drain_pass(self) -> bool:
+        self._partly = False
         now = time.monotonic()
         if now >= self._next_adopt:
             self._next_adopt = now + 60.0
@@ -445,7 +447,7 @@ class OnlineSink(Sink):
         if self._spilled and not self._drain_spool():
             if not self._partly:  # the server did not answer: nothing more this pass
                 return False
-            ok = False
+            ok = False  # some endpoint refused: the others still take what waits in memory
         while True:
             with self._lock:
                 batch = self._take_locked()
@@ -460,6 +462,7 @@ class OnlineSink(Sink):
                     _LOG.exception("unexpected error while uploading; the batch is kept on disk")
                 else:
                     _LOG.info("Simvue server not taking data (%s); keeping it on disk", exc)
+                    self._partly = self._partly or isinstance(exc, PartlyTaken)
                 with self._lock:
                     self._spill_locked(batch, key, progress)
                 return False
@@ -512,7 +515,7 @@ class OnlineSink(Sink):
         has it; the number uploaded, or None when the server stopped taking them. ``ours``:
         the frames are this sink's own spills, counted in its backlog."""
         uploaded = 0
-        self._partly = False
+        partly = False
         for segment in segments:
             for frame in reader.frames(segment):
                 try:
@@ -521,7 +524,7 @@ class OnlineSink(Sink):
                     )
                 except PartlyTaken as exc:  # kept, with its progress; later frames may go
                     _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
-                    self._partly = True
+                    partly = self._partly = True
                     continue
                 except RetryLater as exc:
                     _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
@@ -535,7 +538,7 @@ class OnlineSink(Sink):
                     with self._lock:
                         self._spilled = max(0, self._spilled - 1)
                         self._spilled_records = max(0, self._spilled_records - len(frame.records))
-        return None if self._partly else uploaded
+        return None if partly else uploaded
 
     def _beat_every_locked(self) -> float:
         shortest = min((t for k, t in self._timeouts.items() if k in self._live), default=None)
