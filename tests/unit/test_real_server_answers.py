@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
+from simvue_otel._internal.sink.run_index import RunIndex
 from simvue_otel._internal.sink.uploader import Progress, RetryLater, Uploader
 from tests.fake_simvue import URL, FakeSimvue
 
@@ -157,6 +159,19 @@ def test_a_server_that_ignores_the_key_filter_never_gets_data_into_another_run(
     by_key = {r["metadata"]["simvue_otel_run_key"]: i for i, r in fake.runs.items()}
     assert [s for s, _ in fake.points(by_key["key-2"], "x")] == [0, 1, 2]
     assert [s for s, _ in fake.points(by_key["key-1"], "x")] == list(range(10))
+
+
+def test_a_run_index_entry_naming_a_run_with_another_key_is_not_used(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    Uploader(client).upload(points(3, run=OTHER), "b0")
+    (other,) = fake.run_ids()
+    index = RunIndex(tmp_path)
+    index.put("key-1", other)  # a stale or foreign entry: that run carries key-2
+    Uploader(client, index=index).upload(points(5), "b1")
+    assert len(fake.run_ids()) == 2
+    assert [s for s, _ in fake.points(other, "x")] == [0, 1, 2]
+    assert index.get("key-1") != other
 
 
 def test_the_run_of_a_409_is_adopted_as_the_official_client_adopts_it(
