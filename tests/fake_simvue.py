@@ -7,7 +7,15 @@ request deduplication: a run POSTed twice is two runs, a batch POSTed twice is s
 and can be told to fail: ``fail(method, path_prefix, action)`` makes the next matching request
 answer ``action`` (an HTTP status, ``"down"`` for a refused connection, or
 ``"stored-then-<status>"`` to store the request and answer the status, as a server whose answer
-is lost). End-to-end behaviour against the real ``simvue-otel server`` is tested elsewhere.
+is lost, or ``"conflict"`` to store it and answer 409 with the body a 200 would carry).
+End-to-end behaviour against the real ``simvue-otel server`` is tested elsewhere.
+
+Where the real server's behaviour is unknown, the fake can be told to take the other answer
+than the local server's, so that the client is shown safe either way: metric points without
+``time`` and ``timestamp`` (``bare_points``), fewer points than held unless ``max_points``
+asks for more (``max_points_default``) or even then (``max_points_cap``), event pages shorter
+than asked for (``events_page_cap``), a run list that ignores its filters (``ignore_filters``).
+A metadata ``PUT`` replaces each top-level value it names (no deep merge).
 """
 
 from __future__ import annotations
@@ -49,6 +57,11 @@ class FakeSimvue(BaseAdapter):
         self.requests: list[tuple[str, str]] = []
         self.down = False
         self.slow: float = 0.0  # seconds each POST of metrics takes (a slow, healthy server)
+        self.bare_points = False
+        self.max_points_default: int | None = None
+        self.max_points_cap: int | None = None
+        self.events_page_cap: int | None = None
+        self.ignore_filters = False
         self._faults: list[tuple[str, str, str]] = []
         self._ids = (f"{n:022d}" for n in itertools.count(1))
         self._lock = threading.Lock()
@@ -93,9 +106,15 @@ class FakeSimvue(BaseAdapter):
             action = self._take_fault(method, path)
             if self.down or action == "down":
                 raise requests.ConnectionError("[Errno 111] Connection refused")
-            if action is not None and not action.startswith("stored-then-"):
+            if (
+                action is not None
+                and not action.startswith("stored-then-")
+                and action != "conflict"
+            ):
                 return self._response(request, int(action), {"detail": "injected"})
             status, body = self._handle(method, path, query, request)
+            if action == "conflict":
+                return self._response(request, 409, body)
             if action is not None:
                 return self._response(request, int(action.split("-")[-1]), {"detail": "lost"})
             return self._response(request, status, body)
@@ -143,7 +162,7 @@ class FakeSimvue(BaseAdapter):
             if run is None:
                 return 404, {"detail": "no such run"}
             if method == "GET" and not rest:
-                return 200, run
+                return 200, {**run, "metrics": self._summary(run_id)}
             if method == "PUT" and not rest:
                 for key, value in body.items():
                     if key == "metadata":
@@ -172,13 +191,33 @@ class FakeSimvue(BaseAdapter):
                             {"step": point["step"], "time": point["time"],
                              "timestamp": point["timestamp"], "value": value}
                         )  # fmt: skip
+            limit = int(query["max_points"]) if "max_points" in query else self.max_points_default
+            if self.max_points_cap is not None:
+                limit = min(limit or self.max_points_cap, self.max_points_cap)
+            for held in out.values():
+                if limit is not None:
+                    held[limit:] = []
+                if self.bare_points:
+                    held[:] = [{"step": p["step"], "value": p["value"]} for p in held]
             return 200, {run_id: out}
         if method == "GET" and path == "events":
             events = self.events.get(query["run"], [])
             start, count = int(query.get("start", 0)), int(query.get("count", 0))
+            if self.events_page_cap is not None:
+                count = min(count or self.events_page_cap, self.events_page_cap)
             page = events[start : start + count] if count else events[start:]
             return 200, {"data": page, "count": len(events)}
         return 404, {"detail": f"the fake does not serve {method} /api/{path}"}
+
+    def _summary(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's ``metrics`` summary as the server gives it: a count per metric."""
+        summary: dict[str, dict[str, Any]] = {}
+        for point in self.metrics.get(run_id, []):
+            for name, value in point["values"].items():
+                entry = summary.setdefault(name, {"count": 0})
+                entry["count"] += 1
+                entry["last"] = value
+        return summary
 
     def _list(self, filters: list[str]) -> list[dict[str, Any]]:
         """``GET /api/runs`` with ``==`` filters on name, folder and metadata keys."""
@@ -186,7 +225,7 @@ class FakeSimvue(BaseAdapter):
         for run in self.runs.values():
             flat = _flat({"metadata": run["metadata"]})
             flat.update(name=run.get("name"), **{"folder.path": run.get("folder")})
-            if all(self._matches(flat, f) for f in filters):
+            if self.ignore_filters or all(self._matches(flat, f) for f in filters):
                 found.append(run)
         return found
 

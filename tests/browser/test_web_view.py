@@ -187,6 +187,9 @@ def test_sign_in_link_printed_by_the_server_works(browser: Any, local_server: Lo
         if line.startswith("Web view: ")
     )
     browser.delete_all_cookies()
-    browser.get(link)
-    assert "/login" not in browser.current_url
+    browser.get(link)  # opening the link shows whose it is; the button signs in
+    assert "/login" in browser.current_url
+    assert browser.find_element(By.ID, "login-user").text
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(lambda: "/login" not in browser.current_url, browser.page_source[:500])
     assert browser.find_element(By.ID, "runs")

@@ -9,6 +9,7 @@ malformed values that used to answer 500, a run with 100,000 tags, and deep OTLP
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sqlite3
@@ -27,9 +28,10 @@ import msgpack
 import pytest
 import requests
 
+from simvue_otel._internal import conventions as cv
 from simvue_otel._internal.server.filters import FilterError, _binary
 from simvue_otel._internal.server.store import Store
-from tests.conftest import Bridge, LocalServer
+from tests.conftest import Bridge, LocalServer, start_server, stop_server
 
 QUICK = 2.0
 """Seconds a refused request may take, with a wide margin (they answer in milliseconds)."""
@@ -485,16 +487,90 @@ def test_cross_site_and_forged_sign_in_forms_are_refused(local_server: LocalServ
     assert "expired" in forged.text
 
 
+def _sign_in_link(server: LocalServer) -> str:
+    return next(
+        line.split("Web view: ", 1)[1].split()[0]
+        for line in server.log.read_text().splitlines()
+        if line.startswith("Web view: ")
+    )
+
+
+def _form_fields(html_text: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', html_text))
+
+
+def _click_sign_in(
+    browser: requests.Session, link: str, page: requests.Response | None = None
+) -> requests.Response:
+    """Open a sign-in link and press its button, as a person does (``page``: a confirmation
+    page already shown, to press its button again)."""
+    if page is None or page.status_code != 200:
+        page = browser.get(link, allow_redirects=False, timeout=30)
+        assert page.status_code == 200, (page.status_code, page.text[:300])
+    return browser.post(
+        link.split("?", 1)[0],
+        data=_form_fields(page.text),
+        headers={"Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+def test_a_sign_in_link_signs_in_only_on_a_click(fresh_server: LocalServer) -> None:
+    """Opening a sign-in link (which another site can make a browser do, with a link of its
+    own user: login CSRF) shows whose it is and a button; only the button's POST, from this
+    server's own page, signs in."""
+    link = _sign_in_link(fresh_server)
+    user = fresh_server.log.read_text().split("Created user '", 1)[1].split("'", 1)[0]
+    browser = requests.Session()
+    page = browser.get(link, allow_redirects=False, timeout=30)
+    assert page.status_code == 200, (page.status_code, page.headers)
+    assert "simvue_otel_session" not in browser.cookies
+    assert f"<strong id=login-user>{user}</strong>" in page.text
+    fields = _form_fields(page.text)
+    assert set(fields) == {"code", "next", "csrf"} and fields["code"] == link.split("code=")[1]
+    # Another site's form (no CSRF cookie), or this form posted from another site: refused.
+    forged = requests.post(
+        f"{fresh_server.url}/login", data=fields, allow_redirects=False, timeout=30
+    )
+    assert forged.status_code == 403 and "simvue_otel_session" not in forged.cookies
+    cross = browser.post(
+        f"{fresh_server.url}/login",
+        data=fields,
+        headers={"Sec-Fetch-Site": "cross-site"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert cross.status_code == 403 and "simvue_otel_session" not in browser.cookies
+    clicked = _click_sign_in(browser, link, page=page)
+    assert clicked.status_code == 303 and clicked.headers["location"] == "/"
+    assert browser.get(f"{fresh_server.url}/", allow_redirects=False, timeout=30).status_code == 200
+
+
+def test_pages_may_not_be_framed(local_server: LocalServer, objects: dict[str, str]) -> None:
+    """Every page of the web view forbids framing by other sites (a framed sign-in button
+    could be clicked through a decoy) and keeps sign-in codes out of Referer headers."""
+    browser = _web_session(local_server, objects["user"])
+    pages = [
+        requests.get(f"{local_server.url}/login", timeout=30),
+        browser.get(f"{local_server.url}/", timeout=30),
+        browser.get(f"{local_server.url}/runs/{objects['run']}", timeout=30),
+        browser.get(f"{local_server.url}/runs/no-such-run", timeout=30),
+    ]
+    for page in pages:
+        assert page.headers["content-type"].startswith("text/html"), page.url
+        assert page.headers.get("x-frame-options") == "DENY", page.url
+        assert "frame-ancestors 'none'" in page.headers.get("content-security-policy", "")
+        assert page.headers.get("referrer-policy") == "no-referrer", page.url
+
+
 def test_a_sign_in_link_works_once_and_the_cookie_is_no_api_token(
     fresh_server: LocalServer,
 ) -> None:
-    link = next(
-        line.split("Web view: ", 1)[1].split()[0]
-        for line in fresh_server.log.read_text().splitlines()
-        if line.startswith("Web view: ")
-    )
+    link = _sign_in_link(fresh_server)
     first = requests.Session()
-    reply = first.get(link, allow_redirects=False, timeout=30)
+    shown = first.get(link, allow_redirects=False, timeout=30)
+    reply = _click_sign_in(first, link, page=shown)
     assert reply.status_code == 303
     cookie = first.cookies.get("simvue_otel_session")
     assert cookie
@@ -503,6 +579,8 @@ def test_a_sign_in_link_works_once_and_the_cookie_is_no_api_token(
     again = requests.get(link + "&next=//evil.example/", allow_redirects=False, timeout=30)
     assert again.status_code == 401
     assert "already been used" in again.text
+    twice = _click_sign_in(first, link, page=shown)  # the button pressed again
+    assert twice.status_code == 401 and "already been used" in twice.text
 
     api = requests.get(
         f"{fresh_server.api}/runs", headers={"Authorization": f"Bearer {cookie}"}, timeout=30
@@ -839,3 +917,192 @@ def test_the_token_cli_revokes_every_token_of_a_user(local_server: LocalServer) 
         timeout=60,
     )  # fmt: skip
     assert nobody.returncode == 1 and "no user 'no-such-user-here'" in nobody.stderr
+
+
+# -- metric names: bounded in length and in number per run ---------------------------------------
+
+
+def _post_metrics_entries(
+    server: LocalServer, user: str, run_id: str, entries: list[dict[str, Any]]
+) -> requests.Response:
+    return requests.post(
+        f"{server.api}/metrics",
+        data=msgpack.packb({"run": run_id, "metrics": entries}, use_bin_type=True),
+        headers={**server.headers(user), "Content-Type": "application/msgpack"},
+        timeout=60,
+    )
+
+
+def _post_metrics(
+    server: LocalServer, user: str, run_id: str, values: dict[str, float]
+) -> requests.Response:
+    return _post_metrics_entries(server, user, run_id, [{"values": values, "step": 0, "time": 0.0}])
+
+
+def test_a_metric_name_longer_than_the_bound_is_422_and_not_stored(
+    local_server: LocalServer,
+) -> None:
+    """A 1 MB metric name is refused, naming the field, the bound and the length given (the
+    reply quotes only its start); a name of exactly the bound is stored."""
+    user = "long-names"
+    run_id = _new_run(local_server, user)
+    bound = cv.MAX_METRIC_NAME_LENGTH
+    for name in ("m" * (bound + 1), "m" * 2**20):
+        reply = _post_metrics(local_server, user, run_id, {name: 1.0})
+        _assert_422_naming(reply, "metrics.0.values")
+        assert f"at most {bound} characters" in reply.text and str(len(name)) in reply.text
+        assert len(reply.content) < 2000, "the reply echoes the whole name"
+    ok = _post_metrics(local_server, user, run_id, {"m" * bound: 1.0})
+    assert ok.status_code == 200, ok.text[:300]
+    names = requests.get(
+        f"{local_server.api}/metrics/names",
+        params={"runs": f'["{run_id}"]'},
+        headers=local_server.headers(user),
+        timeout=30,
+    ).json()
+    assert names == ["m" * bound]
+    _still_healthy(local_server, user)
+
+
+def test_a_run_holds_a_bounded_number_of_metric_names(local_server: LocalServer) -> None:
+    """Up to MAX_METRICS_PER_RUN distinct names a run takes; a batch bringing one more new
+    name is refused whole (422 naming `metrics`, the bound and the counts), while more points
+    of names the run already holds are stored."""
+    user = "many-names"
+    bound = cv.MAX_METRICS_PER_RUN
+    run_id = _new_run(local_server, user)
+    first = {f"n{i}": float(i) for i in range(bound)}
+    assert _post_metrics(local_server, user, run_id, first).status_code == 200
+    over = _post_metrics(local_server, user, run_id, {"n0": 1.0, "one-too-many": 2.0})
+    _assert_422_naming(over, "metrics")
+    assert f"at most {bound} distinct metric names" in over.text, over.text
+    assert f"holds {bound}" in over.text and "one-too-many" in over.text
+    again = _post_metrics(local_server, user, run_id, {"n0": 1.0, f"n{bound - 1}": 2.0})
+    assert again.status_code == 200, again.text[:300]
+    run = requests.get(
+        f"{local_server.api}/runs/{run_id}", headers=local_server.headers(user), timeout=30
+    ).json()
+    assert len(run["metrics"]) == bound and "one-too-many" not in run["metrics"]
+    assert run["metrics"]["n0"]["count"] == 2
+
+    fresh = _new_run(local_server, user)  # one batch over the bound by itself
+    too_many = {f"k{i}": 0.0 for i in range(bound + 1)}
+    _assert_422_naming(_post_metrics(local_server, user, fresh, too_many), "metrics")
+    _still_healthy(local_server, user)
+
+
+# -- the database file holds the token-signing secret: private to its owner ------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_database_and_its_side_files_are_private(tmp_path: Path) -> None:
+    """A new database (made by the server, or by `server token --create`) and the -wal and
+    -shm files SQLite keeps beside it are 0600 whatever the umask lets through: they hold the
+    secret that signs every token. One made earlier, readable by all, is made private at
+    start, with a warning."""
+    server = start_server(tmp_path / "new")
+    try:
+        assert requests.get(f"{server.api}/runs", headers=server.headers(), timeout=30).ok
+        files = [server.db, Path(f"{server.db}-wal"), Path(f"{server.db}-shm")]
+        assert all(f.exists() for f in files), list(server.db.parent.iterdir())
+        assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        stop_server(server)
+
+    minted = tmp_path / "minted.db"
+    subprocess.run(
+        [sys.executable, "-m", "simvue_otel", "server", "token", "--db", str(minted),
+         "--user", "someone", "--create"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert _mode(minted) == 0o600
+
+    for f in files:  # as an older version left them
+        if f.exists():
+            f.chmod(0o644)
+    again = start_server(tmp_path / "new", db=server.db, first_token=server.token)
+    try:
+        assert {f.name: _mode(f) for f in files if f.exists()} == {
+            f.name: 0o600 for f in files if f.exists()
+        }
+        log = again.log.read_text()
+        assert f"{server.db} could be read by other users (mode 644)" in log, log
+        assert requests.get(f"{again.api}/runs", headers=again.headers(), timeout=30).ok
+    finally:
+        stop_server(again)
+
+
+# -- a full disk: 503 with Retry-After, said by /health, and over once there is room -------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a disk that fills up. Mounting needs the privilege to mount (root in a
+    sandbox, as in CI); without it the test is skipped, and CI sets SIMVUE_OTEL_REQUIRE_TMPFS=1
+    to make that a failure."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        reason = (
+            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root to test a full disk"
+        )
+        if os.environ.get("SIMVUE_OTEL_REQUIRE_TMPFS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_503_with_retry_after_and_health_says_so(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """Metrics written until the database's disk is full: the write that finds no room is
+    answered 503 with Retry-After (clients retry it), nothing of it is stored, reads go on,
+    and /health says the disk is full until room is made; then writes work again."""
+    server = start_server(tmp_path / "server", db=small_disk / "simvue.db")
+    try:
+        user = "filler"
+        run_id = _new_run(server, user)
+        entries = [
+            {"values": {f"m{j}": float(i * j) for j in range(10)}, "step": i, "time": float(i)}
+            for i in range(5000)
+        ]
+        stored = 0
+        for _ in range(100):
+            reply = _post_metrics_entries(server, user, run_id, entries)
+            if reply.status_code != 200:
+                break
+            stored += 1
+        else:
+            pytest.fail("a 2 MiB disk took 100 batches of 50,000 values")
+        assert reply.status_code == 503, (reply.status_code, reply.text[:500])
+        assert int(reply.headers["Retry-After"]) > 0
+        assert "is full" in reply.json()["detail"] and "nothing of this request" in reply.text
+        assert stored >= 1
+
+        health = requests.get(f"{server.url}/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "disk full", health.text
+        assert "Retry-After" in health.headers
+        listed = requests.get(f"{server.api}/runs", headers=server.headers(user), timeout=30)
+        assert listed.status_code == 200, listed.text[:300]
+        run = requests.get(
+            f"{server.api}/runs/{run_id}", headers=server.headers(user), timeout=30
+        ).json()
+        assert run["metrics"]["m1"]["count"] == 5000 * stored  # the refused batch left nothing
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        health = requests.get(f"{server.url}/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        again = _post_metrics_entries(server, user, run_id, entries)
+        assert again.status_code == 200, again.text[:300]
+    finally:
+        stop_server(server)

@@ -20,7 +20,7 @@ from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.run_index import RunIndex
-from simvue_otel._internal.sink.uploader import Progress, RetryLater, Uploader
+from simvue_otel._internal.sink.uploader import PartlyTaken, Progress, RetryLater, Uploader
 from tests.fake_simvue import URL, FakeSimvue
 
 RUN = RunRef("key-1", "delivery", "/unit")
@@ -213,6 +213,27 @@ def test_a_slow_server_costs_the_producer_one_wait_then_full_buffers_go_to_disk(
     assert sorted(s for s, _ in fake.points(run_id, "x")) == list(range(100))
 
 
+def test_heartbeats_go_on_while_only_one_endpoint_refuses_data(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The server answers (events refused with 503, again and again): its runs still get
+    their heartbeats, so they do not turn lost meanwhile."""
+    for _ in range(1000):
+        fake.fail("POST", "events", 503)
+    sink = OnlineSink(
+        client, tmp_path / "spool", flush_interval=0.05, heartbeat_interval=0.1, max_backoff=0.2
+    )
+    try:
+        sink.submit([RunRecord(RUN, "running", 1.0), EventRecord(RUN, "refused", 1.0)])
+        deadline = time.monotonic() + 60
+        while not any(p.endswith("/heartbeat") for _, p in fake.requests):
+            assert time.monotonic() < deadline, "no heartbeat while events were refused"
+            time.sleep(0.02)
+        assert ("POST", "events") in fake.requests
+    finally:
+        sink.close(0.1)
+
+
 # -- the bridge core ---------------------------------------------------------------------------
 
 
@@ -248,3 +269,47 @@ def test_the_bridge_core_stores_a_resent_request_once(
         sink.close(20)
     (run_id,) = fake.run_ids()
     assert [v for _, v in fake.points(run_id, "x")] == [1.0, 2.0, 3.0]
+
+
+def test_a_failing_endpoint_holds_back_neither_the_others_nor_the_runs_status(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    """Events answered 503: the batch's metrics and its final status are delivered, the
+    caller is told the batch was partly taken, and the events follow on the next try."""
+    uploader = Uploader(client)
+    progress = Progress()
+    fake.fail("POST", "events", 503)
+    batch = [
+        *points(10),
+        EventRecord(RUN, "hello", 1_700_000_000.0),
+        RunRecord(RUN, "completed", 2.0, ended=2.0),
+    ]
+    with pytest.raises(PartlyTaken):
+        uploader.upload(batch, "b1", progress)
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(10))
+    assert fake.runs[run_id]["status"] == "completed"
+    assert progress.states == {"0.m0": "done", "0.e0": "sending"}
+    uploader.upload(batch, "b1", progress)
+    assert [e["message"] for e in fake.events[run_id]] == ["hello"]
+
+
+def test_within_a_pass_a_failed_endpoint_is_not_tried_again_by_later_batches(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    uploader = Uploader(client)
+    uploader.upload(points(1), "b0")
+    fake.fail("POST", "events", 503)
+    uploader.begin_pass()
+    try:
+        with pytest.raises(PartlyTaken):
+            uploader.upload([EventRecord(RUN, "a", 1.0), *points(1, 1)], "b1")
+        fake.requests.clear()
+        with pytest.raises(PartlyTaken):
+            uploader.upload([EventRecord(RUN, "b", 2.0), *points(1, 2)], "b2")
+        assert ("POST", "events") not in fake.requests  # waits for the next pass
+        uploader.upload(points(1, 3), "b3")  # nothing of it waits: delivered, no error
+    finally:
+        uploader.end_pass()
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == [0, 1, 2, 3]

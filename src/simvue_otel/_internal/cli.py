@@ -145,7 +145,7 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
-    from .bridge import is_loopback, parse_listen
+    from .bridge import loopback_problem, parse_listen
     from .errors import SimvueOtelError
 
     try:
@@ -155,11 +155,13 @@ def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         parser.error(str(exc))
     token = args.token or setting("SIMVUE_OTEL_BRIDGE_TOKEN")
     hosts = [listen[0]] + ([grpc_listen[0]] if grpc_listen else [])
-    if token is None and not all(is_loopback(h) for h in hosts):
+    # Names are resolved: only a listener every address of which is loopback goes tokenless.
+    problems = [] if token is not None else [p for p in map(loopback_problem, hosts) if p]
+    if problems:
         print(
-            "simvue-otel bridge: listening beyond loopback needs a bearer token: set "
-            "SIMVUE_OTEL_BRIDGE_TOKEN (or --token) and give senders the same token "
-            "(OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20<token>)",
+            f"simvue-otel bridge: {'; '.join(dict.fromkeys(problems))}. Listening beyond "
+            "loopback needs a bearer token: set SIMVUE_OTEL_BRIDGE_TOKEN (or --token) and give "
+            "senders the same token (OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20<token>)",
             file=sys.stderr,
         )
         return 2

@@ -417,10 +417,27 @@ class SimvueClient:
             body["system"] = dict(system)
         if started is not None and status == "running":
             body["started"] = format_timestamp(started)  # as the official offline sender does
-        code, reply = self.request("POST", "runs", json_body=body, idempotent=False)
+        # A 409 carrying an id is taken as the run, as the official client takes it: simvue
+        # 2.6.2, simvue/api/objects/base.py:818-830 (``_post_single`` accepts 200 and 409 and
+        # keeps ``_json_response.get("id")``). A run carrying another run key is not ours.
+        code, reply = self.request(
+            "POST", "runs", json_body=body, accept=(200, 409), idempotent=False
+        )
         if not isinstance(reply, dict) or "id" not in reply:
             raise SimvueHTTPError("POST", f"{self.api}/runs", code, "the reply carried no run id")
-        return str(reply["id"])
+        run_id = str(reply["id"])
+        key = body["metadata"].get(RUN_KEY_METADATA)
+        if code == 409 and key is not None:
+            held = (self.get_run(run_id).get("metadata") or {}).get(RUN_KEY_METADATA)
+            if held != key:
+                raise SimvueHTTPError(
+                    "POST",
+                    f"{self.api}/runs",
+                    409,
+                    f"the server answered 409 with run {run_id}, which carries run key "
+                    f"{held!r}, not this run's {key!r}: not adopted",
+                )
+        return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """The run with this id (NotFoundError when missing or not visible)."""
@@ -460,9 +477,32 @@ class SimvueClient:
         ``id``, ``name``, ``status``...), or None.
 
         The key is a flat metadata entry, found with the ``metadata.<key> == value`` filter
-        the official client's own tests use."""
-        found = self.find_runs([f"metadata.{RUN_KEY_METADATA} == {run_key}"], count=1)
-        return found[0] if found and "id" in found[0] else None
+        the official client's own tests use. The key of each run returned is checked (a
+        server that ignored the filter would list unrelated runs): pages are read, newest
+        first, until a run carries it."""
+        flags = {
+            "return_basic": "True",
+            "return_system": "False",
+            "return_timing": "False",
+            "return_metrics": "False",
+            "return_alerts": "False",
+            "return_metadata": "True",
+        }
+        pages = self._pages(
+            "runs",
+            [f"metadata.{RUN_KEY_METADATA} == {run_key}"],
+            sorting=[{"id": "created", "desc": True}],
+            extra=flags,
+        )
+        for run in pages:
+            if "id" not in run:
+                continue
+            metadata = run.get("metadata")
+            if not isinstance(metadata, Mapping):  # the list left it out: ask the run
+                metadata = self.get_run(str(run["id"])).get("metadata") or {}
+            if metadata.get(RUN_KEY_METADATA) == run_key:
+                return run
+        return None
 
     def update_run(self, run_id: str, **changes: Any) -> None:
         """Change some fields of a run (``PUT``: only the keys given; metadata is merged)."""
@@ -514,36 +554,83 @@ class SimvueClient:
         return [str(n) for n in body or []]
 
     def get_metrics(
-        self, run_id: str, names: Sequence[str] | None = None, xaxis: str = "step"
+        self,
+        run_id: str,
+        names: Sequence[str] | None = None,
+        xaxis: str = "step",
+        *,
+        max_points: int | None = None,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Every point of the named metrics (all when None): ``{name: [{step, time,
-        timestamp, value}, ...]}``."""
+        """The points of the named metrics (all when None): ``{name: [{step, value, ...},
+        ...]}``. A server may give fewer points than it holds unless ``max_points`` asks for
+        at least that many (the official client's test of this passes twice the number
+        logged), and may leave out ``time`` and ``timestamp``: see :meth:`read_metrics`."""
         wanted = list(names) if names is not None else self.metric_names(run_id)
         if not wanted:
             return {}
-        body = self._get(
-            "metrics",
-            {
-                "runs": json.dumps([run_id]),
-                "metrics": json.dumps(wanted),
-                "xaxis": xaxis,
-                "aggregate": "False",
-            },
-        )
+        params: dict[str, Any] = {
+            "runs": json.dumps([run_id]),
+            "metrics": json.dumps(wanted),
+            "xaxis": xaxis,
+            "aggregate": "False",
+        }
+        if max_points is not None:
+            params["max_points"] = max(1, max_points)
+        body = self._get("metrics", params)
         per_run = body.get(run_id, {}) if isinstance(body, dict) else {}
-        return {str(k): list(v) for k, v in per_run.items()}
+        return {str(k): list(v) for k, v in per_run.items()} if isinstance(per_run, dict) else {}
+
+    def metric_counts(self, run_id: str) -> dict[str, int] | None:
+        """How many points the server holds per metric of the run (its ``metrics`` summary,
+        ``{name: {"count": n, ...}}``); None when the run's answer carries no summary."""
+        summary = self.get_run(run_id).get("metrics")
+        if not isinstance(summary, Mapping):
+            return None
+        counts: dict[str, int] = {}
+        for name, stats in summary.items():
+            count = stats.get("count") if isinstance(stats, Mapping) else None
+            if isinstance(count, int) and not isinstance(count, bool):
+                counts[str(name)] = count
+        return counts
+
+    def read_metrics(
+        self, run_id: str, names: Sequence[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], set[str]]:
+        """Every point of the named metrics, and which of them the answer provably holds in
+        full: the run's point counts are read first, then the points, asked for with a
+        ``max_points`` above what is held (as the official client asks for all of them); a
+        metric whose answer has fewer points than counted before (or has no count) is not
+        complete."""
+        counts = self.metric_counts(run_id)
+        held = sum(counts.get(n, 0) for n in names) if counts is not None else 0
+        points = self.get_metrics(run_id, names, max_points=2 * held + 1000)
+        if counts is None:
+            return points, set()
+        complete = {n for n in names if len(points.get(n, ())) >= counts.get(n, 0)}
+        return points, complete
 
     def get_events(self, run_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
-        """Every event of the run, oldest first."""
+        """Every event of the run, oldest first (as far as the server gives them)."""
+        return self.read_events(run_id, page=page)[0]
+
+    def read_events(self, run_id: str, *, page: int = 1000) -> tuple[list[dict[str, Any]], bool]:
+        """The run's events, oldest first, paged by the total ``count`` of the reply (a server
+        may give shorter pages than asked for), and whether that total was reached: without
+        a total, or when a page comes back empty before it, the answer is not complete."""
         events: list[dict[str, Any]] = []
         while True:
             body = self._get(
                 "events", {"run": run_id, "filters": "", "start": len(events), "count": page}
             )
             data = list(body.get("data") or []) if isinstance(body, dict) else []
+            total = body.get("count") if isinstance(body, dict) else None
             events.extend(data)
-            if len(data) < page:
-                return events
+            if not isinstance(total, int) or isinstance(total, bool):
+                return events, False
+            if len(events) >= total:
+                return events, True
+            if not data:
+                return events, False
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -558,12 +645,33 @@ class SimvueClient:
         extra: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        while count is None or len(items) < count:
-            size = page if count is None else min(page, count - len(items))
+        if count is not None and count <= 0:
+            return items
+        size = page if count is None else max(1, min(page, count))
+        for item in self._pages(path, filters, sorting=sorting, page=size, extra=extra):
+            items.append(item)
+            if count is not None and len(items) >= count:
+                break
+        return items
+
+    def _pages(
+        self,
+        path: str,
+        filters: Sequence[str],
+        *,
+        sorting: Sequence[Mapping[str, Any]] | None = None,
+        page: int = 100,
+        extra: Mapping[str, str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a list endpoint, page after page, read lazily. Paged by the reply's
+        total ``count``, as the official client pages (a server may give shorter pages than
+        asked for); by a short page only when the reply has no total."""
+        start = 0
+        while True:
             params: dict[str, Any] = {
                 "filters": json.dumps(list(filters)),
-                "start": len(items),
-                "count": size,
+                "start": start,
+                "count": page,
             }
             if sorting:
                 params["sorting"] = json.dumps(list(sorting))
@@ -571,7 +679,13 @@ class SimvueClient:
                 params.update(extra)
             body = self._get(path, params)
             data = list(body.get("data") or []) if isinstance(body, dict) else []
-            items.extend(data)
-            if len(data) < size:
-                break
-        return items
+            total = body.get("count") if isinstance(body, dict) else None
+            yield from data
+            start += len(data)
+            if not data:
+                return
+            if isinstance(total, int) and not isinstance(total, bool):
+                if start >= total:
+                    return
+            elif len(data) < page:
+                return

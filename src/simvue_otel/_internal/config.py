@@ -192,10 +192,34 @@ def token_identity(token: str) -> str:
     return "token " + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
+def refuse_credentials(url: str, where: str = "the Simvue server URL") -> None:
+    """Raise :class:`ConfigurationError` when ``url`` holds a user name or password
+    (``http://user:pass@host``): HTTP libraries send those as Basic authentication in place
+    of the Bearer token, and print them with the URL in errors. The message shows the URL
+    with its credentials masked, never them."""
+    text = url.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" not in authority:
+        return
+    host = authority.rpartition("@")[2]
+    path = rest[end:].split("?", 1)[0].split("#", 1)[0]
+    shown = f"{scheme}{sep}***@{host}{path}"
+    raise ConfigurationError(
+        f"{where} holds a user name or password ({shown}): remove the 'user:password@' part. "
+        "simvue-otel signs in with the token (SIMVUE_TOKEN), and credentials in the URL would "
+        "be sent in its place"
+    )
+
+
 def server_root(url: str) -> str:
     """The server's address as simvue-otel keeps it: no trailing slash, and no ``/api`` (the
     API address, which users often copy, names the same server, as the official client
-    takes it)."""
+    takes it). A URL holding credentials is refused (:func:`refuse_credentials`)."""
+    refuse_credentials(url)
     root = url.strip().rstrip("/")
     if root.endswith("/api"):
         root = root[: -len("/api")].rstrip("/")
@@ -237,6 +261,14 @@ def resolve_config(
     if isinstance(token, Secret):
         token = token.reveal()
     resolved_url = pick(url, "SIMVUE_URL", "server", "url")
+    if resolved_url:
+        if url:
+            where = "the server URL given"
+        elif environ.get("SIMVUE_URL"):
+            where = "SIMVUE_URL"
+        else:
+            where = f"[server] url in {config_file}"
+        refuse_credentials(resolved_url, where)
     resolved_token = pick(token, "SIMVUE_TOKEN", "server", "token")
     offline = pick(
         None if offline_directory is None else str(offline_directory),
@@ -271,8 +303,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("SIMVUE_URL", None, "online mode", "the Simvue server's root URL",
-            "[server] url", True),
+    Setting("SIMVUE_URL", None, "online mode", "the Simvue server's root URL (without a "
+            "user name or password: the token signs in)", "[server] url", True),
     Setting("SIMVUE_TOKEN", None, "online mode", "a Simvue access token",
             "[server] token", True),
     Setting(

@@ -198,6 +198,13 @@ FOLDER_PATTERN: Final = r"/.*"
 """Folder paths start with ``/``; simvue-otel also refuses empty, ``.`` and ``..`` parts and
 control characters, which no path can use."""
 MAX_NAME_LENGTH: Final = 255
+MAX_METRIC_NAME_LENGTH: Final = 255
+"""Longest metric name, in characters. The official client sets no bound; 255 is the run
+name's, which OTel-derived names (instrument plus attributes) are cut to fit."""
+MAX_METRICS_PER_RUN: Final = 10_000
+"""Most distinct metric names one run may hold. Neither the official client nor any known
+Simvue server documents a bound; this one keeps a run's summary (sent with every run listing)
+small while leaving far more names than the web views can show."""
 
 # -- Bounds a Simvue server is sure to accept (beyond them a run could be refused, 422) ------
 # The official client (simvue 2.6.2) states only lower bounds: ``RunInput.ttl: PositiveInt``

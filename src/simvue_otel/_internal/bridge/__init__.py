@@ -11,8 +11,10 @@ Needs the ``bridge`` extra (an ASGI framework and server, and the Prometheus cli
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -23,10 +25,9 @@ from ..config import shutdown_timeout as config_shutdown_timeout
 from ..hints import command
 from ..sink import create_sink, resolve_mode, spool_directory
 
-__all__ = ["is_loopback", "parse_listen", "serve_bridge"]
+__all__ = ["is_loopback", "loopback_problem", "parse_listen", "serve_bridge"]
 
 _LOG = logging.getLogger("simvue_otel.bridge")
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def parse_listen(value: str, default_port: int) -> tuple[str, int]:
@@ -39,8 +40,40 @@ def parse_listen(value: str, default_port: int) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def loopback_problem(host: str) -> str | None:
+    """None when every address ``host`` stands for is a loopback one (``127.0.0.0/8``,
+    ``::1``), so that only this machine can reach a listener on it; else why not, naming
+    the addresses. A name is resolved (``127.x.example`` may be anywhere, and ``localhost``
+    is whatever the resolver says), and one that cannot be resolved is not loopback."""
+    name = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return f"{host!r} cannot be resolved ({exc}), so it is not known to be loopback"
+    addresses = sorted({str(info[4][0]) for info in found})
+    outside = [a for a in addresses if not _loopback_address(a)]
+    if not addresses:
+        return f"{host!r} resolves to no address"
+    if outside:
+        what = "is" if outside == [name] else f"resolves to {', '.join(outside)}, which is"
+        return f"{host!r} {what} not a loopback address"
+    return None
+
+
+def _loopback_address(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope (%eth0) aside
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1
+    return ip.is_loopback
+
+
 def is_loopback(host: str) -> bool:
-    return host in _LOOPBACK or host.startswith("127.")
+    """Whether every address ``host`` resolves to is a loopback one (see
+    :func:`loopback_problem`)."""
+    return loopback_problem(host) is None
 
 
 def _log_to_stderr(level: str) -> None:

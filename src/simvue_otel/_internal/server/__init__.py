@@ -110,6 +110,8 @@ def serve(
     from .store import Store
 
     store = Store(db)
+    for warning in store.warnings:
+        print(f"simvue-otel server: warning: {warning}", file=sys.stderr, flush=True)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
     print(f"simvue-otel server: Simvue API at {url}/api (database {db.absolute()})", file=out)
     if store.get_meta("first_user") is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Identity, TokenError, verify_token
 from .filters import FilterError, parse_filters
-from .store import Forbidden, Invalid, Store, StoreError
+from .store import RETRY_AFTER_FULL, DiskFull, Forbidden, Invalid, Store, StoreError
 
 __all__ = ["API_VERSION", "create_app"]
 
@@ -232,7 +233,9 @@ class _API:
             except StoreError as exc:
                 _refused(request, exc.status, exc.detail)
                 return _error(exc.status, exc.detail, **exc.extra)
-            except Exception:
+            except Exception as exc:
+                if self.store.note_write_error(exc):
+                    return disk_full_reply(self.store)
                 # A bug, not the client's fault: log it in full, answer JSON the client can read.
                 _LOG.exception("%s %s failed", request.method, request.url.path)
                 return _error(500, "internal server error; see the server log")
@@ -549,8 +552,33 @@ def _aggregate(
     }
 
 
-async def _health(request: Request) -> Response:
-    return JSONReply({"status": "ok", "version": API_VERSION})
+def disk_full_reply(store: Store) -> Response:
+    """503 with ``Retry-After`` for a request whose write found the disk full."""
+    full = DiskFull(store.path)
+    _LOG.info("write refused: %s", full.detail)
+    reply = _error(503, full.detail)
+    reply.headers.update(full.headers)
+    return reply
+
+
+def _health_of(store: Store) -> Callable[[Request], Awaitable[Response]]:
+    async def health(request: Request) -> Response:
+        """``{"status": "ok"}``; 503 ``{"status": "disk full", ...}`` while the last write
+        failed for lack of room and none has been freed since (reads still work then)."""
+        full = store.disk_full()
+        if full is None:
+            return JSONReply({"status": "ok", "version": API_VERSION})
+        detail = (
+            "the disk holding the database is full: writes are refused (503) until "
+            "space is freed; reads work"
+        )
+        return JSONReply(
+            {"status": "disk full", "version": API_VERSION, "detail": detail, **full},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_FULL)},
+        )
+
+    return health
 
 
 def _openapi(request: Request) -> Response:
@@ -611,7 +639,7 @@ def create_app(
     api = _API(store, max_body)
     r = api.route
     routes = [
-        Route("/health", _health, methods=["GET"]),
+        Route("/health", _health_of(store), methods=["GET"]),
         Route("/api/openapi.json", _openapi, methods=["GET"]),
         Route("/api/version", r(api.version), methods=["GET"]),
         # Simvue 2.6 clients also probe this companion-service version; same answer.
@@ -660,8 +688,9 @@ def create_app(
             while not stop.wait(sweep_interval):
                 try:
                     store.sweep(force=True)
-                except Exception:  # a failed sweep must not end the server; the next retries
-                    _LOG.exception("lost/retention sweep failed")
+                except Exception as exc:  # a failed sweep must not end the server; next retries
+                    if not store.note_write_error(exc):  # (a full disk is logged once)
+                        _LOG.exception("lost/retention sweep failed")
 
         thread = threading.Thread(target=sweeper, name="simvue-otel-sweeper", daemon=True)
         thread.start()
@@ -673,10 +702,22 @@ def create_app(
 
     from .web import web_routes
 
+    async def database_error(request: Request, exc: Exception) -> Response:
+        """A database error outside the API's handlers (the web view's sign-in writes a
+        session): 503 when the disk is full, else a 500 logged in full."""
+        if store.note_write_error(exc):
+            return disk_full_reply(store)
+        _LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal server error; see the server log")
+
     routes.extend(web_routes(store))
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(BodyLimit, max_body=max_body)],
-        exception_handlers={404: _not_found, 405: _method_not_allowed},
+        exception_handlers={
+            404: _not_found,
+            405: _method_not_allowed,
+            sqlite3.Error: database_error,
+        },
     )

@@ -116,11 +116,13 @@ def check_entries(
     max_seconds: float,
     valid_name: Callable[[str], bool],
     name_rule: str,
+    max_name: int,
     invalid: Callable[[str, str], Exception],
 ) -> Batch:
     """The entries of a metrics batch, checked and grouped by shape; raises
     ``invalid(field, rule)`` for the first entry that breaks a rule (nothing of the batch is
-    stored then). Entries without values are left out."""
+    stored then). Entries without values are left out. ``valid_name`` checks a name's
+    characters and its length, at most ``max_name``."""
     if not isinstance(entries, list):
         raise invalid("metrics", "must be a list of {values, step, time, timestamp}")
     uniform = _uniform(entries, max_int, max_seconds, valid_name)
@@ -167,10 +169,7 @@ def check_entries(
         if names not in batch.groups:  # a new shape: its names are checked once
             for name in names:
                 if name.__class__ is not str or not valid_name(name):
-                    raise invalid(
-                        f"metrics.{i}.values",
-                        f"metric names must match {name_rule} (the official rule), not {name!r}",
-                    )
+                    raise invalid(f"metrics.{i}.values", _name_problem(name, name_rule, max_name))
         try:
             batch.add(names, step, t, stamp, values.values())
         except (TypeError, OverflowError):
@@ -225,6 +224,17 @@ def _uniform(
     batch.values = len(group.values)
     batch.entries = len(entries)
     return batch
+
+
+def _name_problem(name: Any, name_rule: str, max_name: int) -> str:
+    """Which rule a refused metric name breaks, quoting at most its first 100 characters."""
+    if name.__class__ is str and len(name) > max_name:
+        return (
+            f"metric names must be at most {max_name} characters long, not {len(name)}: "
+            f"{name[:100]!r}..."
+        )
+    shown = f"{name[:100]!r}..." if name.__class__ is str and len(name) > 100 else repr(name)
+    return f"metric names must match {name_rule} (the official rule), not {shown}"
 
 
 def _seconds(value: Any, max_seconds: float) -> float | None:

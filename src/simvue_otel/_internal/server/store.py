@@ -19,9 +19,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import sqlite3
+import stat
 import string
 import threading
 import time
@@ -39,6 +41,7 @@ from .filters import Predicate
 
 __all__ = [
     "Conflict",
+    "DiskFull",
     "Forbidden",
     "Invalid",
     "NotFound",
@@ -86,6 +89,51 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     status = 422
+
+
+SQLITE_FULL = 13
+"""SQLite's primary result code for a write that found no room on the disk."""
+RETRY_AFTER_FULL = 30
+"""Seconds a client is told to wait (``Retry-After``) when the disk is full."""
+ROOM_REGAINED = 2**20
+"""Bytes of free space, beyond those left when a write failed for lack of room, after which
+the disk no longer counts as full (a write that still fails marks it full again)."""
+
+
+class DiskFull(StoreError):
+    """A write refused because the disk holding the database is full: 503 with
+    ``Retry-After`` (a full disk is temporary, and clients retry a 503), nothing stored."""
+
+    status = 503
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the disk holding the server's database ({path}) is full: nothing of this request "
+            f"was stored; try again once space is freed (GET /health says when)",
+        )
+        self.headers = {"Retry-After": str(RETRY_AFTER_FULL)}
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes free to unprivileged writers on the file system holding the file ``path``;
+    None for an in-memory database or when the system does not say."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    return int(info.f_bavail * info.f_frsize)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite failing a write for lack of room on the disk."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == SQLITE_FULL
+    return "disk is full" in str(exc)
 
 
 def new_id() -> str:
@@ -304,11 +352,62 @@ _VISIBLE = (
 )
 
 
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+"""The files SQLite keeps beside a database (made with the database file's permissions)."""
+
+
+def secure_database_file(path: str) -> list[str]:
+    """Make the database file at ``path`` private to its owner before SQLite opens it: a new
+    one is created 0600 (it holds the token-signing secret, with which anyone who reads it
+    can mint tokens), and SQLite gives its ``-wal``, ``-shm`` and ``-journal`` files the same
+    mode. An existing file (or side file) that others can read or write is tightened to
+    0600; returns a warning for each, or for each that could not be tightened.
+    In-memory databases and ``file:`` URIs are left alone."""
+    if path == ":memory:" or path.startswith("file:"):
+        return []
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
+        )
+    except FileExistsError:
+        pass
+    except OSError:  # a directory that cannot be written: SQLite's own error says so
+        return []
+    else:
+        os.close(fd)
+        return []
+    warnings: list[str] = []
+    for name in (path, *(path + suffix for suffix in _SIDE_FILES)):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode) or not mode & 0o077:
+            continue
+        private = stat.S_IMODE(mode) & 0o700
+        try:
+            os.chmod(name, private)
+        except OSError as exc:
+            warnings.append(
+                f"{name} can be read by other users (mode {stat.S_IMODE(mode):o}) and could not "
+                f"be made private ({exc.strerror}): it holds the token-signing secret; "
+                f"run 'chmod 600 {name}'"
+            )
+        else:
+            warnings.append(
+                f"{name} could be read by other users (mode {stat.S_IMODE(mode):o}): made it "
+                f"private ({private:04o}), as it holds the token-signing secret"
+            )
+    return warnings
+
+
 class Store:
-    """All state of the local server, in one SQLite file."""
+    """All state of the local server, in one SQLite file, readable by its owner alone."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        self.warnings = secure_database_file(self.path)
+        """What was found wrong with the file's permissions (and fixed where possible)."""
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -326,6 +425,7 @@ class Store:
             self._batches = int(last or 0)  # batches are numbered in the order stored
             self._upgrade_metrics()
         self._last_sweep = 0.0
+        self._full: tuple[float, int] | None = None  # (when, bytes free) of a failed write
         # Readers: idle connections, taken by one read at a time (WAL lets them read while
         # the writer writes); as many as reads ever ran at once, which the server's thread
         # pool bounds. An in-memory database exists only in its one connection.
@@ -340,6 +440,35 @@ class Store:
             for conn in self._idle:
                 conn.close()
             self._idle.clear()
+
+    # -- a full disk ------------------------------------------------------------------------
+
+    def note_write_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a write that failed because the disk is full; if so, remember
+        it (with the free space left then) for :meth:`disk_full`, and log it once."""
+        if not is_disk_full(exc):
+            return False
+        if self._full is None:
+            _LOG.warning(
+                "the disk holding %s is full: writes are answered 503 until space is freed",
+                self.path,
+            )
+        self._full = (time.time(), free_bytes(self.path) or 0)
+        return True
+
+    def disk_full(self) -> dict[str, Any] | None:
+        """How the disk stands when the last write failed for lack of room and no room has
+        been freed since (``since``, ``free_bytes``); None otherwise."""
+        full = self._full
+        if full is None:
+            return None
+        when, free_then = full
+        free = free_bytes(self.path)
+        if free is not None and free >= free_then + ROOM_REGAINED:
+            self._full = None
+            _LOG.warning("the disk holding %s has room again (%d bytes free)", self.path, free)
+            return None
+        return {"since": format_time(when), "free_bytes": free}
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -485,6 +614,13 @@ class Store:
     def end_session(self, session_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM sessions WHERE key = ?", (_session_key(session_id),))
+
+    def code_used(self, jti: str) -> bool:
+        """Whether the sign-in link ``jti`` has been used."""
+        with self._read() as db:
+            return (
+                db.execute("SELECT 1 FROM used_codes WHERE jti = ?", (jti,)).fetchone() is not None
+            )
 
     def redeem_code(self, jti: str, expires: float) -> bool:
         """Mark the sign-in link ``jti`` used; False when it was used before."""
@@ -1187,17 +1323,51 @@ class Store:
             max_seconds=MAX_SECONDS,
             valid_name=_valid_metric_name,
             name_rule=_METRIC_NAME_RE.pattern,
+            max_name=cv.MAX_METRIC_NAME_LENGTH,
             invalid=_invalid,
         )
         try:
             with self._tx() as db:
                 self._run_for_write(db, who, run_id)
+                self._check_metric_count(db, run_id, batch)
                 self._insert_chunks(db, run_id, batch)
                 self._summarise(db, run_id, batch)
         except BaseException:
             self._forget_shapes()  # ids made in a transaction that did not commit
             raise
         return batch.values
+
+    @staticmethod
+    def _check_metric_count(db: sqlite3.Connection, run_id: str, batch: points.Batch) -> None:
+        """422 when the batch would take the run past :data:`cv.MAX_METRICS_PER_RUN`
+        distinct metric names (every name a run holds is in every listing of it). The
+        names already held are looked up only when the run is near the bound."""
+        limit = cv.MAX_METRICS_PER_RUN
+        names = {name for shape in batch.groups for name in shape}
+        held = int(
+            db.execute(
+                "SELECT COUNT(*) FROM metric_summary WHERE run_id = ?", (run_id,)
+            ).fetchone()[0]
+        )
+        if held + len(names) <= limit:
+            return
+        wanted = sorted(names)
+        for start in range(0, len(wanted), 500):
+            part = json.dumps(wanted[start : start + 500], ensure_ascii=False)
+            for row in db.execute(
+                "SELECT name FROM metric_summary WHERE run_id = ? "
+                "AND name IN (SELECT value FROM json_each(?))",
+                (run_id, part),
+            ):
+                names.discard(row[0])
+        if held + len(names) > limit:
+            example = min(names)
+            raise _invalid(
+                "metrics",
+                f"a run may hold at most {limit} distinct metric names: run {run_id} holds "
+                f"{held} and this batch would add {len(names)} new ones (such as "
+                f"{example[:100]!r})",
+            )
 
     def _insert_chunks(self, db: sqlite3.Connection, run_id: str, batch: points.Batch) -> None:
         """One chunk per shape of a batch; batches are numbered in the order stored."""
@@ -1478,6 +1648,10 @@ class Store:
             return
         try:
             self._sweep(now)
+        except sqlite3.Error as exc:
+            # A full disk must not fail reads too: the sweep is tried again later.
+            if force or not self.note_write_error(exc):
+                raise
         finally:
             self._lock.release()
 
@@ -1634,7 +1808,7 @@ def _envelope(drawn: Sequence[tuple[float, float]], buckets: int) -> list[tuple[
 
 
 def _valid_metric_name(name: str) -> bool:
-    return _METRIC_NAME_RE.fullmatch(name) is not None
+    return len(name) <= cv.MAX_METRIC_NAME_LENGTH and _METRIC_NAME_RE.fullmatch(name) is not None
 
 
 # SQLite stores NaN as NULL. Every point has a value, so NULL can only mean NaN; aggregates

@@ -97,6 +97,16 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+"""Sent with every page: no other site may frame one (a framed sign-in button could be
+clicked through a decoy), and a sign-in link's code never leaves in a Referer."""
+
+
 def _page(title: str, body: str, who: Identity | None = None, status: int = 200) -> HTMLResponse:
     user = (
         f'<span class="muted">{_e(who.user)} ({_e(who.tenant)})</span> '
@@ -110,6 +120,7 @@ def _page(title: str, body: str, who: Identity | None = None, status: int = 200)
         f'<header><a href="/"><strong>simvue-otel</strong></a><a href="/">Runs</a>'
         f'<span style="flex:1"></span>{user}</header><main>{body}</main></body></html>',
         status_code=status,
+        headers=PAGE_HEADERS,
     )
 
 
@@ -232,8 +243,14 @@ def web_routes(store: Store) -> list[Route]:
         problem = store.token_problem(who)
         return problem if problem else session(who, target)
 
-    def with_code(code: str, target: str) -> Response | str:
-        """Sign in with a link's code, which works once: a session, or why it is refused."""
+    used_code = (
+        "this sign-in link has already been used (each works once): paste a token, "
+        "or restart the server for a new link"
+    )
+
+    def read_code(code: str) -> tuple[Identity, dict[str, Any]] | str:
+        """Whose a sign-in link's code is, and its claims; or why it is refused. Nothing is
+        redeemed: the link is only shown, to be confirmed with a click."""
         try:
             claims = jwt.decode(code, secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
             if claims.get("use") != _LOGIN_USE or not isinstance(claims.get("jti"), str):
@@ -250,11 +267,18 @@ def web_routes(store: Store) -> list[Route]:
         problem = store.token_problem(who)
         if problem:
             return problem.replace("the token", "the sign-in link")
+        if store.code_used(claims["jti"]):
+            return used_code
+        return who, claims
+
+    def with_code(code: str, target: str) -> Response | str:
+        """Sign in with a link's code, which works once: a session, or why it is refused."""
+        found = read_code(code)
+        if isinstance(found, str):
+            return found
+        who, claims = found
         if not store.redeem_code(claims["jti"], float(claims["exp"])):
-            return (
-                "this sign-in link has already been used (each works once): paste a token, "
-                "or restart the server for a new link"
-            )
+            return used_code
         return session(who, target)
 
     def cross_site(request: Request) -> bool:
@@ -270,10 +294,18 @@ def web_routes(store: Store) -> list[Route]:
         hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
         return urlsplit(origin).netloc not in hosts
 
-    def form_page(request: Request, target: str, error: str, status: int) -> Response:
+    def form_csrf(request: Request) -> str:
         csrf = request.cookies.get(CSRF_COOKIE) or ""
         if not (20 <= len(csrf) <= 100 and csrf.isascii()):
             csrf = secrets.token_urlsafe(24)
+        return csrf
+
+    def with_csrf(response: Response, csrf: str) -> Response:
+        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login")
+        return response
+
+    def form_page(request: Request, target: str, error: str, status: int) -> Response:
+        csrf = form_csrf(request)
         body = (
             "<h2>Sign in</h2>"
             + (f'<p style="color:#c0392b">{_e(error)}</p>' if error else "")
@@ -284,9 +316,24 @@ def web_routes(store: Store) -> list[Route]:
             f'<input type="hidden" name="csrf" value="{_e(csrf)}"><p>'
             '<button type="submit">Sign in</button></p></form>'
         )
-        response = _page("Sign in", body, status=status)
-        response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login")
-        return response
+        return with_csrf(_page("Sign in", body, status=status), csrf)
+
+    def confirm_page(request: Request, code: str, who: Identity, target: str) -> Response:
+        """A sign-in link asks for a click before it signs in: opened from another site, it
+        would otherwise sign the browser in as whoever made the link (login CSRF)."""
+        csrf = form_csrf(request)
+        body = (
+            "<h2>Sign in</h2>"
+            f"<p>This link signs this browser in to the simvue-otel server as "
+            f"<strong id=login-user>{_e(who.user)}</strong> (tenant {_e(who.tenant)}).</p>"
+            "<p class=muted>Continue only if you opened the link the server printed for you.</p>"
+            '<form method="post" action="/login">'
+            f'<input type="hidden" name="code" value="{_e(code)}">'
+            f'<input type="hidden" name="next" value="{_e(local_path(target))}">'
+            f'<input type="hidden" name="csrf" value="{_e(csrf)}"><p>'
+            f'<button type="submit">Sign in as {_e(who.user)}</button></p></form>'
+        )
+        return with_csrf(_page("Sign in", body), csrf)
 
     async def login(request: Request) -> Response:
         target = request.query_params.get("next", "/")
@@ -300,6 +347,7 @@ def web_routes(store: Store) -> list[Route]:
             # An urlencoded form, read without a multipart parser (a dependency we can skip).
             form = parse_qs(raw.decode("utf-8", "replace"))
             token = (form.get("token") or [""])[0].strip()
+            posted_code = (form.get("code") or [""])[0].strip()
             target = (form.get("next") or ["/"])[0]
             sent = (form.get("csrf") or [""])[0]
             expected = request.cookies.get(CSRF_COOKIE) or ""
@@ -309,15 +357,19 @@ def web_routes(store: Store) -> list[Route]:
                 error = "the sign-in form has expired: paste the token again"
                 status = 403
             else:
-                outcome = await run_in_threadpool(with_token, token, target)
+                if posted_code:
+                    outcome = await run_in_threadpool(with_code, posted_code, target)
+                else:
+                    outcome = await run_in_threadpool(with_token, token, target)
                 if isinstance(outcome, Response):
                     return outcome
                 error, status = outcome, 401
         elif code:
-            outcome = await run_in_threadpool(with_code, code, target)
-            if isinstance(outcome, Response):
-                return outcome
-            error, status = outcome, 401
+            # A link signs in only once its page's button is clicked (a POST of the form).
+            found = await run_in_threadpool(read_code, code)
+            if not isinstance(found, str):
+                return confirm_page(request, code, found[0], target)
+            error, status = found, 401
         return form_page(request, target, error, status)
 
     def logout(request: Request) -> Response:

@@ -6,8 +6,9 @@ slow, 5xx, 429, token refused) the batch goes to a spool on disk with what the s
 holds of it (its :class:`~.uploader.Progress`), and so does anything past
 ``max_memory_points`` unless the server is taking data as fast as the buffer fills (then the
 producer waits up to ``room_wait`` seconds for the worker to take the buffer: cheaper than
-writing it to disk and reading it back, for the same end). The worker replays the spool
-first, oldest first, once the server answers again, skipping acknowledged parts and
+writing it to disk and reading it back, for the same end), and so does a buffer that has
+waited ``hold_seconds`` for a worker held by a slow or failing server. The worker replays the
+spool first, oldest first, once the server answers again, skipping acknowledged parts and
 reconciling parts whose answer was lost, so each point and event is stored once without any
 help from the server. Run ids are recorded in a :class:`~.run_index.RunIndex` beside the
 spool. Heartbeats keep live runs from turning ``lost``; a run that has ended gets none,
@@ -33,7 +34,7 @@ from .base import Sink
 from .losses import DiskReserve, LossLedger, split_states
 from .run_index import RunIndex
 from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
-from .uploader import Progress, RetryLater, Uploader, UploadStats
+from .uploader import PartlyTaken, Progress, RetryLater, Uploader, UploadStats
 
 __all__ = ["OnlineSink"]
 
@@ -79,6 +80,7 @@ class OnlineSink(Sink):
         spill_points: int = 50_000,
         segment_bytes: int = 8 * 2**20,
         room_wait: float = 1.0,
+        hold_seconds: float = 1.0,
     ) -> None:
         self.client = client
         self._spool = spool_dir
@@ -94,6 +96,7 @@ class OnlineSink(Sink):
         self.max_backoff = max_backoff
         self.spill_points = spill_points
         self.room_wait = room_wait
+        self.hold_seconds = hold_seconds
         self.abort_listener: Callable[[str], None] | None = None
         """Called (on the sink's thread) with the key of a run the server was asked to abort."""
         self.segment_bytes = segment_bytes
@@ -122,6 +125,8 @@ class OnlineSink(Sink):
         self._closed = False
         self._deadline: float | None = None
         self._failures = 0
+        self._partly = False  # the last pass was refused by some endpoints only (5xx, 429)
+        self._since = 0.0  # when the memory buffer last went from empty to holding records
         self._thread = threading.Thread(target=self._run, name="simvue-otel-sink", daemon=True)
         self._thread.start()
 
@@ -145,13 +150,25 @@ class OnlineSink(Sink):
                 self._spill_locked(records, batch_key)
                 self._wake.notify()
                 return
+            if not self._buffer:
+                self._since = now
             self._buffer.extend(records)
             self._buffered += _cost(records)
             self._note_live_locked(records, now)
-            if self._buffered > self.max_memory_points and not self._wait_for_room_locked():
+            full = self._buffered > self.max_memory_points
+            if (full and not self._wait_for_room_locked()) or self._held_locked(now):
                 self._spill_locked(self._take_locked())
             if self._buffered >= self.batch_points:
                 self._wake.notify()
+
+    def _held_locked(self, now: float) -> bool:
+        """Whether the memory buffer has waited ``hold_seconds`` for a worker that is held
+        (a slow POST, a server that fails, a backoff): then it goes to the spool, so that a
+        killed process loses about a second of data, not what piled up meanwhile. A worker
+        that is only waiting for its flush interval takes the buffer itself."""
+        if not self._buffer or now - self._since < self.hold_seconds:
+            return False
+        return self._busy or self._failures > 0
 
     def _note_live_locked(self, records: Sequence[Record], now: float) -> None:
         """Track which runs are live (for heartbeats) and their heartbeat timeouts: a run's
@@ -373,7 +390,8 @@ class OnlineSink(Sink):
                     if not self._buffer and not self._spilled and self._adopted_once:
                         return
                     if backoff:  # the server is not taking data: wait, do not spin
-                        self._wake.wait(timeout=min(backoff, self._deadline - time.monotonic()))
+                        left = self._deadline - time.monotonic()
+                        self._wake.wait(timeout=min(backoff, max(0.05, left / 2)))
                         if time.monotonic() >= self._deadline:
                             return
                 self._busy = True
@@ -395,14 +413,29 @@ class OnlineSink(Sink):
                 self._failures += 1
                 backoff = min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8))
                 if self._closing and self._deadline is not None:
-                    backoff = min(backoff, max(0.05, self._deadline - time.monotonic()))
+                    # Closing: the next try comes within half the time left, so the last
+                    # try is made before the deadline instead of a backoff running past it.
+                    left = self._deadline - time.monotonic()
+                    backoff = min(backoff, max(0.05, left / 2))
             now = time.monotonic()
-            if ok and now - last_beat >= self._beat_every():
+            # Beats go on while the server answers, even when one endpoint refuses data.
+            if (ok or self._partly) and now - last_beat >= self._beat_every():
                 last_beat = now
                 self._heartbeat(now)
 
     def _drain(self) -> bool:
-        """Upload the spool, then the memory buffer; False when the server is not taking data."""
+        """Upload the spool, then the memory buffer; False when the server is not taking data.
+
+        One pass of the uploader: an endpoint that fails (5xx, 429) is tried once, and what
+        the other endpoints take still goes, from the spool and from memory."""
+        self.uploader.begin_pass()
+        try:
+            return self._drain_pass()
+        finally:
+            self.uploader.end_pass()
+
+    def _drain_pass(self) -> bool:
+        self._partly = False
         now = time.monotonic()
         if now >= self._next_adopt:
             self._next_adopt = now + 60.0
@@ -410,18 +443,23 @@ class OnlineSink(Sink):
                 self._next_adopt = now  # try again with the next pass
                 return False
             self._adopted_once = True
+        ok = True
         if self._spilled and not self._drain_spool():
-            return False
+            if not self._partly:  # the server did not answer: nothing more this pass
+                return False
+            ok = False  # some endpoint refused: the others still take what waits in memory
         while True:
             with self._lock:
                 batch = self._take_locked()
                 if not batch:
-                    return True
+                    return ok
                 key = self._next_key()
             progress = Progress()
             try:
                 self.uploader.upload(batch, key, progress)
             except Exception as exc:  # RetryLater, or anything unforeseen: keep the batch
+                if isinstance(exc, RetryLater):
+                    self._partly = self._partly or isinstance(exc, PartlyTaken)
                 with self._lock:
                     before = self._spill_seq
                     self._spill_locked(batch, key, progress)
@@ -480,12 +518,17 @@ class OnlineSink(Sink):
         has it; the number uploaded, or None when the server stopped taking them. ``ours``:
         the frames are this sink's own spills, counted in its backlog."""
         uploaded = 0
+        partly = False
         for segment in segments:
             for frame in reader.frames(segment):
                 try:
                     self.uploader.upload(
                         frame.records, frame.batch_key, SpoolProgress(reader, frame)
                     )
+                except PartlyTaken as exc:  # kept, with its progress; later frames may go
+                    _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
+                    partly = self._partly = True
+                    continue
                 except RetryLater as exc:
                     _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
                     return None
@@ -498,7 +541,7 @@ class OnlineSink(Sink):
                     with self._lock:
                         self._spilled = max(0, self._spilled - 1)
                         self._spilled_records = max(0, self._spilled_records - len(frame.records))
-        return uploaded
+        return None if partly else uploaded
 
     def _beat_every_locked(self) -> float:
         shortest = min((t for k, t in self._timeouts.items() if k in self._live), default=None)

@@ -48,7 +48,7 @@ from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunR
 from ..names import name_for_key
 from .run_index import RunIndex
 
-__all__ = ["REFUSED_STATUSES", "Progress", "RetryLater", "UploadStats", "Uploader"]
+__all__ = ["REFUSED_STATUSES", "PartlyTaken", "Progress", "RetryLater", "UploadStats", "Uploader"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
@@ -67,8 +67,19 @@ _STATE_FIELDS = (
 )
 
 
+# Seconds between two heartbeats of a run past which it may have been marked lost meanwhile
+# (the sink beats every 30 s at most, and a third of a run's heartbeat timeout when shorter).
+_BEAT_GAP = 60.0
+
+
 class RetryLater(Exception):
     """The server cannot take the batch now (down, overloaded, token refused); keep it."""
+
+
+class PartlyTaken(RetryLater):
+    """The server answers, but one of its endpoints (metrics, events or runs) refused part of
+    the batch for now (5xx, 429): the rest of the batch was delivered, so later batches may
+    go too (their parts for that endpoint wait, untried, until the next pass)."""
 
 
 REFUSED_STATUSES = frozenset({400, 409, 413, 422})
@@ -99,6 +110,9 @@ class UploadStats:
     """Runs some of whose records were set aside, as ``"name (key)"``: the first reason."""
     reconciled: int = 0
     """Parts whose outcome was unknown and were checked against the server."""
+    unproven: int = 0
+    """Entries of such parts that the server's read-back neither showed nor proved missing
+    (an incomplete answer): not sent again, since they may be stored."""
     uploaded_batches: int = 0
     upload_seconds: list[int] = field(default_factory=lambda: [0] * (len(UPLOAD_BUCKETS) + 1))
     """Batches by upload time: counts per bucket of :data:`UPLOAD_BUCKETS` (the last: longer)."""
@@ -177,6 +191,19 @@ def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def _top_values(merged: Mapping[str, Any], changed: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata to PUT for ``changed`` keys: the whole top-level value of each key that
+    changes, as the run now has it (``merged``, dotted keys). A server that merges metadata
+    gets what it had plus the change; one that replaces each top-level value it is sent
+    (no deep merge) loses no sibling of a changed key either."""
+    nested = _unflatten(merged)
+    return {
+        top: value
+        for top, value in nested.items()
+        if any(k in changed for k in _flatten({top: value}))
+    }
 
 
 def _visibility(state: RunRecord | None) -> dict[str, Any]:
@@ -270,6 +297,9 @@ class Uploader:
         self._refused: dict[str, tuple[str, int | None]] = {}  # run keys the server would not
         # create, with why: what follows for them is set aside too
         self._pool: ThreadPoolExecutor | None = None  # builds the next part's entries
+        self._beaten: dict[str, float] = {}  # run key -> time of its last heartbeat
+        self._failing: dict[str, ServerError] | None = None  # per pass: see begin_pass
+        self._suspect: set[str] = set()  # runs that may have turned lost: status read once
 
     # -- public ---------------------------------------------------------------------------
 
@@ -280,15 +310,22 @@ class Uploader:
         already has of this batch. ``batch_key`` names the batch in logs."""
         progress = progress if progress is not None else Progress()
         began = time.perf_counter()
+        # Endpoints that answered 5xx or 429: their parts wait, the other endpoints' go on
+        # (one failing endpoint holds back nothing else). Kept for a whole pass when one is
+        # open (see begin_pass), so later batches do not try them again meanwhile.
+        failing = self._failing if self._failing is not None else {}
+        whole = True  # every part of every run done, every state applied
         for key, plan in self.plan(records).items():
             try:
-                self._upload_run(key, plan, progress)
+                whole = self._upload_run(key, plan, progress, failing) and whole
             except ServerUnreachableError as exc:
                 self.stats.failures["unreachable"] += 1
+                self._suspect.update(self._ids)
                 raise RetryLater(str(exc)) from exc
-            except ServerError as exc:
-                self.stats.failures["server_error"] += 1
-                raise RetryLater(str(exc)) from exc
+            except ServerError as exc:  # the run itself could not be found or made
+                failing.setdefault("runs", exc)
+                whole = False
+                continue
             except RetryLater:
                 self.stats.failures["refused_run"] += 1
                 raise
@@ -314,8 +351,22 @@ class Uploader:
                     )
                     raise RetryLater(str(exc)) from exc
                 self._set_aside(plan, progress, f"the server refused: {exc}", exc.status_code)
+        if not whole:
+            self.stats.failures["server_error"] += 1
+            self._suspect.update(self._ids)
+            raise PartlyTaken("; ".join(str(e) for e in failing.values()))
         self._told.discard("token")
         self.stats.timed(time.perf_counter() - began)
+
+    def begin_pass(self) -> None:
+        """Start a pass over several batches (the sink's worker: its spool, then its memory):
+        an endpoint that fails in one batch is not tried again by the later ones, which
+        still deliver what the other endpoints take."""
+        self._failing = {}
+
+    def end_pass(self) -> None:
+        """End the pass: every endpoint is tried again by the next batch."""
+        self._failing = None
 
     @staticmethod
     def plan(records: Sequence[Record]) -> dict[str, _RunPlan]:
@@ -337,8 +388,14 @@ class Uploader:
 
     def heartbeat(self, run_keys: Iterable[str], *, check_abort: bool = False) -> list[str]:
         """Tell the server these runs are alive (unknown keys are skipped); with
-        ``check_abort``, also ask whether someone asked to abort them, and return those keys."""
+        ``check_abort``, also ask whether someone asked to abort them, and return those keys.
+
+        A run whose heartbeats stopped for a while (an outage, a failed upload, a process
+        that was stopped) may have been marked ``lost`` by the server meanwhile, and a
+        heartbeat alone may not bring it back: its status is read once beats resume, and a
+        ``lost`` run this process still has running is set back to ``running``."""
         aborted = []
+        now = time.monotonic()
         for key in run_keys:
             run_id = self._ids.get(key)
             if run_id is None:
@@ -347,9 +404,33 @@ class Uploader:
                 if check_abort and self.client.abort_requested(run_id):
                     aborted.append(key)
                 self.client.heartbeat(run_id)
+                last, self._beaten[key] = self._beaten.get(key), now
+                if key in self._suspect or (last is not None and now - last > self._gap(key)):
+                    self._revive(key, run_id)
             except TransportError as exc:
+                self._suspect.add(key)
                 _LOG.debug("heartbeat for run %s failed: %s", run_id, exc)
         return aborted
+
+    def _gap(self, key: str) -> float:
+        """Time without heartbeats past which the run may have turned lost: half its heartbeat
+        timeout (the sink beats every third of it), at most :data:`_BEAT_GAP`."""
+        timeout = self._sent.get(key, {}).get("heartbeat_timeout")
+        if isinstance(timeout, (int, float)) and timeout > 0:
+            return min(_BEAT_GAP, timeout / 2)
+        return _BEAT_GAP
+
+    def _revive(self, key: str, run_id: str) -> None:
+        """Set the run back to ``running`` if the server marked it ``lost`` while this
+        process, which still has it running, could not tell it otherwise."""
+        status = self.client.get_run(run_id).get("status")
+        if status == "lost" and self._sent.get(key, {}).get("status") == "running":
+            self.client.update_run(run_id, status="running")
+            _LOG.warning(
+                "run %s was marked lost while it could not be reached; set back to running",
+                run_id,
+            )
+        self._suspect.discard(key)
 
     def run_id(self, key: str) -> str | None:
         """The server id of the run with this key, once it has been created or found."""
@@ -357,14 +438,20 @@ class Uploader:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _upload_run(self, key: str, plan: _RunPlan, progress: Progress) -> None:
+    def _upload_run(
+        self, key: str, plan: _RunPlan, progress: Progress, failing: dict[str, ServerError]
+    ) -> bool:
+        """Upload one run's records; False when some wait for an endpoint in ``failing``
+        (which gets the endpoints that answer 5xx or 429 meanwhile)."""
         parts = _parts(plan.index, plan.points, plan.events)
         if plan.state is None and all(progress.states.get(p) == "done" for p, _, _ in parts):
-            return
+            return True
         earliest = _earliest(plan)
         refused = self._refused.get(key)
         if refused is not None:  # its run could not be made: nothing of it can go anywhere
             raise _Refused(*refused)
+        if key not in self._ids and "runs" in failing:
+            return False  # finding or making a run failed in this pass: this one waits too
         try:
             run_id = self._ensure_run(plan.ref, plan.state, earliest)
         except (ServerUnreachableError, ServerError, AuthenticationError):
@@ -394,16 +481,37 @@ class Uploader:
         # While one part's POST waits for the server, the next part's entries are built in a
         # helper thread: the server's work and ours overlap instead of taking turns.
         ahead: Future[list[dict[str, Any]]] | None = None
-        for i, (part, kind, chunk) in enumerate(parts):
+        todo = [p for p in parts if progress.states.get(p[0]) != "done"]
+        whole = True
+        for i, (part, kind, chunk) in enumerate(todo):
             entries = ahead.result() if ahead is not None else None
             ahead = None
-            if i + 1 < len(parts) and progress.states.get(parts[i + 1][0]) != "done":
-                ahead = self._prepare(parts[i + 1][1], parts[i + 1][2])
-            self._send_part(part, progress, run_id, kind, chunk, entries)
-        if plan.state is not None:
-            self._apply_state(key, run_id, plan.state)
-        else:
-            self._start_no_later(key, run_id, earliest)
+            if kind in failing:  # that endpoint failed in this pass: wait for the next one
+                whole = False
+                continue
+            nxt = next((p for p in todo[i + 1 :] if p[1] not in failing), None)
+            if nxt is not None:
+                ahead = self._prepare(nxt[1], nxt[2])
+            try:
+                self._send_part(part, progress, run_id, kind, chunk, entries)
+            except ServerError as exc:  # the server answers; this endpoint does not take data
+                failing.setdefault(kind, exc)
+                whole = False
+        if ahead is not None:
+            ahead.cancel()
+        if "runs" in failing:
+            return whole and plan.state is None
+        try:
+            # Applied even when another endpoint failed: a run's final status is not held
+            # back by, say, its events (which follow when that endpoint takes them).
+            if plan.state is not None:
+                self._apply_state(key, run_id, plan.state)
+            else:
+                self._start_no_later(key, run_id, earliest)
+        except ServerError as exc:
+            failing.setdefault("runs", exc)
+            return False
+        return whole
 
     def _start_no_later(self, key: str, run_id: str, earliest: float | None) -> None:
         """A live run's start moves back to its earliest record (a batch that arrived late
@@ -515,7 +623,7 @@ class Uploader:
         names = sorted({name for p in points if p.counter is not None for name in p.values})
         steps = [
             point.get("step")
-            for held in self.client.get_metrics(run_id, names).values()
+            for held in self.client.read_metrics(run_id, names)[0].values()
             for point in held
         ]
         return max((s + 1 for s in steps if isinstance(s, int)), default=0)
@@ -529,45 +637,80 @@ class Uploader:
     def _missing(
         self, run_id: str, kind: str, entries: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The entries of a part the server does not hold: the server's points of those
-        metrics (or the run's events) are read back and matched by name, step and timestamp
-        (events: message and timestamp), each stored item matching one entry at most."""
+        """The entries of a part the server provably does not hold.
+
+        The server's points of those metrics (or the run's events) are read back, asked for
+        as the official client asks for all of them, and matched: a point by name, step and
+        timestamp, or by name and step where the server's answer carries no timestamp; an
+        event by message and timestamp; each stored item matching one entry at most. An
+        entry is sent again only when the read-back of its metric (or of the events) is
+        complete: as many items as the server counts for it. Where it is not (a server that
+        thins or cuts its answer), nothing of it is sent again: the entry may be stored, and
+        sending it twice is what this avoids (counted in ``unproven``, and logged).
+        """
+        unproven = 0
         if kind == "metrics":
             names = sorted({n for e in entries for n in e["values"]})
-            held: Counter[tuple[Any, ...]] = Counter()
-            for name, points in self.client.get_metrics(run_id, names).items():
-                for point in points:
-                    held[(name, point.get("step"), _stamp(point.get("timestamp")))] += 1
+            points, complete = self.client.read_metrics(run_id, names)
+            exact: Counter[tuple[Any, ...]] = Counter()
+            by_step: Counter[tuple[Any, ...]] = Counter()
+            for name, held in points.items():
+                for point in held:
+                    stamp = point.get("timestamp")
+                    if stamp is None:
+                        by_step[(name, point.get("step"))] += 1
+                    else:
+                        exact[(name, point.get("step"), _stamp(stamp))] += 1
             missing = []
             for entry in entries:
                 values = {}
                 for name, value in entry["values"].items():
                     found = (name, entry["step"], _stamp(entry["timestamp"]))
-                    if held[found] > 0:
-                        held[found] -= 1
+                    if exact[found] > 0:
+                        exact[found] -= 1
+                    elif by_step[found[:2]] > 0:
+                        by_step[found[:2]] -= 1
+                    elif name not in complete:
+                        unproven += 1
                     else:
                         values[name] = value
                 if values:
                     missing.append({**entry, "values": values})
+            sent = sum(len(e["values"]) for e in missing)
+            total = sum(len(e["values"]) for e in entries)
         else:
+            events, whole = self.client.read_events(run_id)
             stored: Counter[tuple[Any, ...]] = Counter(
-                (e.get("message"), _stamp(e.get("timestamp")))
-                for e in self.client.get_events(run_id)
+                (e.get("message"), _stamp(e.get("timestamp"))) for e in events
             )
             missing = []
             for entry in entries:
                 event = (entry["message"], _stamp(entry["timestamp"]))
                 if stored[event] > 0:
                     stored[event] -= 1
+                elif not whole:
+                    unproven += 1
                 else:
                     missing.append(entry)
+            sent, total = len(missing), len(entries)
+        if unproven:
+            self.stats.unproven += unproven
+            _LOG.warning(
+                "an earlier %s POST for run %s got no answer, and the server's read-back is "
+                "not complete: %d of its %d entries were not found and are not sent again "
+                "(they may be stored; sending them twice would double them)",
+                kind,
+                run_id,
+                unproven,
+                total,
+            )
         _LOG.info(
             "an earlier %s POST for run %s got no answer: the server has %d of its %d entries; "
             "sending the rest",
             kind,
             run_id,
-            len(entries) - len(missing),
-            len(entries),
+            total - sent - unproven,
+            total,
         )
         return missing
 
@@ -585,6 +728,11 @@ class Uploader:
                 doc = self.client.get_run(known)
             except NotFoundError:
                 self.index.forget(ref.key)  # deleted on the server: made again below
+            else:
+                held = (doc.get("metadata") or {}).get(RUN_KEY_METADATA)
+                if held is not None and held != ref.key:  # not this run (another server?)
+                    self.index.forget(ref.key)
+                    doc = None
         if doc is None:
             found = self.client.find_run_by_key(ref.key)
             if found is not None:
@@ -663,7 +811,7 @@ class Uploader:
                 had = sent.get("metadata") or {}
                 changed = {k: v for k, v in value.items() if k not in had or had[k] != v}
                 if changed:
-                    changes["metadata"] = _unflatten(changed)  # merged by the server
+                    changes["metadata"] = _top_values({**had, **value}, changed)
             elif sent.get(name) != value:
                 changes[name] = value
         started = sent.get("started")
