@@ -242,11 +242,18 @@ def test_run_refuses_what_the_server_would_refuse_before_sending_and_the_next_ru
             run.update_metadata({"deep": _deep(40)})
         for step in range(100):
             run.log_metrics({"loss": float(step)})
+        many = {f"m{i}": 0.0 for i in range(9_999)}  # with "loss": the most a run may hold
+        run.log_metrics(many, step=0)
+        with pytest.raises(SimvueValidationError) as info:
+            run.log_metrics({"one.too.many": 1.0})
+        assert info.value.field == "metrics" and "10000 distinct" in info.value.rule
         key = run.key
     assert key is not None
     found = client.find_runs([f"folder.path == {folder}"])
     assert [r["name"] for r in found] == ["valid"]
-    assert point_count(client, key) == 100
+    run_id = found[0]["id"]
+    assert len(client.get_metrics(run_id, ["loss"])["loss"]) == 100
+    assert len(client.metric_names(run_id)) == 10_000
 
 
 def _old_spool(cache: Path, folder: str) -> tuple[str, str]:

@@ -567,6 +567,12 @@ class Run:
             for name, value in metrics.items():
                 if name not in valid:
                     validate_metric_name(name, field="metrics")
+                    if len(valid) >= cv.MAX_METRICS_PER_RUN:  # a server refuses the rest
+                        raise SimvueValidationError(
+                            "metrics",
+                            f"a run holds at most {cv.MAX_METRICS_PER_RUN} distinct metric names",
+                            name,
+                        )
                     valid.add(name)
                 cls = value.__class__
                 if cls is not float and cls is not int and not isinstance(value, int | float):
