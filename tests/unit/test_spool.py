@@ -242,23 +242,32 @@ def test_partial_tail_of_live_segment_is_silent(
 
 
 def test_corrupted_middle_byte(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged frame costs only itself: the frames after it are read, the damaged bytes are
+    set aside, and what they held is reported per run."""
     with SpoolWriter(tmp_path) as writer:
         offsets = [0]
         for i in range(6):
             offsets.append(offsets[-1] + writer.append(f"k{i}", _batch(i)))
     (segment,) = SpoolReader(tmp_path).segments()
     data = bytearray(segment.read_bytes())
-    bad = offsets[3] + 20  # inside the payload of frame 3
+    bad = offsets[4] - 3  # inside the payload of frame 3, near its end
     data[bad] ^= 0xFF
     segment.write_bytes(bytes(data))
 
     reader = SpoolReader(tmp_path)
     with caplog.at_level(logging.ERROR):
         frames = _read_all(reader)
-    assert [f.batch_key for f in frames] == ["k0", "k1", "k2"]
+    assert [f.batch_key for f in frames] == ["k0", "k1", "k2", "k4", "k5"]
     assert any(segment.name in r.getMessage() and "CRC" in r.getMessage() for r in caplog.records)
     corrupt = segment.with_suffix(".corrupt")
-    assert corrupt.read_bytes() == bytes(data[offsets[3] :])
+    assert corrupt.read_bytes() == bytes(data[offsets[3] : offsets[4]])
+    (damage,) = reader.take_damage()
+    assert (damage.offset, damage.size, damage.corrupt) == (
+        offsets[3],
+        offsets[4] - offsets[3],
+        corrupt,
+    )
+    assert damage.records == {RUN: 4} and damage.unidentified == 0 and not damage.tail
     assert not segment.exists()  # what was left was read and acknowledged
     assert reader.segments() == []
 
@@ -266,15 +275,56 @@ def test_corrupted_middle_byte(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 def test_bad_magic_in_middle(tmp_path: Path) -> None:
     with SpoolWriter(tmp_path) as writer:
         first = writer.append("k0", _batch(0))
-        writer.append("k1", _batch(1))
+        second = writer.append("k1", _batch(1))
         writer.append("k2", _batch(2))
     (segment,) = SpoolReader(tmp_path).segments()
     data = bytearray(segment.read_bytes())
     data[first] = ord("X")
     segment.write_bytes(bytes(data))
     reader = SpoolReader(tmp_path)
-    assert [f.batch_key for f in _read_all(reader)] == ["k0"]
-    assert segment.with_suffix(".corrupt").read_bytes() == bytes(data[first:])
+    assert [f.batch_key for f in _read_all(reader)] == ["k0", "k2"]
+    assert segment.with_suffix(".corrupt").read_bytes() == bytes(data[first : first + second])
+    assert [d.records for d in reader.take_damage()] == [{RUN: 4}]
+
+
+def test_garbage_inserted_between_many_frames_costs_only_the_frame_it_hit(tmp_path: Path) -> None:
+    """16 garbage bytes written into frame 2 of 200 (the rest shifted): the reader finds
+    frame 3 again by its marker and CRC, and reads every other frame."""
+    with SpoolWriter(tmp_path) as writer:
+        offsets = [0]
+        for i in range(200):
+            offsets.append(offsets[-1] + writer.append(f"k{i}", _batch(i)))
+    (segment,) = SpoolReader(tmp_path).segments()
+    data = segment.read_bytes()
+    at = offsets[2] + 120  # past the batch's table of runs
+    segment.write_bytes(data[:at] + os.urandom(8) + b"SV" + os.urandom(6) + data[at:])
+    reader = SpoolReader(tmp_path)
+    keys = [f.batch_key for f in _read_all(reader)]
+    assert keys == [f"k{i}" for i in range(200) if i != 2]
+    (damage,) = reader.take_damage()
+    assert damage.size == offsets[3] - offsets[2] + 16
+    assert damage.records == {RUN: 4}
+    assert list(tmp_path.iterdir()) == [segment.with_suffix(".corrupt")]
+
+
+def test_damage_in_a_live_segment_waits_for_a_valid_frame_after_it(tmp_path: Path) -> None:
+    """In a segment still being written, damage with nothing valid after it may be a frame
+    landing: nothing is set aside until a valid frame follows (or the segment is finished)."""
+    writer = SpoolWriter(tmp_path)
+    writer.append("a", _batch(0))
+    live = writer.segment
+    assert live is not None
+    with open(live, "ab") as handle:
+        handle.write(b"SV\x00\x00\x00\x05garbage-garbage")
+    reader = SpoolReader(tmp_path)
+    assert [f.batch_key for f in _read_all(reader, include_live=True)] == ["a"]
+    assert not live.with_suffix(".corrupt").exists()
+    # The stray bytes above went in through another descriptor; the writer's next frame
+    # lands after them, and the reader finds it.
+    writer.append("b", _batch(1))
+    assert [f.batch_key for f in _read_all(reader, include_live=True)] == ["b"]
+    assert live.with_suffix(".corrupt").read_bytes().startswith(b"SV\x00\x00\x00\x05")
+    writer.close()
 
 
 def test_cleanup_removes_acked_segments_and_orphan_cursors(tmp_path: Path) -> None:

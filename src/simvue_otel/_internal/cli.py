@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import setting
+
+if TYPE_CHECKING:
+    from .sink.send import SendResult
 
 __all__ = ["main"]
 
@@ -114,6 +118,9 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except TransportError as exc:
         print(f"simvue-otel send: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the spool itself cannot be used (a link planted as its lock...)
+        print(f"simvue-otel send: cannot use the spool in {spool}: {exc}", file=sys.stderr)
+        return 1
     finally:
         client.close()
     stats = result.stats
@@ -131,10 +138,36 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"SIMVUE_TOKEN, or add --as-current-user to upload it as {config.identity()}",
             file=sys.stderr,
         )
+    _report_undelivered(result, spool)
     if not result.complete:
         print(f"simvue-otel send: {result.reason}", file=sys.stderr)
         return 1
-    return 1 if result.skipped else 0
+    if result.skipped:
+        return 1
+    return 3 if result.undelivered else 0
+
+
+def _report_undelivered(result: SendResult, spool: Path) -> None:
+    """Say on stderr what `send` could not deliver, naming the runs it belonged to."""
+    for damage in result.damage:
+        if not damage.tail:
+            print(f"simvue-otel send: {damage.describe()}", file=sys.stderr)
+    for ref, count in result.refused.items():
+        print(
+            f"simvue-otel send: the server refused {count} record(s) of run "
+            f"{ref.name or ref.key!r} ({ref.key}); they are kept in {spool / 'rejected'}",
+            file=sys.stderr,
+        )
+    for path, why in result.left_alone.items():
+        print(f"simvue-otel send: {why} ({path})", file=sys.stderr)
+    lost = {ref for d in result.damage if not d.tail for ref in d.records}
+    runs = sorted({r.name or r.key for r in lost | set(result.refused)})
+    if runs:
+        print(
+            "simvue-otel send: not everything could be delivered; runs affected: "
+            + ", ".join(repr(r) for r in runs),
+            file=sys.stderr,
+        )
 
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
