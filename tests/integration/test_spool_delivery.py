@@ -14,13 +14,15 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from simvue_otel._internal.mapping.records import (
-    MetricRecord,
-)
+from simvue_otel._internal.config import resolve_config
+from simvue_otel._internal.mapping.records import MetricRecord, Record, RunRecord, RunRef
+from simvue_otel._internal.sink import create_sink
+from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SpoolReader
 from tests.conftest import LocalServer
 from tests.proxy import Proxy, serve
@@ -31,6 +33,28 @@ SEND = [sys.executable, "-m", "simvue_otel", "send", "--quiet", "--cache"]
 @pytest.fixture
 def proxy(local_server: LocalServer) -> Iterator[Proxy]:
     yield from serve(local_server.url)
+
+
+class _SlowProxy(Proxy):
+    """A server under load: each metrics POST is stored only after ``delay`` seconds, and
+    reading metrics back takes ``read_delay``, so two uploaders of one batch overlap."""
+
+    delay = 0.1
+    read_delay = 0.2
+
+    def _forward(self, handler: Any, raw: bytes, headers: dict[str, str], action: Any) -> Any:
+        if handler.path.startswith("/api/metrics"):
+            time.sleep(self.delay if handler.command == "POST" else self.read_delay)
+        return super()._forward(handler, raw, headers, action)
+
+
+@pytest.fixture
+def slow_proxy(local_server: LocalServer) -> Iterator[Proxy]:
+    proxy = _SlowProxy(local_server.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 def _env(url: str, token: str, offline: Path, **extra: str) -> dict[str, str]:
@@ -113,3 +137,126 @@ def test_garbage_in_one_frame_costs_only_that_frame(
     )
     assert again.returncode == 0, again.stderr
     assert _steps(client, str(run["id"]), "x") == steps
+
+
+# -- 2. one uploader per segment ------------------------------------------------------------
+
+OUTAGE: list[tuple[str, str, int | str]] = [("*", "/", 503)] * 20_000
+SEGMENT = 64 * 1024  # the rotation size, small so that a backlog spans many segments
+
+
+def _sink(proxy: Proxy, server: LocalServer, offline: Path, **options: object) -> OnlineSink:
+    """An online sink as the bridge makes it (everything to disk first), with a small
+    rotation size and adoption interval."""
+    config = resolve_config(
+        url=proxy.url, token=server.token, offline_directory=offline, environ={}
+    )
+    options = {
+        "max_memory_points": 0,
+        "live_window": 180.0,
+        "segment_bytes": SEGMENT,
+        "adopt_interval": 1.0,
+        "max_backoff": 0.5,
+        "flush_interval": 0.1,
+        **options,
+    }
+    sink = create_sink("online", config, **options)
+    assert isinstance(sink, OnlineSink)
+    return sink
+
+
+def _feed(sink: OnlineSink, run: RunRef, steps: range, tag: str) -> None:
+    """Requests as a bridge stores them: each batch written to the spool under its key."""
+    now = time.time()
+    sink.submit([RunRecord(run=run, status="running", observed=now)], batch_key=f"{tag}-start")
+    for start in range(steps.start, steps.stop, 500):
+        batch: list[Record] = [
+            MetricRecord(run=run, values={"x": float(s)}, step=s, time=0.1 * s, timestamp=now)
+            for s in range(start, min(start + 500, steps.stop))
+        ]
+        sink.submit(batch, batch_key=f"{tag}-{start}")
+    sink.submit(
+        [RunRecord(run=run, status="completed", observed=now + 1, ended=now + 1)],
+        batch_key=f"{tag}-end",
+    )
+
+
+def _rotated(directory: Path) -> int:
+    return len(list(directory.glob("*.done")))
+
+
+def _exactly_once(client: SimvueClient, run: RunRef, steps: range) -> None:
+    """One run on the server with every step of ``steps`` once (counted over every run of
+    that name, so a run made twice shows its points too)."""
+    made = client.find_runs([f"name == {run.name}"])
+    counts: Counter[int] = Counter()
+    for found in made:
+        counts += _steps(client, str(found["id"]), "x")
+    doubled = sum(n - 1 for n in counts.values())
+    missing = len(set(steps) - set(counts))
+    assert (len(made), doubled, missing) == (1, 0, 0), (
+        f"run {run.name}: created {len(made)} time(s), {doubled} duplicate point(s) and "
+        f"{missing} missing of {len(steps)}"
+    )
+
+
+def test_send_beside_a_live_bridge_with_a_backlog_never_doubles(
+    slow_proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """A bridge-shaped sink holds a backlog of many rotated segments after an outage; while
+    it uploads them, `simvue-otel send` runs on the same directory again and again: each
+    segment is uploaded by one of them, every point arrives once."""
+    offline = tmp_path / "offline"
+    sink = _sink(slow_proxy, local_server, offline)
+    run = RunRef(str(uuid.uuid4()), f"send-beside-{uuid.uuid4().hex[:6]}", "/spool-owners")
+    steps = range(15_000)
+    try:
+        slow_proxy.rules = list(OUTAGE)
+        _feed(sink, run, steps, "a")
+        assert _rotated(sink.spool_dir) >= 6  # a backlog well past the rotation size
+        env = _env(slow_proxy.url, local_server.token, offline)
+        slow_proxy.rules = []  # the server is back: the sink and the sends race for the backlog
+        sends: list[int] = []
+        while sink.backlog() and len(sends) < 200:
+            out = subprocess.run(
+                [*SEND, str(offline)], env=env, capture_output=True, text=True, timeout=120
+            )
+            sends.append(out.returncode)
+            assert out.returncode in (0, 1), out.stderr
+        assert sends, "the sink uploaded everything before any send ran"
+        assert sink.flush(120.0)
+    finally:
+        sink.close(30.0)
+    _exactly_once(client, run, steps)
+
+
+def test_two_bridges_sharing_a_spool_through_a_long_outage_never_double(
+    slow_proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """Two bridge-shaped sinks share one spool directory through an outage longer than the
+    adoption interval, each with a backlog past the rotation size: each uploads its own
+    segments, adopts none the other is uploading, and every point arrives once."""
+    offline = tmp_path / "offline"
+    first = _sink(slow_proxy, local_server, offline)
+    second = _sink(slow_proxy, local_server, offline)
+    slow_proxy.rules = list(OUTAGE)
+    assert first.spool_dir == second.spool_dir
+    runs = [
+        RunRef(str(uuid.uuid4()), f"shared-{i}-{uuid.uuid4().hex[:6]}", "/spool-owners")
+        for i in range(2)
+    ]
+    steps = range(20_000)
+    try:
+        _feed(first, runs[0], steps, "first")
+        _feed(second, runs[1], steps, "second")
+        assert _rotated(first.spool_dir) >= 6
+        outage_ends = time.monotonic() + 3 * first.adopt_interval
+        _wait(lambda: time.monotonic() > outage_ends, "the outage")
+        slow_proxy.rules = []
+        assert first.flush(180.0) and second.flush(180.0)
+    finally:
+        first.close(30.0)
+        second.close(30.0)
+    for run in runs:
+        _exactly_once(client, run, steps)
+    assert not list(first.spool_dir.glob("*.done"))
