@@ -27,7 +27,7 @@ __all__ = [
     "replace_private",
 ]
 
-NOFOLLOW = getattr(os, "ONOFOLLOW", 0)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # O_NONBLOCK: a FIFO planted under a spool name must not hang the open (it is then refused).
 SAFE_OPEN = NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
 
@@ -105,9 +105,17 @@ def replace_private(path: Path, data: bytes, *, fsync: bool = False) -> None:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and its parents) as a directory only this user can enter (0700), and
-    tighten one this user made before with wider permissions. A link is refused."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` (and its missing parents) as directories only this user can enter
+    (0700), and tighten ``path`` when this user made it before with wider permissions. A link
+    is refused."""
+    missing: list[Path] = []
+    parent = path
+    while not os.path.lexists(parent) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):  # parents made here are private too
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise UnsafeSpoolFile(errno.ENOTDIR, f"{path} is a link or not a directory")
