@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.config import resolve_config
 from simvue_otel._internal.mapping.records import MetricRecord, Record, RunRecord, RunRef
-from simvue_otel._internal.sink import create_sink
+from simvue_otel._internal.sink import create_sink, online, online_spool_directory
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SpoolReader
 from tests.conftest import LocalServer
@@ -260,3 +261,48 @@ def test_two_bridges_sharing_a_spool_through_a_long_outage_never_double(
     for run in runs:
         _exactly_once(client, run, steps)
     assert not list(first.spool_dir.glob("*.done"))
+
+
+def test_cron_send_beside_an_online_run_that_spilled_never_doubles(
+    slow_proxy: Proxy,
+    local_server: LocalServer,
+    client: SimvueClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An online `Run` spills a backlog past the rotation size while the server is away;
+    when it answers, the run uploads its spill while `simvue-otel send` runs beside it again
+    and again (as from cron): every point arrives once, in one run."""
+    monkeypatch.setattr(online, "SEGMENT_BYTES", SEGMENT)
+    monkeypatch.setattr(online, "ADOPT_INTERVAL", 1.0)
+    offline = tmp_path / "offline"
+    name = f"cron-beside-{uuid.uuid4().hex[:6]}"
+    env = _env(slow_proxy.url, local_server.token, offline)
+    steps = range(100_000)  # a Run spills in frames of up to 25,000 values
+    run = Run(
+        "online",
+        server_url=slow_proxy.url,
+        server_token=local_server.token,
+        offline_directory=offline,
+    )
+    spool = online_spool_directory(
+        resolve_config(slow_proxy.url, local_server.token, offline, environ={})
+    )
+    try:
+        run.init(name=name, folder="/spool-owners", resources_metrics_interval=None)
+        slow_proxy.rules = list(OUTAGE)
+        for step in steps:
+            run.log_metrics({"x": float(step)}, step=step)
+        _wait(lambda: _rotated(spool) >= 3, "a backlog past the rotation size")
+        slow_proxy.rules = []
+        sends = 0
+        while any(spool.glob("*.done")) and sends < 100:
+            out = subprocess.run(
+                [*SEND, str(offline)], env=env, capture_output=True, text=True, timeout=120
+            )
+            assert out.returncode in (0, 1), out.stderr
+            sends += 1
+        assert sends
+    finally:
+        run.close()
+    _exactly_once(client, RunRef("", name, "/spool-owners"), steps)

@@ -56,6 +56,12 @@ class SpoolProgress(Progress):
         self._reader.mark(self._frame, part, state)
 
 
+SEGMENT_BYTES = 8 * 2**20
+"""Size at which a spool segment is finished and a new one begun (unless given)."""
+ADOPT_INTERVAL = 60.0
+"""Seconds between looks for what processes that died left in the spool (unless given)."""
+
+
 def run_index_for(spool_dir: Path) -> RunIndex:
     """The run index kept beside a server's spool (what ``send`` and later processes read)."""
     return RunIndex(spool_dir / "server_ids")
@@ -81,9 +87,9 @@ class OnlineSink(Sink):
         live_window: float | None = None,
         max_backoff: float = 15.0,
         spill_points: int = 50_000,
-        segment_bytes: int = 8 * 2**20,
+        segment_bytes: int | None = None,
         room_wait: float = 1.0,
-        adopt_interval: float = 60.0,
+        adopt_interval: float | None = None,
     ) -> None:
         self.client = client
         self._spool = spool_dir
@@ -105,8 +111,8 @@ class OnlineSink(Sink):
         self.room_wait = room_wait
         self.abort_listener: Callable[[str], None] | None = None
         """Called (on the sink's thread) with the key of a run the server was asked to abort."""
-        self.segment_bytes = segment_bytes
-        self.adopt_interval = adopt_interval
+        self.segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
+        self.adopt_interval = ADOPT_INTERVAL if adopt_interval is None else adopt_interval
         """Seconds between looks for spools that processes which died left behind."""
         self.losses = LossLedger(f"the spool directory {spool_dir}")
         self._reserve = DiskReserve(spool_dir)
