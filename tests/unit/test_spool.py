@@ -499,3 +499,59 @@ def test_acknowledged_segments_take_their_progress_file_with_them(tmp_path: Path
     assert _files(tmp_path, ".parts")
     reader.ack(frame)
     assert _files(tmp_path, ".parts") == [] and _files(tmp_path, ".done") == []
+
+
+# -- one uploader per segment ---------------------------------------------------------------
+
+
+def test_an_owner_uploading_its_segment_keeps_it_through_rotation(tmp_path: Path) -> None:
+    """The owner claims its live segment through its writer; when the segment rotates to
+    `.done` meanwhile, its lock is kept, so another uploader (a `send`, in another process
+    or not) cannot take it until the owner lets go."""
+    writer = SpoolWriter(tmp_path, segment_bytes=400)
+    writer.append("a", _batch(0))
+    live = writer.segment
+    assert live is not None
+    assert writer.claim(live.stem)
+    owner = SpoolReader(tmp_path)
+    (first,) = list(owner.frames(live))
+    writer.append("b", _batch(1))
+    writer.append("c", _batch(2))  # past 400 bytes: the segment is finished
+    done = live.with_suffix(".done")
+    assert done.exists() and writer.segment != live
+    other = SpoolReader(tmp_path)
+    assert done in other.segments()
+    assert not other.claim(done)  # the owner is uploading it
+    code = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from simvue_otel._internal.sink.spool import SpoolReader
+        sys.exit(0 if SpoolReader(Path(sys.argv[1])).claim(Path(sys.argv[2])) else 3)
+        """
+    )
+    run = [sys.executable, "-c", code, str(tmp_path), str(done)]
+    assert subprocess.run(run, check=False).returncode == 3
+    owner.ack(first)
+    writer.unclaim(live.stem)
+    assert other.claim(done)  # let go: now another may upload the rest
+    assert [f.batch_key for f in other.frames(done)] == ["b", "c"]
+    assert not SpoolReader(tmp_path).claim(done)  # and nobody else meanwhile
+    other.release(done)
+    writer.close()
+
+
+def test_a_segment_rotated_while_nobody_uploads_it_is_free_to_claim(tmp_path: Path) -> None:
+    """Locks are kept only for what the owner is uploading: a finished segment it is not
+    uploading holds no descriptor and can be taken by `send` (one at a time)."""
+    writer = SpoolWriter(tmp_path, segment_bytes=1)
+    writer.append("a", _batch(0))
+    (done,) = SpoolReader(tmp_path).segments()
+    first, second = SpoolReader(tmp_path), SpoolReader(tmp_path)
+    assert first.claim(done)
+    assert not second.claim(done)
+    assert not writer.claim(done.stem)  # the writer holds nothing of it any more
+    first.release(done)
+    assert second.claim(done)
+    second.release_all()
+    writer.close()
