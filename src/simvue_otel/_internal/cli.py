@@ -284,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="upload spooled data (offline runs, or what an exporter left on disk)",
         description="Upload everything spooled under the offline directory to the Simvue "
         "server named by SIMVUE_URL/SIMVUE_TOKEN (or simvue.toml). Safe to interrupt and to "
-        "run again: it resumes where it stopped and never stores anything twice.",
+        "run again, and beside live processes: it resumes where it stopped, skips what another "
+        "process is uploading, and never stores anything twice. Exit status: 0 all sent, 1 "
+        "stopped early (run it again), 2 not configured, 3 some data could not be delivered "
+        "(damaged, refused or left alone: the runs are named).",
     )
     send.add_argument(
         "--cache",
