@@ -24,7 +24,7 @@ from simvue_otel._internal.config import resolve_config
 from simvue_otel._internal.mapping.records import MetricRecord, Record, RunRecord, RunRef
 from simvue_otel._internal.sink import create_sink, online, online_spool_directory
 from simvue_otel._internal.sink.online import OnlineSink
-from simvue_otel._internal.sink.spool import SpoolReader
+from simvue_otel._internal.sink.spool import SpoolReader, SpoolWriter
 from tests.conftest import LocalServer
 from tests.proxy import Proxy, serve
 
@@ -306,3 +306,43 @@ def test_cron_send_beside_an_online_run_that_spilled_never_doubles(
     finally:
         run.close()
     _exactly_once(client, RunRef("", name, "/spool-owners"), steps)
+
+
+def test_a_bridge_adopting_a_damaged_spool_delivers_the_rest_and_tells_the_run(
+    proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """What a dead process left, with one damaged frame, is adopted by the next sink: every
+    other frame arrives, and the run gets a loss event saying how many records it lost."""
+    offline = tmp_path / "offline"
+    config = resolve_config(proxy.url, local_server.token, offline, environ={})
+    spool = online_spool_directory(config)
+    run = RunRef(str(uuid.uuid4()), f"adopt-damaged-{uuid.uuid4().hex[:6]}", "/spool-damage")
+    offsets = [0]
+    with SpoolWriter(spool) as writer:  # the dead process's spool
+        offsets.append(writer.append("s", [RunRecord(run=run, status="running", observed=1.0)]))
+        for i in range(6):
+            points: list[Record] = [
+                MetricRecord(run=run, values={"x": float(s)}, step=s, time=0.0, timestamp=2.0)
+                for s in range(i * 10, i * 10 + 10)
+            ]
+            offsets.append(offsets[-1] + writer.append(f"p{i}", points))
+        writer.append("e", [RunRecord(run=run, status="completed", observed=3.0, ended=3.0)])
+        segment = writer.segment
+    assert segment is not None
+    done = segment.with_suffix(".done")
+    data = done.read_bytes()
+    at = offsets[4] - 5  # inside the records of the frame of steps 20..29
+    done.write_bytes(data[:at] + b"\xff" * 16 + data[at:])
+    sink = _sink(proxy, local_server, offline)
+    try:
+        _wait(lambda: not done.exists(), "the adoption")
+        assert sink.flush(60.0)
+    finally:
+        sink.close(30.0)
+    found = client.find_run_by_key(run.key)
+    assert found is not None
+    steps = _steps(client, str(found["id"]), "x")
+    assert set(steps) == set(range(60)) - set(range(20, 30)) and max(steps.values()) == 1
+    assert client.get_run(str(found["id"]))["status"] == "completed"
+    messages = [e["message"] for e in client.get_events(str(found["id"]))]
+    assert [m for m in messages if m.startswith("simvue-otel lost data: 10 record(s)")], messages

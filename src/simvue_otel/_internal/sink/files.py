@@ -107,7 +107,7 @@ def replace_private(path: Path, data: bytes, *, fsync: bool = False) -> None:
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and its missing parents) as directories only this user can enter
     (0700), and tighten ``path`` when this user made it before with wider permissions. A link
-    is refused."""
+    is accepted only to a directory of this user."""
     missing: list[Path] = []
     parent = path
     while not os.path.lexists(parent) and parent != parent.parent:
@@ -117,8 +117,14 @@ def private_dir(path: Path) -> Path:
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, 0o700)
     info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise UnsafeSpoolFile(errno.ENOTDIR, f"{path} is a link or not a directory")
+    if stat.S_ISLNK(info.st_mode):
+        # A spool moved to another disk by a link: followed only to this user's own directory.
+        target = os.stat(path)
+        if not stat.S_ISDIR(target.st_mode) or target.st_uid != os.geteuid():
+            raise UnsafeSpoolFile(errno.ENOTDIR, f"{path} links to another user's directory")
+        return path
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeSpoolFile(errno.ENOTDIR, f"{path} is not a directory")
     if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
     return path
