@@ -109,12 +109,16 @@ def test_a_planted_link_never_makes_send_touch_its_target(
         assert steps >= set(range(10, 50))  # the frames after any damage arrived
 
 
-def _modes(root: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode)
-        for p in [root, *root.rglob("*")]
-        if not p.is_symlink()
-    }
+def _wrong_modes(*roots: Path) -> dict[str, str]:
+    """Folders under ``roots`` (themselves included) that are not 0700, files not 0600."""
+    wrong = {}
+    for path in [p for root in roots for p in (root, *root.rglob("*"))]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wrong[str(path)] = oct(mode)
+    return wrong
 
 
 def test_spool_folders_are_private_and_files_owner_only(
@@ -141,17 +145,12 @@ def test_spool_folders_are_private_and_files_owner_only(
         assert sink.close(60.0)
     finally:
         os.umask(old)
-    modes = _modes(offline / "otel-spool") | {
-        f"otel-runs/{k}": v for k, v in _modes(offline / "otel-runs").items()
-    }
-    assert any(k.endswith("server_ids") for k in modes) and any("identity" in k for k in modes)
-    wrong = {
-        path: oct(mode)
-        for path, mode in modes.items()
-        if mode != (0o700 if (offline / "otel-spool" / path).is_dir() or path.endswith(".")
-                    or (offline / path).is_dir() else 0o600)
-    }  # fmt: skip
-    assert not wrong, wrong
+    spool = offline / "otel-spool"
+    names = {p.name for p in spool.rglob("*")}
+    assert {"server_ids", "identity.json"} <= names
+    assert any(n.endswith(".done") for n in names)
+    assert any((offline / "otel-runs").iterdir())
+    assert not _wrong_modes(spool, offline / "otel-runs")
 
 
 @pytest.mark.parametrize("name", ["../../escaped", "..", "a/../../b", "step/1"])
