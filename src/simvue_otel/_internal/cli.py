@@ -162,12 +162,9 @@ def _report_undelivered(result: SendResult, spool: Path) -> None:
         print(f"simvue-otel send: {why} ({path})", file=sys.stderr)
     lost = {ref for d in result.damage if not d.tail for ref in d.records}
     runs = sorted({r.name or r.key for r in lost | set(result.refused)})
-    if runs:
-        print(
-            "simvue-otel send: not everything could be delivered; runs affected: "
-            + ", ".join(repr(r) for r in runs),
-            file=sys.stderr,
-        )
+    if result.undelivered:
+        named = "; runs affected: " + ", ".join(repr(r) for r in runs) if runs else ""
+        print(f"simvue-otel send: not everything could be delivered{named}", file=sys.stderr)
 
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
