@@ -417,7 +417,8 @@ class Damage:
 def _salvage(blob: bytes) -> tuple[dict[RunRef, int], int | None]:
     """What a damaged batch still tells: records per run (its table of runs comes first, so
     damage further on leaves it readable), and how many records of unknown runs."""
-    unpacker = msgpack.Unpacker(raw=False, use_list=True)
+    # Bounded by the bytes at hand: a damaged length never makes it allocate more.
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=len(blob) + 16)
     unpacker.feed(blob)
     runs: list[RunRef] = []
     try:
