@@ -589,3 +589,14 @@ def test_damage_anywhere_costs_only_the_frame_it_hit(tmp_path: Path, seed: int) 
     keys = [f.batch_key for f in _read_all(reader)]
     assert keys == [f"k{i}" for i in range(30) if i not in lost], (how, at, hit)
     assert list(tmp_path.glob("*.done")) == []
+
+
+def test_cleanup_drops_cursor_files_a_killed_process_never_renamed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".20200101T000000000000-1-deadbeef.cursor.{dead}.0badcafe.tmp"
+    mine = tmp_path / f".20200101T000000000000-1-deadbeef.cursor.{os.getpid()}.0badcafe.tmp"
+    stale.write_text("12\n")
+    mine.write_text("12\n")
+    SpoolReader(tmp_path).cleanup()
+    assert not stale.exists() and mine.exists()

@@ -128,6 +128,17 @@ def _is_locked(path: Path) -> bool | None:
     return False
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _mark_line(offset: int, crc: int, part: str, state: str) -> bytes:
     return (json.dumps({"o": offset, "c": crc, "p": part, "s": state}) + "\n").encode()
 
@@ -843,6 +854,11 @@ class SpoolReader:
             if _is_locked(creating) is False:  # a writer died before naming its segment
                 with contextlib.suppress(FileNotFoundError):
                     creating.unlink()
+        for tmp in self.directory.glob(".*.tmp"):  # a cursor a killed process never renamed
+            pid = tmp.name.split(".")[-3] if tmp.name.count(".") >= 4 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
     def pending_bytes(self, include_live: bool = False) -> int:
         """Unacknowledged bytes (segment size minus cursor), e.g. for a progress bar."""
