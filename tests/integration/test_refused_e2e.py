@@ -288,7 +288,7 @@ def test_send_sets_a_refused_run_aside_delivers_the_rest_and_names_the_run(
     first = subprocess.run(
         [*SEND, str(cache)], env=env, capture_output=True, text=True, timeout=120
     )
-    assert first.returncode == 1, first.stderr
+    assert first.returncode == 3, first.stderr
     assert f"old-refused ({bad})" in first.stderr and "422" in first.stderr
     assert "old-good" not in first.stderr
     got = run_by_key(client, good)

@@ -242,23 +242,32 @@ def test_partial_tail_of_live_segment_is_silent(
 
 
 def test_corrupted_middle_byte(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged frame costs only itself: the frames after it are read, the damaged bytes are
+    set aside, and what they held is reported per run."""
     with SpoolWriter(tmp_path) as writer:
         offsets = [0]
         for i in range(6):
             offsets.append(offsets[-1] + writer.append(f"k{i}", _batch(i)))
     (segment,) = SpoolReader(tmp_path).segments()
     data = bytearray(segment.read_bytes())
-    bad = offsets[3] + 20  # inside the payload of frame 3
+    bad = offsets[4] - 3  # inside the payload of frame 3, near its end
     data[bad] ^= 0xFF
     segment.write_bytes(bytes(data))
 
     reader = SpoolReader(tmp_path)
     with caplog.at_level(logging.ERROR):
         frames = _read_all(reader)
-    assert [f.batch_key for f in frames] == ["k0", "k1", "k2"]
+    assert [f.batch_key for f in frames] == ["k0", "k1", "k2", "k4", "k5"]
     assert any(segment.name in r.getMessage() and "CRC" in r.getMessage() for r in caplog.records)
     corrupt = segment.with_suffix(".corrupt")
-    assert corrupt.read_bytes() == bytes(data[offsets[3] :])
+    assert corrupt.read_bytes() == bytes(data[offsets[3] : offsets[4]])
+    (damage,) = reader.take_damage()
+    assert (damage.offset, damage.size, damage.corrupt) == (
+        offsets[3],
+        offsets[4] - offsets[3],
+        corrupt,
+    )
+    assert damage.records == {RUN: 4} and damage.unidentified == 0 and not damage.tail
     assert not segment.exists()  # what was left was read and acknowledged
     assert reader.segments() == []
 
@@ -266,15 +275,56 @@ def test_corrupted_middle_byte(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 def test_bad_magic_in_middle(tmp_path: Path) -> None:
     with SpoolWriter(tmp_path) as writer:
         first = writer.append("k0", _batch(0))
-        writer.append("k1", _batch(1))
+        second = writer.append("k1", _batch(1))
         writer.append("k2", _batch(2))
     (segment,) = SpoolReader(tmp_path).segments()
     data = bytearray(segment.read_bytes())
     data[first] = ord("X")
     segment.write_bytes(bytes(data))
     reader = SpoolReader(tmp_path)
-    assert [f.batch_key for f in _read_all(reader)] == ["k0"]
-    assert segment.with_suffix(".corrupt").read_bytes() == bytes(data[first:])
+    assert [f.batch_key for f in _read_all(reader)] == ["k0", "k2"]
+    assert segment.with_suffix(".corrupt").read_bytes() == bytes(data[first : first + second])
+    assert [d.records for d in reader.take_damage()] == [{RUN: 4}]
+
+
+def test_garbage_inserted_between_many_frames_costs_only_the_frame_it_hit(tmp_path: Path) -> None:
+    """16 garbage bytes written into frame 2 of 200 (the rest shifted): the reader finds
+    frame 3 again by its marker and CRC, and reads every other frame."""
+    with SpoolWriter(tmp_path) as writer:
+        offsets = [0]
+        for i in range(200):
+            offsets.append(offsets[-1] + writer.append(f"k{i}", _batch(i)))
+    (segment,) = SpoolReader(tmp_path).segments()
+    data = segment.read_bytes()
+    at = offsets[2] + 120  # past the batch's table of runs
+    segment.write_bytes(data[:at] + os.urandom(8) + b"SV" + os.urandom(6) + data[at:])
+    reader = SpoolReader(tmp_path)
+    keys = [f.batch_key for f in _read_all(reader)]
+    assert keys == [f"k{i}" for i in range(200) if i != 2]
+    (damage,) = reader.take_damage()
+    assert damage.size == offsets[3] - offsets[2] + 16
+    assert damage.records == {RUN: 4}
+    assert list(tmp_path.iterdir()) == [segment.with_suffix(".corrupt")]
+
+
+def test_damage_in_a_live_segment_waits_for_a_valid_frame_after_it(tmp_path: Path) -> None:
+    """In a segment still being written, damage with nothing valid after it may be a frame
+    landing: nothing is set aside until a valid frame follows (or the segment is finished)."""
+    writer = SpoolWriter(tmp_path)
+    writer.append("a", _batch(0))
+    live = writer.segment
+    assert live is not None
+    with open(live, "ab") as handle:
+        handle.write(b"SV\x00\x00\x00\x05garbage-garbage")
+    reader = SpoolReader(tmp_path)
+    assert [f.batch_key for f in _read_all(reader, include_live=True)] == ["a"]
+    assert not live.with_suffix(".corrupt").exists()
+    # The stray bytes above went in through another descriptor; the writer's next frame
+    # lands after them, and the reader finds it.
+    writer.append("b", _batch(1))
+    assert [f.batch_key for f in _read_all(reader, include_live=True)] == ["b"]
+    assert live.with_suffix(".corrupt").read_bytes().startswith(b"SV\x00\x00\x00\x05")
+    writer.close()
 
 
 def test_cleanup_removes_acked_segments_and_orphan_cursors(tmp_path: Path) -> None:
@@ -449,3 +499,104 @@ def test_acknowledged_segments_take_their_progress_file_with_them(tmp_path: Path
     assert _files(tmp_path, ".parts")
     reader.ack(frame)
     assert _files(tmp_path, ".parts") == [] and _files(tmp_path, ".done") == []
+
+
+# -- one uploader per segment ---------------------------------------------------------------
+
+
+def test_an_owner_uploading_its_segment_keeps_it_through_rotation(tmp_path: Path) -> None:
+    """The owner claims its live segment through its writer; when the segment rotates to
+    `.done` meanwhile, its lock is kept, so another uploader (a `send`, in another process
+    or not) cannot take it until the owner lets go."""
+    writer = SpoolWriter(tmp_path, segment_bytes=400)
+    writer.append("a", _batch(0))
+    live = writer.segment
+    assert live is not None
+    assert writer.claim(live.stem)
+    owner = SpoolReader(tmp_path)
+    (first,) = list(owner.frames(live))
+    writer.append("b", _batch(1))
+    writer.append("c", _batch(2))  # past 400 bytes: the segment is finished
+    done = live.with_suffix(".done")
+    assert done.exists() and writer.segment != live
+    other = SpoolReader(tmp_path)
+    assert done in other.segments()
+    assert not other.claim(done)  # the owner is uploading it
+    code = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from simvue_otel._internal.sink.spool import SpoolReader
+        sys.exit(0 if SpoolReader(Path(sys.argv[1])).claim(Path(sys.argv[2])) else 3)
+        """
+    )
+    run = [sys.executable, "-c", code, str(tmp_path), str(done)]
+    assert subprocess.run(run, check=False).returncode == 3
+    owner.ack(first)
+    writer.unclaim(live.stem)
+    assert other.claim(done)  # let go: now another may upload the rest
+    assert [f.batch_key for f in other.frames(done)] == ["b", "c"]
+    assert not SpoolReader(tmp_path).claim(done)  # and nobody else meanwhile
+    other.release(done)
+    writer.close()
+
+
+def test_a_segment_rotated_while_nobody_uploads_it_is_free_to_claim(tmp_path: Path) -> None:
+    """Locks are kept only for what the owner is uploading: a finished segment it is not
+    uploading holds no descriptor and can be taken by `send` (one at a time)."""
+    writer = SpoolWriter(tmp_path, segment_bytes=1)
+    writer.append("a", _batch(0))
+    (done,) = SpoolReader(tmp_path).segments()
+    first, second = SpoolReader(tmp_path), SpoolReader(tmp_path)
+    assert first.claim(done)
+    assert not second.claim(done)
+    assert not writer.claim(done.stem)  # the writer holds nothing of it any more
+    first.release(done)
+    assert second.claim(done)
+    second.release_all()
+    writer.close()
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_damage_anywhere_costs_only_the_frame_it_hit(tmp_path: Path, seed: int) -> None:
+    """Bytes flipped, inserted or cut anywhere in a segment: every frame the damage did not
+    touch is read back, in order, and nothing else."""
+    import random
+
+    rng = random.Random(seed)
+    with SpoolWriter(tmp_path) as writer:
+        offsets = [0]
+        for i in range(30):
+            offsets.append(offsets[-1] + writer.append(f"k{i}", _batch(i, n=rng.randint(1, 6))))
+    (segment,) = SpoolReader(tmp_path).segments()
+    data = segment.read_bytes()
+    at = rng.randrange(len(data))
+    hit = next(i for i in range(30) if offsets[i] <= at < offsets[i + 1])
+    how = ("flip", "insert", "cut")[seed % 3]
+    lost = {hit}
+    if how == "flip":
+        damaged = data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
+    elif how == "insert":
+        damaged = data[:at] + os.urandom(rng.randint(1, 40)) + data[at:]
+        if at == offsets[hit]:  # garbage between two frames: no frame is hit
+            lost = set()
+    else:
+        cut = min(rng.randint(1, 8), len(data) - at)
+        damaged = data[:at] + data[at + cut :]
+        lost = {i for i in range(30) if offsets[i] < at + cut and offsets[i + 1] > at}
+    segment.write_bytes(damaged)
+    reader = SpoolReader(tmp_path)
+    keys = [f.batch_key for f in _read_all(reader)]
+    assert keys == [f"k{i}" for i in range(30) if i not in lost], (how, at, hit)
+    assert list(tmp_path.glob("*.done")) == []
+
+
+def test_cleanup_drops_cursor_files_a_killed_process_never_renamed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    stale = tmp_path / f".20200101T000000000000-1-deadbeef.cursor.{dead}.0badcafe.tmp"
+    mine = tmp_path / f".20200101T000000000000-1-deadbeef.cursor.{os.getpid()}.0badcafe.tmp"
+    stale.write_text("12\n")
+    mine.write_text("12\n")
+    SpoolReader(tmp_path).cleanup()
+    assert not stale.exists() and mine.exists()

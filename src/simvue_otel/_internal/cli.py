@@ -6,8 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import setting
+
+if TYPE_CHECKING:
+    from .sink.send import SendResult
 
 __all__ = ["main"]
 
@@ -114,6 +118,9 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except TransportError as exc:
         print(f"simvue-otel send: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the spool itself cannot be used (a link planted as its lock...)
+        print(f"simvue-otel send: cannot use the spool in {spool}: {exc}", file=sys.stderr)
+        return 1
     finally:
         client.close()
     stats = result.stats
@@ -131,16 +138,33 @@ def _cmd_send(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"SIMVUE_TOKEN, or add --as-current-user to upload it as {config.identity()}",
             file=sys.stderr,
         )
-    for run, reason in stats.rejected_runs.items():
+    _report_undelivered(result, spool)
+    if not result.complete:
+        print(f"simvue-otel send: {result.reason}", file=sys.stderr)
+        return 1
+    if result.skipped:
+        return 1
+    return 3 if result.undelivered else 0
+
+
+def _report_undelivered(result: SendResult, spool: Path) -> None:
+    """Say on stderr what `send` could not deliver, naming the runs it belonged to."""
+    for damage in result.damage:
+        if not damage.tail:
+            print(f"simvue-otel send: {damage.describe()}", file=sys.stderr)
+    for run, reason in result.stats.rejected_runs.items():
         print(
             f"simvue-otel send: the server refused records of run {run} ({reason}); they are "
             f"set aside in {spool / 'rejected'} and were not sent",
             file=sys.stderr,
         )
-    if not result.complete:
-        print(f"simvue-otel send: {result.reason}", file=sys.stderr)
-        return 1
-    return 1 if result.skipped or stats.rejected else 0
+    for path, why in result.left_alone.items():
+        print(f"simvue-otel send: {why} ({path})", file=sys.stderr)
+    lost = {ref for d in result.damage if not d.tail for ref in d.records}
+    runs = sorted({r.name or r.key for r in lost | set(result.refused)})
+    if result.undelivered:
+        named = "; runs affected: " + ", ".join(repr(r) for r in runs) if runs else ""
+        print(f"simvue-otel send: not everything could be delivered{named}", file=sys.stderr)
 
 
 def _cmd_bridge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -259,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="upload spooled data (offline runs, or what an exporter left on disk)",
         description="Upload everything spooled under the offline directory to the Simvue "
         "server named by SIMVUE_URL/SIMVUE_TOKEN (or simvue.toml). Safe to interrupt and to "
-        "run again: it resumes where it stopped and never stores anything twice.",
+        "run again, and beside live processes: it resumes where it stopped, skips what another "
+        "process is uploading, and never stores anything twice. Exit status: 0 all sent, 1 "
+        "stopped early (run it again), 2 not configured, 3 some data could not be delivered "
+        "(damaged, refused or left alone: the runs are named).",
     )
     send.add_argument(
         "--cache",

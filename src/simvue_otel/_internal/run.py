@@ -56,6 +56,7 @@ from .names import generate_run_name
 from .pipeline import ROW, Pipeline, default_shutdown_timeout
 from .resources import cpu_count
 from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
+from .sink.files import private_dir, read_private, replace_private
 from .sink.online import run_index_for
 from .validation import (
     check_metadata_size,
@@ -892,7 +893,7 @@ class Run:
         if self._mode != "offline" or directory is None or self._name is None:
             return
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)
         except OSError as exc:
             _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
             return
@@ -908,10 +909,8 @@ class Run:
             "ttl": self._ttl,
             "heartbeat_timeout": self._heartbeat_timeout,
         }
-        tmp = directory / f".{self._name}.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(json.dumps(entry))
-            os.replace(tmp, directory / _registry_file(self._name))
+        try:  # under the encoded name: no run name leads out of the directory
+            replace_private(directory / _registry_file(self._name), json.dumps(entry).encode())
         except OSError as exc:  # a full disk: the run goes on; only reconnect-by-name suffers
             _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
 
@@ -929,7 +928,13 @@ class Run:
                 raise SimvueValidationError(
                     "run", f"no offline run of that name in {directory}", run
                 )
-            found = _FoundRun.from_registry(json.loads(path.read_text()))
+            try:
+                entry = json.loads(read_private(path))
+            except (OSError, ValueError) as exc:
+                raise SimvueValidationError(
+                    "run", f"the record of this offline run in {directory} is unusable: {exc}", run
+                ) from None
+            found = _FoundRun.from_registry(entry)
         else:
             found = self._find_online(run)
         if found.status in cv.FINAL_STATUSES:

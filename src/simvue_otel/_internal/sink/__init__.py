@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from ..config import SimvueConfig, resolve_config, setting
 from ..errors import ServerUnreachableError, SimvueValidationError
 from .base import NullSink, Sink
+from .files import private_dir, read_private, replace_private
 
 __all__ = [
     "MODES",
@@ -68,18 +68,16 @@ IDENTITY_FILE = "identity.json"
 def write_identity(spool_dir: Path, url: str, identity: str) -> None:
     """Record whose data a spool folder holds (server and user; never the token)."""
     path = spool_dir / IDENTITY_FILE
-    if path.exists():
+    if path.exists() or path.is_symlink():
         return
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    tmp = spool_dir / f".{IDENTITY_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"server": url, "identity": identity}), encoding="utf-8")
-    os.replace(tmp, path)
+    private_dir(spool_dir)
+    replace_private(path, json.dumps({"server": url, "identity": identity}).encode("utf-8"))
 
 
 def read_identity(spool_dir: Path) -> tuple[str, str] | None:
     """(server, identity) a spool folder's data was logged under, or None when unrecorded."""
     try:
-        entry = json.loads((spool_dir / IDENTITY_FILE).read_text(encoding="utf-8"))
+        entry = json.loads(read_private(spool_dir / IDENTITY_FILE).decode("utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(entry, dict):

@@ -6,6 +6,9 @@ it. Instead this ledger counts them per run and reason, logs the first refusal o
 each run that lost data a Simvue event (level ``error``) saying how many records were lost and
 why, written as soon as there is room again (or uploaded once the server answers). The closing
 summary says how many records were lost.
+
+Records lost to damage on disk (a frame whose bytes no longer read back) are told the same
+way, by whoever reads the spool: :func:`damage_events`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..mapping.records import EventRecord, Record, RunRecord, RunRef
+from .files import create_private, private_dir
 
-__all__ = ["LOSS_EVENT_PREFIX", "DiskReserve", "LossLedger", "split_states"]
+if TYPE_CHECKING:
+    from .spool import Damage
+
+__all__ = ["LOSS_EVENT_PREFIX", "DiskReserve", "LossLedger", "damage_events", "split_states"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
@@ -40,9 +48,10 @@ class DiskReserve:
     def __init__(self, directory: Path, size: int = 256 * 1024) -> None:
         self.path: Path | None = directory / f"{RESERVE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "wb") as handle:
-                handle.write(b"\0" * size)  # written, not sparse: the space is really taken
+            private_dir(directory)
+            # Written, not sparse: the space is really taken. Created exclusively: never a file
+            # (or a link) that was there before.
+            create_private(self.path, b"\0" * size)
         except OSError:
             with contextlib.suppress(OSError):
                 self.path.unlink()
@@ -87,6 +96,27 @@ def split_states(records: Sequence[Record]) -> tuple[list[Record], dict[str, Run
 
 def _is_loss_event(record: Record) -> bool:
     return isinstance(record, EventRecord) and record.message.startswith(LOSS_EVENT_PREFIX)
+
+
+def damage_events(damage: Damage) -> list[EventRecord]:
+    """One loss event per run that lost records to damage on disk (none for the cut tail of a
+    segment whose writer was killed mid-write: that write never returned)."""
+    if damage.tail:
+        return []
+    where = damage.corrupt.name if damage.corrupt is not None else damage.segment.name
+    now = time.time()
+    return [
+        EventRecord(
+            run=run,
+            message=f"{LOSS_EVENT_PREFIX} {count} record(s) of this run (metric points, events "
+            f"or state updates) could not be read back from the spool: segment "
+            f"{damage.segment.name} was damaged at offset {damage.offset} ({damage.problem}); "
+            f"its bytes are kept in {where}",
+            timestamp=now,
+            level="error",
+        )
+        for run, count in damage.records.items()
+    ]
 
 
 class LossLedger:

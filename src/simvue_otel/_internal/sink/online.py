@@ -10,9 +10,12 @@ writing it to disk and reading it back, for the same end), and so does a buffer 
 waited ``hold_seconds`` for a worker held by a slow or failing server. The worker replays the
 spool first, oldest first, once the server answers again, skipping acknowledged parts and
 reconciling parts whose answer was lost, so each point and event is stored once without any
-help from the server. Run ids are recorded in a :class:`~.run_index.RunIndex` beside the
-spool. Heartbeats keep live runs from turning ``lost``; a run that has ended gets none,
-whatever arrives for it later.
+help from the server. Every segment is uploaded by one process at a time: this sink holds a
+segment's lock while it uploads it (kept through the segment's rotation), and adopts what
+others left only segment by segment, under each one's lock, so a ``simvue-otel send`` or
+another bridge sharing the directory never uploads the same frames at the same time. Run
+ids are recorded in a :class:`~.run_index.RunIndex` beside the spool. Heartbeats keep live
+runs from turning ``lost``; a run that has ended gets none, whatever arrives for it later.
 At ``close`` the sink waits at most ``timeout`` seconds and leaves the rest on disk for
 ``simvue-otel send``.
 """
@@ -31,7 +34,8 @@ from ..conventions import FINAL_STATUSES
 from ..hints import command
 from ..mapping.records import MetricRecord, Record, RunRecord
 from .base import Sink
-from .losses import DiskReserve, LossLedger, split_states
+from .files import private_dir
+from .losses import DiskReserve, LossLedger, damage_events, split_states
 from .run_index import RunIndex
 from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
 from .uploader import PartlyTaken, Progress, RetryLater, Uploader, UploadStats
@@ -51,6 +55,12 @@ class SpoolProgress(Progress):
 
     def record(self, part: str, state: str) -> None:
         self._reader.mark(self._frame, part, state)
+
+
+SEGMENT_BYTES = 8 * 2**20
+"""Size at which a spool segment is finished and a new one begun (unless given)."""
+ADOPT_INTERVAL = 60.0
+"""Seconds between looks for what processes that died left in the spool (unless given)."""
 
 
 def run_index_for(spool_dir: Path) -> RunIndex:
@@ -78,13 +88,18 @@ class OnlineSink(Sink):
         live_window: float | None = None,
         max_backoff: float = 15.0,
         spill_points: int = 50_000,
-        segment_bytes: int = 8 * 2**20,
+        segment_bytes: int | None = None,
         room_wait: float = 1.0,
         hold_seconds: float = 1.0,
+        adopt_interval: float | None = None,
     ) -> None:
         self.client = client
         self._spool = spool_dir
         self.spool_dir = spool_dir
+        try:  # the spool's folders are this user's alone (0700), before anything is written
+            private_dir(spool_dir / "rejected")
+        except OSError as exc:
+            _LOG.warning("cannot prepare the spool directory %s: %s", spool_dir, exc)
         self.uploader = Uploader(
             client, rejected_dir=spool_dir / "rejected", index=run_index_for(spool_dir)
         )
@@ -99,7 +114,9 @@ class OnlineSink(Sink):
         self.hold_seconds = hold_seconds
         self.abort_listener: Callable[[str], None] | None = None
         """Called (on the sink's thread) with the key of a run the server was asked to abort."""
-        self.segment_bytes = segment_bytes
+        self.segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
+        self.adopt_interval = ADOPT_INTERVAL if adopt_interval is None else adopt_interval
+        """Seconds between looks for spools that processes which died left behind."""
         self.losses = LossLedger(f"the spool directory {spool_dir}")
         self._reserve = DiskReserve(spool_dir)
         self._id = uuid.uuid4().hex[:12]
@@ -438,7 +455,7 @@ class OnlineSink(Sink):
         self._partly = False
         now = time.monotonic()
         if now >= self._next_adopt:
-            self._next_adopt = now + 60.0
+            self._next_adopt = now + self.adopt_interval
             if not self._adopt_orphans():
                 self._next_adopt = now  # try again with the next pass
                 return False
@@ -472,7 +489,9 @@ class OnlineSink(Sink):
 
     def _adopt_orphans(self) -> bool:
         """Upload what a process that died before delivering left in this server's spool
-        (finished segments that are not ours); skipped while a `simvue-otel send` holds it."""
+        (finished segments that are not ours), one segment at a time under its lock, so a
+        segment another live process is uploading is left to it; skipped while a
+        `simvue-otel send` holds the directory."""
         reader = SpoolReader(self._spool)
         ours = self._writer.written_stems if self._writer is not None else set()
         orphans = [s for s in reader.segments() if s.stem not in ours]
@@ -483,14 +502,17 @@ class OnlineSink(Sink):
             lock.acquire()
         except SpoolBusyError:
             return True
+        except OSError as exc:  # a link planted as the lock: leave the directory alone
+            _LOG.error("cannot take the send lock of %s (%s); not adopting", self._spool, exc)
+            return True
         try:
             adopted = self._upload_frames(reader, orphans, ours=False)
             if adopted is None:
                 return False
             reader.cleanup()
-            if adopted:
+            if adopted[0]:
                 _LOG.warning(
-                    "uploaded %d batch(es) an earlier process left in %s", adopted, self._spool
+                    "uploaded %d batch(es) an earlier process left in %s", adopted[0], self._spool
                 )
             return True
         finally:
@@ -503,45 +525,81 @@ class OnlineSink(Sink):
         # By stem: a full segment is renamed from .seg to .done when it rotates.
         ours = self._writer.written_stems if self._writer is not None else set()
         segments = [s for s in reader.segments(include_live=True) if s.stem in ours]
-        if self._upload_frames(reader, segments, ours=True) is None:
+        done = self._upload_frames(reader, segments, ours=True)
+        if done is None:
             return False
         with self._lock:
-            if self._spill_seq == seq:
-                self._spilled = 0  # a whole pass found nothing more (even past a corrupt frame)
+            if self._spill_seq == seq and not done[1]:
+                # A whole pass found nothing more (even past a corrupt frame), and no segment
+                # of ours was held by another uploader (a `send` taking it over).
+                self._spilled = 0
                 self._spilled_records = 0
         return True
 
+    def _claim(self, reader: SpoolReader, segment: Path) -> bool:
+        """Take the right to upload ``segment``: through our writer's own lock for a segment
+        it is writing (or finished while claimed), else its flock like any other process."""
+        if self._writer is not None and self._writer.claim(segment.stem):
+            return True
+        return reader.claim(segment)
+
+    def _unclaim(self, reader: SpoolReader, segment: Path) -> None:
+        if self._writer is not None:
+            self._writer.unclaim(segment.stem)
+        reader.release(segment)
+
     def _upload_frames(
         self, reader: SpoolReader, segments: list[Path], *, ours: bool
-    ) -> int | None:
-        """Upload the segments' frames in order, acknowledging each on disk once the server
-        has it; the number uploaded, or None when the server stopped taking them. ``ours``:
+    ) -> tuple[int, int] | None:
+        """Upload the segments' frames in order, each segment under its lock, acknowledging
+        each frame on disk once the server has it: (frames uploaded, segments skipped because
+        another uploader holds them), or None when the server stopped taking them. ``ours``:
         the frames are this sink's own spills, counted in its backlog."""
-        uploaded = 0
+        uploaded = busy = 0
         partly = False
-        for segment in segments:
-            for frame in reader.frames(segment):
-                try:
-                    self.uploader.upload(
-                        frame.records, frame.batch_key, SpoolProgress(reader, frame)
-                    )
-                except PartlyTaken as exc:  # kept, with its progress; later frames may go
-                    _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
-                    partly = self._partly = True
+        try:
+            for segment in segments:
+                if not self._claim(reader, segment):
+                    busy += 1
                     continue
-                except RetryLater as exc:
-                    _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
-                    return None
-                except Exception:
-                    _LOG.exception("unexpected error while uploading a spooled batch; kept")
-                    return None
-                reader.ack(frame)
-                uploaded += 1
-                if ours:
-                    with self._lock:
-                        self._spilled = max(0, self._spilled - 1)
-                        self._spilled_records = max(0, self._spilled_records - len(frame.records))
-        return None if partly else uploaded
+                try:
+                    for frame in reader.frames(segment):
+                        try:
+                            self.uploader.upload(
+                                frame.records, frame.batch_key, SpoolProgress(reader, frame)
+                            )
+                        except PartlyTaken as exc:  # kept, with its progress; later frames go
+                            _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
+                            partly = self._partly = True
+                            continue
+                        except RetryLater as exc:
+                            _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
+                            return None
+                        except Exception:
+                            _LOG.exception("unexpected error while uploading a spooled batch; kept")
+                            return None
+                        reader.ack(frame)
+                        uploaded += 1
+                        if ours:
+                            with self._lock:
+                                self._spilled = max(0, self._spilled - 1)
+                                self._spilled_records = max(
+                                    0, self._spilled_records - len(frame.records)
+                                )
+                finally:
+                    self._unclaim(reader, segment)
+        finally:
+            self._tell_damage(reader)
+        return None if partly else (uploaded, busy)
+
+    def _tell_damage(self, reader: SpoolReader) -> None:
+        """Runs whose spooled records were damaged on disk get a loss event (uploaded with
+        the next batch)."""
+        events = [e for damage in reader.take_damage() for e in damage_events(damage)]
+        if events:
+            with self._lock:
+                self._buffer.extend(events)
+                self._buffered += len(events)
 
     def _beat_every_locked(self) -> float:
         shortest = min((t for k, t in self._timeouts.items() if k in self._live), default=None)

@@ -6,20 +6,30 @@ metadata filter) writes it down here, and every process looks here first. ``simv
 a later online process adopting a spool, a restarted bridge and the process that reconnects to
 a queued run all find the run this way, with the server's own filter as the fallback.
 
-One small file per run key (named by a hash of the key, so any key string is safe), replaced
-atomically; readers never see half a file. A missing or unreadable directory only costs the
-index: the server filter still finds the run.
+One small file per run key (named by a hash of the key, so any key string is safe: no name
+can lead out of the directory), replaced atomically; readers never see half a file. A missing
+or unreadable directory only costs the index: the server filter still finds the run.
+
+Processes sharing the index find or create a run one at a time (:meth:`RunIndex.creating`, a
+``flock`` per key): two uploaders of the same run (a bridge and a `send`, two bridges sharing a
+spool) would otherwise both miss it and both create it. The directory is 0700, its files 0600,
+and no link in it is followed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from .files import open_private, private_dir, read_private, replace_private
 
 __all__ = ["RunIndex"]
 
@@ -29,10 +39,12 @@ _LOG = logging.getLogger("simvue_otel.sink")
 def _replace(path: Path, entry: dict[str, object]) -> None:
     """Write ``entry`` as the JSON content of ``path`` atomically (readers see the old file
     or the new one, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(entry), encoding="utf-8")
-    os.replace(tmp, path)
+    private_dir(path.parent)
+    replace_private(path, json.dumps(entry).encode("utf-8"))
+
+
+def _read(path: Path) -> object:
+    return json.loads(read_private(path).decode("utf-8"))
 
 
 class RunIndex:
@@ -58,7 +70,7 @@ class RunIndex:
         if path is None:
             return None
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = _read(path)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -92,9 +104,10 @@ class RunIndex:
         if path is None:
             return None
         try:
-            entry = json.loads(path.with_suffix(".steps").read_text(encoding="utf-8"))
+            entry = _read(path.with_suffix(".steps"))
+            assert isinstance(entry, dict)
             base, retimed = entry["bases"][counter]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
             return None
         if entry.get("key") != key or not isinstance(base, int):
             return None
@@ -108,9 +121,10 @@ class RunIndex:
         steps = path.with_suffix(".steps")
         with self._lock:
             try:
-                entry = json.loads(steps.read_text(encoding="utf-8"))
+                entry = _read(steps)
+                assert isinstance(entry, dict)
                 bases = entry["bases"] if entry.get("key") == key else {}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
                 bases = {}
             if not isinstance(bases, dict):
                 bases = {}
@@ -119,6 +133,37 @@ class RunIndex:
                 _replace(steps, {"key": key, "bases": bases})
             except OSError as exc:
                 _LOG.warning("cannot record step offsets in %s (%s)", self.directory, exc)
+
+    @contextlib.contextmanager
+    def creating(self, key: str, wait: float = 60.0) -> Iterator[None]:
+        """Hold the right to find or create the run ``key`` (a ``flock`` on its lock file,
+        shared by every process using this directory), so one creates it and the others find
+        it in the index. After ``wait`` seconds (a holder stuck on a slow server) it goes on
+        without, as before the lock existed; an unusable directory costs only the lock."""
+        path = self._path(key)
+        fd: int | None = None
+        if path is not None:
+            try:
+                private_dir(path.parent)
+                fd = open_private(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT)
+            except OSError as exc:
+                _LOG.warning("cannot lock run %s in %s (%s)", key, self.directory, exc)
+        try:
+            if fd is not None:
+                deadline = time.monotonic() + wait
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            _LOG.warning("run %s stayed locked for %.0f s; going on", key, wait)
+                            break
+                        time.sleep(0.05)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def forget(self, key: str) -> None:
         """Drop ``key`` (its run was deleted on the server)."""

@@ -6,8 +6,15 @@ is recorded on disk as sent and then as acknowledged, and a frame is acknowledge
 parts are; an interrupted `send` skips what the server acknowledged and, for a part whose answer
 never came, reads back what the server holds before sending the rest, so nothing is stored
 twice. Run ids are recorded beside the spool, so a run is never created twice. Spools still
-being written by a live process are left alone; a second `send` on the same directory is
-refused.
+being written by a live process are left alone, and so is each segment another process is
+uploading (it holds the segment's lock: a bridge or an online run uploading its own spill);
+a second `send` on the same directory is refused.
+
+Damage costs only itself: a frame whose bytes no longer read back is set aside in
+``<stem>.corrupt``, the frames after it are sent, and each run that lost records gets a loss
+event (written to the spool first, so it is delivered even if the server goes away meanwhile).
+What could not be delivered (damage, records the server refused, files left alone) is listed
+in the result, so the command can say which runs lost what and exit non-zero.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ from typing import TextIO
 
 from ..client import SimvueClient
 from ..hints import command
+from ..mapping.records import RunRef
 from . import read_identity
+from .codec import CodecError, decode_records
+from .files import UnsafeSpoolFile, private_dir, read_private
+from .losses import damage_events
 from .online import SpoolProgress, run_index_for
-from .spool import SendLock, SpoolReader
+from .spool import Damage, SendLock, SpoolReader, SpoolWriter
 from .uploader import RetryLater, Uploader, UploadStats
 
 __all__ = ["SendResult", "send_spool"]
@@ -44,6 +55,21 @@ class SendResult:
     skipped: list[tuple[Path, tuple[str, str]]] = field(default_factory=list)
     """Spool folders left alone: logged for another server or user (their ``(server,
     identity)``), and not asked to upload as the current user."""
+    damage: list[Damage] = field(default_factory=list)
+    """Damaged bytes set aside (the frames around them were sent)."""
+    left_alone: dict[Path, str] = field(default_factory=dict)
+    """Names in the spool not touched (links, other users' files), and why."""
+    refused: dict[RunRef, int] = field(default_factory=dict)
+    """Records the server refused (set aside in ``rejected/``), per run."""
+    busy: int = 0
+    """Segments another live process was uploading (left to it)."""
+
+    @property
+    def undelivered(self) -> bool:
+        """Whether something could not be delivered (apart from stopping early): damage that
+        lost records, records the server refused, or spool files left alone."""
+        lost = [d for d in self.damage if not d.tail]
+        return bool(lost or self.left_alone or self.refused or self.stats.rejected)
 
 
 class _Progress:
@@ -104,7 +130,10 @@ def send_spool(
     (``retries=0``) or the tries multiply."""
     total = SendResult(0, 0, UploadStats(), True)
     folders = [spool_dir]
-    for folder in sorted(p for p in spool_dir.glob("server-*") if p.is_dir()):
+    for folder in sorted(spool_dir.glob("server-*")):
+        if folder.is_symlink() or not folder.is_dir():
+            total.left_alone[folder] = f"{folder} is a link or not a directory; left alone"
+            continue
         owner = read_identity(folder)
         mine = owner == (client.url, identity) or identity is None
         if not mine and not as_current_user:
@@ -113,7 +142,11 @@ def send_spool(
             continue
         folders.append(folder)
     index = run_index_for(index_dir) if index_dir is not None else None
-    uploader = Uploader(client, rejected_dir=spool_dir / "rejected", index=index)
+    rejected = spool_dir / "rejected"
+    if spool_dir.is_dir():
+        private_dir(rejected)
+    refused_before = set(rejected.glob("*.records"))
+    uploader = Uploader(client, rejected_dir=rejected, index=index)
     try:
         for folder in folders:
             result = _send_folder(
@@ -121,6 +154,9 @@ def send_spool(
             )
             total.frames += result.frames
             total.bytes += result.bytes
+            total.damage += result.damage
+            total.left_alone.update(result.left_alone)
+            total.busy += result.busy
             if not result.complete:
                 resume = command("send", "--cache", spool_dir.parent)
                 total.complete = False
@@ -128,8 +164,23 @@ def send_spool(
                 break
     finally:
         uploader.close()
+        total.refused = _refused_runs(set(rejected.glob("*.records")) - refused_before)
     total.stats = uploader.stats
     return total
+
+
+def _refused_runs(files: set[Path]) -> dict[RunRef, int]:
+    """Records per run in the files the server's refusals were set aside in."""
+    runs: dict[RunRef, int] = {}
+    for path in files:
+        try:
+            records = decode_records(read_private(path))
+        except (OSError, CodecError) as exc:
+            _LOG.warning("cannot read refused records %s (%s)", path, exc)
+            continue
+        for record in records:
+            runs[record.run] = runs.get(record.run, 0) + 1
+    return runs
 
 
 def _send_folder(
@@ -140,33 +191,84 @@ def _send_folder(
     attempts: int,
     sleep: Callable[[float], None],
 ) -> SendResult:
-    """Upload one spool folder's finished segments."""
-    frames = sent = 0
+    """Upload one spool folder's finished segments, each under its lock."""
+    result = SendResult(0, 0, uploader.stats, True)
     if not spool_dir.is_dir():
-        return SendResult(0, 0, uploader.stats, True)
+        return result
     with SendLock(spool_dir):
         reader = SpoolReader(spool_dir)
         bar = _Progress(reader.pending_bytes(), progress)
-        for segment in reader.segments():
-            for frame in reader.frames(segment):
-                for attempt in range(attempts):
+        seen: set[str] = set()
+        try:
+            while True:  # again when damage was found: its loss events wait in a new segment
+                todo = [s for s in reader.segments() if s.stem not in seen]
+                if not todo:
+                    break
+                for segment in todo:
+                    seen.add(segment.stem)
+                    if not reader.claim(segment):
+                        result.busy += segment not in reader.left_alone
+                        continue
                     try:
-                        uploader.upload(
-                            frame.records, frame.batch_key, SpoolProgress(reader, frame)
+                        stopped = _send_segment(
+                            reader, segment, uploader, result, bar, attempts, sleep
                         )
-                        break
-                    except RetryLater as exc:
-                        if attempt == attempts - 1:
-                            bar.update(sent, uploader.stats.points, force=True)
-                            return SendResult(
-                                frames, sent, uploader.stats, False,
-                                f"stopped: {exc}; what was sent is recorded",
-                            )  # fmt: skip
-                        sleep(min(10.0, 0.5 * 2**attempt))
-                reader.ack(frame)
-                frames += 1
-                sent += frame.end - frame.offset
-                bar.update(sent, uploader.stats.points)
+                    except UnsafeSpoolFile as exc:  # a link planted meanwhile: leave it
+                        reader.left_alone[segment] = exc.strerror or str(exc)
+                        stopped = None
+                    finally:
+                        reader.release(segment)
+                        _keep_damage_events(reader, spool_dir, result)
+                    if stopped is not None:
+                        bar.update(result.bytes, uploader.stats.points, force=True)
+                        result.complete = False
+                        result.reason = f"stopped: {stopped}; what was sent is recorded"
+                        return result
+        finally:
+            reader.release_all()
+            result.left_alone.update(reader.left_alone)
         reader.cleanup()
-        bar.update(sent, uploader.stats.points, force=True)
-    return SendResult(frames, sent, uploader.stats, True)
+        bar.update(result.bytes, uploader.stats.points, force=True)
+    return result
+
+
+def _send_segment(
+    reader: SpoolReader,
+    segment: Path,
+    uploader: Uploader,
+    result: SendResult,
+    bar: _Progress,
+    attempts: int,
+    sleep: Callable[[float], None],
+) -> RetryLater | None:
+    """Upload one claimed segment's frames; the last failure when the server stopped taking
+    them (after ``attempts`` tries of one frame), else None."""
+    for frame in reader.frames(segment):
+        for attempt in range(attempts):
+            try:
+                uploader.upload(frame.records, frame.batch_key, SpoolProgress(reader, frame))
+                break
+            except RetryLater as exc:
+                if attempt == attempts - 1:
+                    return exc
+                sleep(min(10.0, 0.5 * 2**attempt))
+        reader.ack(frame)
+        result.frames += 1
+        result.bytes += frame.end - frame.offset
+        bar.update(result.bytes, uploader.stats.points)
+    return None
+
+
+def _keep_damage_events(reader: SpoolReader, spool_dir: Path, result: SendResult) -> None:
+    """Write the loss events of damage just found into a new segment of the folder (sent in
+    this pass, or by the next `send` if the server stops meanwhile)."""
+    found = reader.take_damage()
+    result.damage += found
+    events = [e for damage in found for e in damage_events(damage)]
+    if not events:
+        return
+    try:
+        with SpoolWriter(spool_dir) as writer:
+            writer.append(f"damage:{found[0].segment.stem}:{found[0].offset}", events)
+    except OSError as exc:
+        _LOG.error("cannot keep the loss events of damaged spool data (%s)", exc)

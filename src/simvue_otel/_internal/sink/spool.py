@@ -15,8 +15,18 @@ Layout of a spool directory:
   against the server before anything is sent again) and which turned out unsent (``clear``).
   A line applies only to the frame at that offset with that CRC, so a line left by a write that
   failed can never mark another frame.
-* ``<stem>.corrupt``: bytes set aside from a damaged segment (kept, never deleted).
+* ``<stem>.corrupt``: bytes set aside from a damaged segment (kept, never deleted); the reader
+  resynchronises on the next valid frame (marker and CRC), so damage costs only itself.
 * ``.send.lock``: held by the one ``simvue-otel send`` allowed per directory.
+
+One uploader per segment: whoever uploads a segment (its owner, ``simvue-otel send``, a process
+adopting what a dead one left) holds an exclusive ``flock`` on the segment file while it does
+(see :meth:`SpoolReader.claim`; an owner uploading its own live segment keeps its writer's lock
+through rotation with :meth:`SpoolWriter.claim`). A segment someone else holds is skipped.
+
+The spool is no attack surface: directories are made 0700 and files 0600; no link is ever
+followed (``O_NOFOLLOW``, ``lstat``), and a file is written, appended to or read as spool data
+only when it is a regular file of this user with one link (:func:`open_private`).
 
 A frame is ``b"SV"``, the payload length (4 bytes, big-endian), the payload's CRC32 (4 bytes,
 big-endian) and the payload, an :func:`~.codec.encode_batch` blob. Each frame goes out in one
@@ -42,12 +52,25 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..mapping.records import Record
-from .codec import CodecError, decode_batch, encode_batch
+import msgpack
+
+from ..mapping.records import Record, RunRef
+from .codec import FORMAT_VERSION, CodecError, decode_batch, encode_batch
+from .files import (
+    NOFOLLOW,
+    SAFE_OPEN,
+    UnsafeSpoolFile,
+    is_plain_file,
+    open_private,
+    private_dir,
+    read_private,
+    replace_private,
+)
 from .losses import stale_reserves
 
 __all__ = [
     "FRAME_MAGIC",
+    "Damage",
     "Frame",
     "SendLock",
     "SpoolBusyError",
@@ -91,9 +114,11 @@ def _is_locked(path: Path) -> bool | None:
     process, so this also sees a writer in this very process.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | SAFE_OPEN)
     except FileNotFoundError:
         return None
+    except OSError:  # a link planted under a segment's name: never followed, never "free"
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -103,6 +128,17 @@ def _is_locked(path: Path) -> bool | None:
     return False
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _mark_line(offset: int, crc: int, part: str, state: str) -> bytes:
     return (json.dumps({"o": offset, "c": crc, "p": part, "s": state}) + "\n").encode()
 
@@ -110,7 +146,7 @@ def _mark_line(offset: int, crc: int, part: str, state: str) -> bytes:
 def _append_marks(path: Path, lines: Sequence[bytes]) -> None:
     """Append progress lines in one write (O_APPEND): a killed process leaves whole lines, or
     at most one cut line at the end, which the reader skips."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.write(fd, b"".join(lines))
     finally:
@@ -126,6 +162,10 @@ class SpoolWriter:
     A segment is opened lazily on the first append, under an exclusive flock held until it is
     closed; it is closed (renamed ``.done``) when it reaches ``segment_bytes`` or on
     :meth:`close`. Existing segments are never opened for writing. Thread-safe.
+
+    The owner of the segments uploads them itself while it lives: :meth:`claim` keeps a
+    segment's lock held through its rotation until :meth:`unclaim`, so no other process
+    (``simvue-otel send``, another bridge) starts uploading it meanwhile.
     """
 
     def __init__(
@@ -137,8 +177,7 @@ class SpoolWriter:
     ) -> None:
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = private_dir(Path(directory))
         self.segment_bytes = segment_bytes
         self.fsync_interval = fsync_interval
         self.bytes_written = 0
@@ -152,6 +191,8 @@ class SpoolWriter:
         self._last_stamp = ""
         self._closed = False
         self.stems: set[str] = set()
+        self._claimed: set[str] = set()  # stems the owner is uploading: locks kept
+        self._held: dict[str, int] = {}  # finished segments whose lock is kept, by stem
 
     @property
     def written_stems(self) -> set[str]:
@@ -159,6 +200,26 @@ class SpoolWriter:
         ``.done``): what an owner may read back without touching other writers' spools."""
         with self._lock:
             return set(self.stems)
+
+    def claim(self, stem: str) -> bool:
+        """Keep holding the lock of this writer's segment ``stem`` (being written, or finished
+        while claimed) until :meth:`unclaim`, so the owner can upload it with nobody else
+        doing the same; False when this writer holds no lock on it (then claim it with
+        :meth:`SpoolReader.claim`, like any other process)."""
+        with self._lock:
+            live = self._path is not None and self._path.stem == stem
+            if live or stem in self._held:
+                self._claimed.add(stem)
+                return True
+            return False
+
+    def unclaim(self, stem: str) -> None:
+        """Release the lock :meth:`claim` kept (at once, when the segment is finished)."""
+        with self._lock:
+            self._claimed.discard(stem)
+            fd = self._held.pop(stem, None)
+        if fd is not None:
+            os.close(fd)
 
     @property
     def segment(self) -> Path | None:
@@ -184,7 +245,7 @@ class SpoolWriter:
         stem = self._new_stem()
         creating = self.directory / f"{stem}{_CREATING_SUFFIX}"
         path = self.directory / f"{stem}{_LIVE_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | NOFOLLOW
         fd = os.open(creating, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -200,20 +261,26 @@ class SpoolWriter:
         self._dirty = False
 
     def _finish_segment(self) -> None:
-        """fsync the current segment, rename it ``.done``, then release its lock."""
+        """fsync the current segment, rename it ``.done``, then release its lock (kept while
+        the owner has it claimed: it is uploading it)."""
         fd, path = self._fd, self._path
         if fd is None or path is None:
             return
         self._fd = self._path = None
+        keep = False
         try:
             os.fsync(fd)
             if self._size == 0:
                 os.unlink(path)  # nothing in it: no need to keep it
             else:
                 os.rename(path, path.with_suffix(_DONE_SUFFIX))
+                keep = path.stem in self._claimed
             _fsync_dir(self.directory)
         finally:
-            os.close(fd)  # releases the flock
+            if keep:
+                self._held[path.stem] = fd
+            else:
+                os.close(fd)  # releases the flock
 
     def append(
         self,
@@ -290,7 +357,13 @@ class SpoolWriter:
         """fsync and finish the open segment (``.seg`` → ``.done``), releasing its lock."""
         with self._lock:
             self._closed = True
-            self._finish_segment()
+            try:
+                self._finish_segment()
+            finally:
+                held, self._held = self._held, {}
+                self._claimed.clear()
+                for fd in held.values():
+                    os.close(fd)
 
     def __enter__(self) -> SpoolWriter:
         return self
@@ -314,17 +387,125 @@ class Frame:
     crc: int = 0
 
 
+@dataclass(frozen=True)
+class Damage:
+    """Bytes of a segment that held no readable frame, set aside in ``corrupt``."""
+
+    segment: Path
+    offset: int
+    size: int
+    problem: str
+    corrupt: Path | None
+    """Where the bytes went (None: they could not be set aside and stay in the segment)."""
+    records: dict[RunRef, int]
+    """Records lost per run, as far as the damaged bytes still tell (their batch starts with
+    its table of runs)."""
+    unidentified: int | None
+    """Records whose run cannot be told (None: how many is not known either)."""
+    tail: bool = False
+    """An incomplete last frame of a finished segment: its writer was killed while writing
+    it, so that write never returned (expected after a kill, not damage to stored data)."""
+
+    def describe(self) -> str:
+        """One line for a log or a summary."""
+        where = f"{self.size} byte(s)" + (
+            f" set aside in {self.corrupt.name}" if self.corrupt is not None else ""
+        )
+        runs = ", ".join(
+            f"{count} record(s) of run {ref.name or ref.key!r} ({ref.key})"
+            for ref, count in self.records.items()
+        )
+        if self.unidentified:
+            runs += f"{', ' if runs else ''}{self.unidentified} record(s) of unknown runs"
+        elif self.unidentified is None:
+            runs += f"{', ' if runs else ''}an unknown number of records of unknown runs"
+        return (
+            f"segment {self.segment.name} damaged at offset {self.offset} ({self.problem}): "
+            f"{where}; lost: {runs or 'nothing readable'}"
+        )
+
+
+def _salvage(blob: bytes) -> tuple[dict[RunRef, int], int | None]:
+    """What a damaged batch still tells: records per run (its table of runs comes first, so
+    damage further on leaves it readable), and how many records of unknown runs."""
+    # Bounded by the bytes at hand: a damaged length never makes it allocate more.
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=len(blob) + 16)
+    unpacker.feed(blob)
+    runs: list[RunRef] = []
+    try:
+        if unpacker.read_array_header() != 4 or unpacker.unpack() != FORMAT_VERSION:
+            return {}, None
+        unpacker.skip()  # the batch key
+        for item in unpacker.unpack():
+            key, name, folder = item
+            if not isinstance(key, str) or not key:
+                return {}, None
+            runs.append(
+                RunRef(
+                    key,
+                    name if isinstance(name, str) else None,
+                    folder if isinstance(folder, str) else "/",
+                )
+            )
+        total = unpacker.read_array_header()
+    except Exception:  # any way damaged bytes fail to decode
+        return {}, None
+    if total > len(blob):  # a damaged count: every record takes at least a byte
+        return {}, None
+    counts: dict[RunRef, int] = {}
+    decoded = 0
+    for _ in range(total):
+        try:
+            item = unpacker.unpack()
+            ref = runs[item[1]]
+        except Exception:  # the damage starts here
+            break
+        counts[ref] = counts.get(ref, 0) + 1
+        decoded += 1
+    rest = total - decoded
+    if rest and len(runs) == 1:
+        counts[runs[0]] = counts.get(runs[0], 0) + rest
+        rest = 0
+    return counts, rest
+
+
+def _next_frame(data: bytes, start: int) -> int | None:
+    """Where the first valid frame at or after ``start`` begins in ``data``: a marker, then a
+    length that fits and a CRC that matches (a chance match of all three is 1 in 2^32 per
+    marker); None when there is none."""
+    view = memoryview(data)
+    at = start
+    while True:
+        at = data.find(FRAME_MAGIC, at)
+        if at < 0 or at + _HEADER.size > len(data):
+            return None
+        _, length, crc = _HEADER.unpack_from(data, at)
+        end = at + _HEADER.size + length
+        if end <= len(data) and zlib.crc32(view[at + _HEADER.size : end]) == crc:
+            return at
+        at += 1
+
+
 class SpoolReader:
     """Replays the frames of a spool directory in order, tracking progress by cursor files.
 
     A frame is yielded until it is acknowledged with :meth:`ack`; segments wholly acknowledged
-    and finished are deleted. One reader per directory at a time (see :class:`SendLock`).
+    and finished are deleted. Upload a segment's frames only while holding it (:meth:`claim`,
+    or the owner's :meth:`SpoolWriter.claim`): one uploader per segment across processes.
+    Damaged bytes cost only themselves: they are set aside, reported in :attr:`damage`, and
+    reading resumes at the next valid frame.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         # Parsed progress lines per segment stem: (bytes read so far, {(offset, crc): marks}).
         self._marks: dict[str, tuple[int, dict[tuple[int, int], dict[str, str]]]] = {}
+        self._claims: dict[str, int] = {}  # segment stem -> descriptor holding its flock
+        self.damage: list[Damage] = []
+        """Damage found and set aside so far (take it with :meth:`take_damage`)."""
+        self.left_alone: dict[Path, str] = {}
+        """Names in the spool this reader refused to touch (links, other users' files), and
+        why."""
 
     # paths and state
 
@@ -334,9 +515,11 @@ class SpoolReader:
     def _read_cursor(self, segment: Path) -> int:
         path = self._cursor_path(segment)
         try:
-            text = path.read_text(encoding="ascii").strip()
+            text = read_private(path).decode("ascii").strip()
         except FileNotFoundError:
             return 0
+        except UnsafeSpoolFile:
+            raise
         except (OSError, UnicodeDecodeError) as exc:
             _LOG.warning("spool: cannot read cursor %s (%s); starting from 0", path.name, exc)
             return 0
@@ -348,151 +531,242 @@ class SpoolReader:
         return max(cursor, 0)
 
     def _write_cursor(self, segment: Path, offset: int) -> None:
-        """Replace the cursor atomically: tmp file, fsync, rename."""
-        path = self._cursor_path(segment)
-        tmp = path.with_name(f"{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{offset}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        """Replace the cursor atomically: a fresh file, fsync, rename."""
+        replace_private(self._cursor_path(segment), f"{offset}\n".encode("ascii"), fsync=True)
         _fsync_dir(self.directory)
 
     def _resolve(self, segment: Path) -> Path | None:
         """The segment's current path (a ``.seg`` may have become ``.done``); None if gone."""
-        if segment.exists():
+        if is_plain_file(segment):
             return segment
         if segment.suffix == _LIVE_SUFFIX:
             done = segment.with_suffix(_DONE_SUFFIX)
-            if done.exists():
+            if is_plain_file(done):
                 return done
         return None
 
     def _is_finished(self, segment: Path) -> bool:
         """A ``.done`` segment, or a ``.seg`` no live writer holds (its writer died)."""
-        if segment.suffix == _DONE_SUFFIX:
+        if segment.suffix == _DONE_SUFFIX or segment.stem in self._claims:
             return True
         return _is_locked(segment) is False
 
     @staticmethod
     def _size(path: Path) -> int | None:
         try:
-            return path.stat().st_size
+            return os.lstat(path).st_size
         except FileNotFoundError:
             return None
+
+    def _leave_alone(self, path: Path, why: str) -> None:
+        if path not in self.left_alone:
+            self.left_alone[path] = why
+            _LOG.error("spool: %s", why)
+
+    def _unsafe_side(self, segment: Path) -> str | None:
+        """Why the segment or its progress files cannot be trusted, or None."""
+        for path in (segment, self._cursor_path(segment), segment.with_suffix(_PARTS_SUFFIX)):
+            try:
+                fd = open_private(path, os.O_RDONLY)
+            except FileNotFoundError:
+                if path == segment:
+                    return None  # gone meanwhile: nothing to upload, nothing to refuse
+                continue
+            except UnsafeSpoolFile as exc:
+                return f"{exc.strerror}: segment {segment.name} is not uploaded"
+            os.close(fd)
+        return None
 
     # public API
 
     def segments(self, include_live: bool = False) -> list[Path]:
-        """Segments in creation order; those still being written only if ``include_live``."""
+        """Segments in creation order; those still being written only if ``include_live``.
+        A name that is a link or not a regular file is left alone (and listed in
+        :attr:`left_alone`)."""
         if not self.directory.is_dir():
             return []
         found: list[Path] = []
         for path in sorted(self.directory.iterdir(), key=lambda p: p.name):
+            if path.suffix not in (_DONE_SUFFIX, _LIVE_SUFFIX):
+                continue
+            if not is_plain_file(path):
+                if path.exists() or path.is_symlink():
+                    self._leave_alone(path, f"{path} is a link or not a regular file; left alone")
+                continue
             if path.suffix == _DONE_SUFFIX:
                 found.append(path)
-            elif path.suffix == _LIVE_SUFFIX:
+            else:
                 locked = _is_locked(path)
                 if locked is None:  # renamed to .done or deleted meanwhile
                     done = path.with_suffix(_DONE_SUFFIX)
-                    if done.exists() and done not in found:
+                    if is_plain_file(done) and done not in found:
                         found.append(done)
                 elif include_live or not locked:
                     found.append(path)
         found.sort(key=lambda p: p.name)
         return found
 
+    def claim(self, segment: Path) -> bool:
+        """Take the exclusive right to upload ``segment`` (its ``flock``, held until
+        :meth:`release`); False when another uploader or a live writer holds it, when it is
+        gone, or when it or its progress files are not this user's plain files (left alone)."""
+        path = self._resolve(segment)
+        if path is None:
+            return False
+        if path.stem in self._claims:
+            return True
+        unsafe = self._unsafe_side(path)
+        if unsafe is not None:
+            self._leave_alone(path, unsafe)
+            return False
+        try:
+            fd = open_private(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except UnsafeSpoolFile as exc:
+            self._leave_alone(path, exc.strerror or str(exc))
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        if self._resolve(path) is None:  # uploaded and deleted by its holder meanwhile
+            os.close(fd)
+            return False
+        self._claims[path.stem] = fd
+        return True
+
+    def release(self, segment: Path) -> None:
+        """Give up the right :meth:`claim` took (closing the descriptor drops the lock)."""
+        fd = self._claims.pop(segment.stem, None)
+        if fd is not None:
+            os.close(fd)
+
+    def release_all(self) -> None:
+        """Give up every claim this reader holds."""
+        for stem in list(self._claims):
+            os.close(self._claims.pop(stem))
+
+    def take_damage(self) -> list[Damage]:
+        """The damage found since the last call (and forget it)."""
+        found, self.damage = self.damage, []
+        return found
+
     def frames(self, segment: Path) -> Iterator[Frame]:
         """Yield the complete frames of ``segment`` from its cursor onwards.
 
         An incomplete frame at the end of a live segment ends iteration silently (it is being
-        written). Damage is set aside in ``<stem>.corrupt`` and ends iteration: a frame that
-        cannot be read with more bytes after it, or an incomplete frame at the end of a finished
-        segment (its writer died mid-write); the frames before are unaffected.
+        written). Bytes that hold no valid frame are set aside in ``<stem>.corrupt``, reported
+        in :attr:`damage`, and reading goes on at the next valid frame (marker and CRC), so
+        damage costs only the frame it hit; in a live segment, damage with no valid frame
+        after it waits for the segment to be finished.
         """
         path = self._resolve(segment)
         if path is None:
             return
         offset = self._read_cursor(path)
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - held across yields
+            fd = open_private(path, os.O_RDONLY)
         except FileNotFoundError:
             return
-        with handle:
+        with os.fdopen(fd, "rb") as handle:
             handle.seek(offset)
             while True:
                 header = handle.read(_HEADER.size)
                 if not header:
                     return
-                if len(header) < _HEADER.size:
-                    self._bad_tail(path, offset, "incomplete frame header")
-                    return
-                magic, length, crc = _HEADER.unpack(header)
-                if magic != FRAME_MAGIC:
-                    self._damaged(path, offset, f"bad frame magic {magic!r}")
-                    return
-                payload = handle.read(length)
-                end = offset + _HEADER.size + length
-                if len(payload) < length:
-                    self._bad_tail(path, offset, "incomplete frame")
-                    return
                 problem: str | None = None
-                if zlib.crc32(payload) != crc:
-                    problem = "CRC mismatch"
+                incomplete = False
+                end = offset + len(header)
+                if len(header) < _HEADER.size:
+                    problem, incomplete = "incomplete frame header", True
                 else:
-                    try:
-                        batch_key, records = decode_batch(payload)
-                    except CodecError as exc:
-                        problem = str(exc)
-                if problem is not None:
-                    if self._size(path) == end and not self._is_finished(path):
-                        return  # the last frame of a live segment: may still be landing
-                    self._damaged(path, offset, problem)
+                    magic, length, crc = _HEADER.unpack(header)
+                    if magic != FRAME_MAGIC:
+                        problem = f"bad frame magic {magic!r}"
+                    else:
+                        payload = handle.read(length)
+                        end = offset + _HEADER.size + length
+                        if len(payload) < length:
+                            problem, incomplete = "incomplete frame", True
+                        elif zlib.crc32(payload) != crc:
+                            problem = "CRC mismatch"
+                        else:
+                            try:
+                                batch_key, records = decode_batch(payload)
+                            except CodecError as exc:
+                                problem = str(exc)
+                if problem is None:
+                    yield Frame(path, offset, end, batch_key, tuple(records), crc)
+                    offset = end
+                    continue
+                finished = self._is_finished(path)
+                if not finished and (incomplete or self._size(path) == end):
+                    return  # the last frame of a live segment: may still be landing
+                handle.seek(offset)
+                rest = handle.read()
+                found = _next_frame(rest, 1)
+                if found is None and not finished:
+                    return  # damage in a live segment: set aside once it is finished
+                stop = offset + (found if found is not None else len(rest))
+                tail = found is None and incomplete
+                if tail:
+                    problem += " at the end of a finished segment"
+                if not self._set_aside(path, offset, rest[: stop - offset], problem, tail):
                     return
-                yield Frame(path, offset, end, batch_key, tuple(records), crc)
-                offset = end
+                if found is None:
+                    return
+                offset = stop
+                handle.seek(offset)
 
-    def _bad_tail(self, segment: Path, offset: int, what: str) -> None:
-        """An incomplete last frame: normal while being written, damage once finished."""
-        if not self._is_finished(segment):
-            return
+    def _set_aside(self, segment: Path, offset: int, data: bytes, problem: str, tail: bool) -> bool:
+        """Copy damaged bytes into ``<stem>.corrupt`` (nothing is lost), record the damage,
+        and move the cursor past them when all before is acknowledged; False when the bytes
+        could not be set aside (they stay, and reading this segment stops)."""
         # Expected after a writer was killed mid-append (that append never returned): a warning.
-        self._damaged(
-            segment, offset, f"{what} at the end of a finished segment", level=logging.WARNING
-        )
-
-    def _damaged(
-        self, segment: Path, offset: int, problem: str, *, level: int = logging.ERROR
-    ) -> None:
-        """Log, then move the bytes from ``offset`` into ``<stem>.corrupt`` (nothing is lost)."""
+        level = logging.WARNING if tail else logging.ERROR
         _LOG.log(level, "spool: damaged segment %s at offset %d: %s", segment.name, offset, problem)
-        if not self._is_finished(segment):
-            # Truncating under a live writer could lose what it appends meanwhile; the damage
-            # is set aside once the segment is finished.
-            return
-        corrupt = segment.with_suffix(_CORRUPT_SUFFIX)
-        with open(segment, "r+b") as handle:
-            handle.seek(offset)
-            rest = handle.read()
-            with open(corrupt, "ab") as out:
-                out.write(rest)
-                out.flush()
-                os.fsync(out.fileno())
-            handle.truncate(offset)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _LOG.log(
-            level,
-            "spool: moved %d byte(s) of %s from offset %d to %s",
-            len(rest),
-            segment.name,
-            offset,
-            corrupt.name,
-        )
-        if self._read_cursor(segment) == offset:  # all before the damage already acknowledged
-            self._delete(segment)
+        corrupt: Path | None = segment.with_suffix(_CORRUPT_SUFFIX)
+        try:
+            assert corrupt is not None
+            try:
+                fd = open_private(corrupt, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            except UnsafeSpoolFile as exc:  # a link planted there: use a name of our own
+                self._leave_alone(corrupt, exc.strerror or str(exc))
+                corrupt = segment.with_name(f"{segment.stem}.{secrets.token_hex(4)}.corrupt")
+                fd = open_private(corrupt, os.O_WRONLY | os.O_APPEND, exclusive=True)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _LOG.error(
+                "spool: cannot set aside %d damaged byte(s) of %s (%s); they stay in the "
+                "segment and the rest of it waits",
+                len(data),
+                segment.name,
+                exc,
+            )
+            return False
+        # What the bytes still tell (a damaged header or payload tail leaves the batch's table
+        # of runs, at the start of its payload, readable).
+        records, unknown = _salvage(data[_HEADER.size :])
+        damage = Damage(segment, offset, len(data), problem, corrupt, records, unknown, tail)
+        self.damage.append(damage)
+        _LOG.log(level, "spool: %s", damage.describe())
+        try:
+            if self._read_cursor(segment) == offset:  # all before the damage acknowledged
+                stop = offset + len(data)
+                if stop >= (self._size(segment) or 0) and self._is_finished(segment):
+                    self._delete(segment)
+                else:
+                    self._write_cursor(segment, stop)
+        except OSError as exc:
+            _LOG.error("spool: cannot move the cursor of %s past damage (%s)", segment.name, exc)
+            return False
+        return True
 
     def progress(self, frame: Frame) -> dict[str, str]:
         """What is recorded of ``frame``'s parts: part → ``done`` or ``sending``."""
@@ -500,11 +774,13 @@ class SpoolReader:
         read, marks = self._marks.get(stem, (0, {}))
         path = frame.segment.with_suffix(_PARTS_SUFFIX)
         try:
-            with open(path, "rb") as handle:
-                handle.seek(read)
-                fresh = handle.read()
+            fd = open_private(path, os.O_RDONLY)
         except FileNotFoundError:
             fresh = b""
+        else:
+            with os.fdopen(fd, "rb") as handle:
+                handle.seek(read)
+                fresh = handle.read()
         if fresh:
             whole = fresh[: fresh.rfind(b"\n") + 1]  # a cut last line waits for its end
             for line in whole.splitlines():
@@ -559,8 +835,11 @@ class SpoolReader:
         if not self.directory.is_dir():
             return
         for segment in self.segments():
-            if self._size(segment) == self._read_cursor(segment):
-                self._delete(segment)
+            try:
+                if self._size(segment) == self._read_cursor(segment):
+                    self._delete(segment)
+            except UnsafeSpoolFile as exc:
+                self._leave_alone(segment, exc.strerror or str(exc))
         for pattern in (f"*{_CURSOR_SUFFIX}", f"*{_PARTS_SUFFIX}"):
             for side in self.directory.glob(pattern):
                 live = side.with_suffix(_LIVE_SUFFIX)
@@ -575,6 +854,11 @@ class SpoolReader:
             if _is_locked(creating) is False:  # a writer died before naming its segment
                 with contextlib.suppress(FileNotFoundError):
                     creating.unlink()
+        for tmp in self.directory.glob(".*.tmp"):  # a cursor a killed process never renamed
+            pid = tmp.name.split(".")[-3] if tmp.name.count(".") >= 4 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
     def pending_bytes(self, include_live: bool = False) -> int:
         """Unacknowledged bytes (segment size minus cursor), e.g. for a progress bar."""
@@ -582,7 +866,10 @@ class SpoolReader:
         for segment in self.segments(include_live):
             size = self._size(segment)
             if size is not None:
-                total += max(size - self._read_cursor(segment), 0)
+                try:
+                    total += max(size - self._read_cursor(segment), 0)
+                except UnsafeSpoolFile:
+                    continue
         return total
 
 
@@ -605,8 +892,8 @@ class SendLock:
         """Take the lock without waiting; raise :class:`SpoolBusyError` if it is held."""
         if self._fd is not None:
             raise RuntimeError("SendLock is already held by this object")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        private_dir(self.directory)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -715,6 +715,17 @@ class Uploader:
         return missing
 
     def _ensure_run(self, ref: RunRef, state: RunRecord | None, earliest: float | None) -> str:
+        """The server id for a run key, found or created by one process at a time (others
+        sharing the run index wait, then find it there)."""
+        run_id = self._ids.get(ref.key)
+        if run_id is not None:
+            return run_id
+        with self.index.creating(ref.key):
+            return self._find_or_create_run(ref, state, earliest)
+
+    def _find_or_create_run(
+        self, ref: RunRef, state: RunRecord | None, earliest: float | None
+    ) -> str:
         """The server id for a run key: this process's, the index's (checked with a GET), the
         server filter's, or a new run (recorded in the index at once), started when its
         state says, else at its earliest record (``earliest``)."""
