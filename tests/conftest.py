@@ -246,10 +246,12 @@ def start_bridge(
     token: str | None = None,
     extra: list[str] | None = None,
     env_extra: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> Bridge:
-    """Start `simvue-otel bridge` on free loopback ports and wait until it answers."""
+    """Start `simvue-otel bridge` on free loopback ports (or on ``ports``, HTTP and gRPC: a
+    bridge restarted where its clients send) and wait until it answers."""
     tmp.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports or (free_port(), free_port())
     log = tmp / f"bridge-{http_port}.log"
     offline = tmp / "bridge-offline"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}
