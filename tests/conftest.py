@@ -160,7 +160,7 @@ def start_server(
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
     """Wait until a started server or bridge answers ``/health`` (its log on failure)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited early:\n{log.read_text()}")
@@ -177,7 +177,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) 
 
 def token_from_output(log: Path) -> str:
     """The token the server prints on its first start (`export SIMVUE_TOKEN=...`)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             text = line.strip().removeprefix("export ").strip()

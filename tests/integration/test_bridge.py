@@ -190,7 +190,7 @@ def health(bridge: Bridge) -> dict[str, Any]:
     return dict(reply.json())
 
 
-def drained(*bridges: Bridge, timeout: float = 30.0) -> None:
+def drained(*bridges: Bridge, timeout: float = 60.0) -> None:
     """Wait until no bridge holds anything for the server (every accepted batch uploaded)."""
     result = poll(
         lambda: [health(b)["backlog"] for b in bridges],
@@ -529,7 +529,7 @@ def test_a_multi_member_gzip_body_is_read_whole(small_bridge: Bridge, client: Si
                           headers={**PROTOBUF, "Content-Encoding": "gzip"})  # fmt: skip
     assert reply.status_code == 200, reply.content
     drained(small_bridge)
-    runs = poll(lambda: client.find_runs([f"folder.path == {folder}"]), lambda r: len(r) >= 2, 10)
+    runs = poll(lambda: client.find_runs([f"folder.path == {folder}"]), lambda r: len(r) >= 2, 60)
     assert sorted(r["name"] for r in runs or []) == ["first", "second"]
 
 

@@ -79,7 +79,7 @@ ONLINE_RUN = textwrap.dedent(
         run.log_metrics({"x": float(step)}, step=step)
         if step % 25 == 0:
             run.log_event(f"event {step}")
-        ledger.write(f"{step}\\n")
+        ledger.write(f"[{step}, {time.time():.3f}]\\n")
         time.sleep(0.02)
     closed = run.close()
     ledger.write(json.dumps({"closed": closed}) + "\\n")
@@ -174,6 +174,7 @@ class Ledger:
 
     key: str | None = None
     logged: set[int] = field(default_factory=set)
+    when: dict[int, float] = field(default_factory=dict)  # step -> time.time() it was logged
     events: set[str] = field(default_factory=set)
     acked: set[int] = field(default_factory=set)
     acked_events: set[str] = field(default_factory=set)
@@ -194,10 +195,12 @@ class Ledger:
                 entry = json.loads(line)
             except ValueError:  # a line cut short by SIGKILL
                 continue
-            if isinstance(entry, int):
-                ledger.logged.add(entry)
-                if entry % 25 == 0:
-                    ledger.events.add(f"event {entry}")
+            if isinstance(entry, list):  # [step, when it was logged]
+                step = int(entry[0])
+                ledger.logged.add(step)
+                ledger.when[step] = float(entry[1])
+                if step % 25 == 0:
+                    ledger.events.add(f"event {step}")
                 continue
             if not isinstance(entry, dict):
                 continue
@@ -359,7 +362,7 @@ class Soak:
         victim = self.random.choice(alive)
         victim.process.kill()
         victim.process.wait(30)
-        victim.killed_at = time.monotonic()
+        victim.killed_at = time.time()
         self.note(f"{victim.name} killed")
         self.kills[f"producer ({victim.kind})"] += 1
         return True
@@ -398,7 +401,7 @@ class Soak:
             except subprocess.TimeoutExpired:
                 p.process.kill()
                 p.process.wait(30)
-                p.killed_at = time.monotonic()
+                p.killed_at = time.time()
                 self.note(f"{p.name} hung at the end: killed")
         if self.send is not None:
             self.send.wait(180)
@@ -505,6 +508,7 @@ def test_chaos_soak_loses_and_doubles_nothing(soak: Soak) -> None:
 
     problems: list[str] = []
     explained = Counter[str]()
+    ages: list[float] = []  # per killed producer: how long before the kill its oldest loss was
     delivered = Counter[str]()
     names = {p.name for p in soak.producers}
     for name in sorted(set(held) - names):
@@ -562,6 +566,9 @@ def test_chaos_soak_loses_and_doubles_nothing(soak: Soak) -> None:
                 f"(steps {sorted(lost)[:10]}) and {len(lost_events)} events lost unexplained"
             )
         explained[f"points lost by killed or refused {p.kind} producers"] += len(missing - lost)
+        if killed and p.killed_at is not None and ledger.when and missing - lost:
+            oldest = min(ledger.when.get(s, p.killed_at) for s in missing - lost)
+            ages.append(round(p.killed_at - oldest, 1))
         finished = ledger.closed and (p.kind != "otlp" or ledger.span_ok)
         if not killed and finished and run.status != "completed":
             problems.append(f"{p.name}: status {run.status}, expected completed")
@@ -576,6 +583,7 @@ def test_chaos_soak_loses_and_doubles_nothing(soak: Soak) -> None:
             f"proxy faults: {dict(soak.proxy.applied)}",
             f"delivered: {dict(delivered)}",
             f"explained losses: {dict(explained)}",
+            f"oldest lost point of each killed producer, seconds before its kill: {sorted(ages)}",
             *sends,
         ]
     )

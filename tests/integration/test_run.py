@@ -65,7 +65,7 @@ def no_server_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     monkeypatch.chdir(home)
 
 
-def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 60.0) -> Any:
     """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
     deadline = time.monotonic() + timeout
     while True:
