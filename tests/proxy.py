@@ -324,10 +324,12 @@ def as_server(proxy: Proxy, server: LocalServer) -> LocalServer:
 # -- chaos: faults drawn at random, for soak tests ---------------------------------------------
 
 CHAOS_ACTIONS: tuple[str, ...] = (
-    "stored-then-502", "stored-then-504", "stored-then-reset", "late", "delay", "503",
+    "stored-then-502", "stored-then-504", "stored-then-reset", "late", "delay", "held", "503",
 )  # fmt: skip
 """What :class:`ChaosProxy` may do to a request: the scripted actions above, ``"503"`` (refused,
-not forwarded) and ``"delay"`` (forwarded after a pause shorter than a client's timeout)."""
+not forwarded), ``"delay"`` (forwarded at once, answered after ``delay_seconds``, shorter than a
+client's timeout: a slow server) and ``"held"`` (held ``delay_seconds`` before it is forwarded,
+as a busy gateway queues a request: it still lands if its client has died meanwhile)."""
 
 
 class ChaosProxy(Proxy):
@@ -349,14 +351,31 @@ class ChaosProxy(Proxy):
         **options: Any,
     ) -> None:
         import random
+        import sys
 
         super().__init__(upstream, **options)
         self._requests = collections.deque(maxlen=keep)  # type: ignore[assignment]  # a soak's worth would fill memory
         self.journal: list[Forwarded] = []  # every metrics and events POST forwarded, in brief
+        report = self.server.handle_error
+
+        def quiet(request: Any, client_address: Any) -> None:
+            if not isinstance(sys.exc_info()[1], OSError):  # not a killed client's connection
+                report(request, client_address)
+
+        self.server.handle_error = quiet  # type: ignore[method-assign]
         self.rate = rate
         self.actions = actions
         self.delay_seconds = delay_seconds
         self._random = random.Random(seed)
+
+    @property  # type: ignore[override]
+    def late_seconds(self) -> float:
+        """How long a ``"late"`` answer waits: ``delay_seconds`` for a ``"delay"`` fault."""
+        return getattr(self._local, "late", None) or self._late_seconds
+
+    @late_seconds.setter
+    def late_seconds(self, seconds: float) -> None:
+        self._late_seconds = seconds
 
     def take(self, method: str, path: str) -> int | str | None:
         scripted = super().take(method, path)
@@ -378,11 +397,17 @@ class ChaosProxy(Proxy):
     ) -> int | None:
         received = time.monotonic()
         fault = action
-        if action == "delay":
+        if action == "held":
             time.sleep(self.delay_seconds)
             action = None
         forwarded = time.monotonic()
-        status = super()._forward(handler, raw, headers, action)
+        if action == "delay":  # the base's "late", for this request only, after delay_seconds
+            self._local.late = self.delay_seconds
+            action = "late"
+        try:
+            status = super()._forward(handler, raw, headers, action)
+        finally:
+            self._local.late = None
         if handler.command == "POST" and handler.path.split("?")[0] in _BATCHES:
             entry = Forwarded(received, forwarded, time.monotonic(), handler.path, fault, status,
                               *_batch_summary(raw, headers))  # fmt: skip
