@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 from opentelemetry._logs import SeverityNumber
@@ -97,6 +98,14 @@ def in_foreground(cmd: list[str]) -> list[str]:
         "os.execvp(sys.argv[1], sys.argv[1:])"
     )
     return [sys.executable, "-c", launcher, *cmd]
+
+
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """CPU time (user + system) ``process`` has used so far. What a request cost a server is
+    the difference across it: unlike wall-clock time, it does not grow when a busy machine
+    makes the server wait for a core."""
+    times = psutil.Process(process.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 @dataclass
