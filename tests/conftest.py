@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 from opentelemetry._logs import SeverityNumber
@@ -36,11 +40,72 @@ from simvue_otel._internal.pipeline import Pipeline
 from simvue_otel._internal.sink import create_sink
 
 
+def _port_range() -> range:
+    """Ports this suite hands out: below the kernel's ephemeral range, so that no port-0 bind
+    (a proxy, a client's outgoing connection) can take one between its handing out and its use."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12000), max(2048, low - 12000 + 10000))
+
+
+_PORTS = _port_range()
+_PORT_LOCKS = Path(tempfile.gettempdir()) / f"simvue-otel-test-ports-{os.getuid()}.lock"
+_port_lock_file: Any = None  # held open for the life of the process: closing it drops its locks
+_handed_out: set[int] = set()
+_port_guard = threading.Lock()
+
+
 def free_port() -> int:
-    """Ask the kernel for a free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port no other caller gets: not this process (each call a new port, so a
+    bridge's HTTP and gRPC ports differ), not another pytest-xdist worker nor another test
+    session (each port handed out is locked, a byte of a shared lock file per port, until
+    this process exits), and free to bind now. Servers bind it a moment later; as the range lies
+    below the ephemeral ports, nothing else on the machine is handed it meanwhile."""
+    global _port_lock_file
+    with _port_guard:
+        if _port_lock_file is None:
+            _port_lock_file = _PORT_LOCKS.open("a+b")
+        start = (os.getpid() * 97 + len(_handed_out)) % len(_PORTS)
+        for i in range(len(_PORTS)):
+            port = _PORTS[(start + i) % len(_PORTS)]
+            if port in _handed_out:
+                continue
+            try:  # a byte range lock: held by this process, dropped when it exits
+                fcntl.lockf(_port_lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+            except OSError:
+                continue  # another worker or session holds this port
+            _handed_out.add(port)  # never again in this process, even if it is busy now
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # something outside the suite listens here
+            return port
+    raise RuntimeError(f"no free port left in {_PORTS}")
+
+
+def in_foreground(cmd: list[str]) -> list[str]:
+    """``cmd`` started as a shell starts a foreground job: with SIGINT at its default action.
+
+    A process inherits an ignored SIGINT (a suite started in the background, under ``nohup``,
+    or by a runner that ignores it), and Python then never raises KeyboardInterrupt; a test
+    that sends Ctrl-C must not depend on how the suite was started. A small launcher resets the
+    signal and then execs ``cmd`` (thread-safe, unlike ``preexec_fn``)."""
+    launcher = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", launcher, *cmd]
+
+
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """CPU time (user + system) ``process`` has used so far. What a request cost a server is
+    the difference across it: unlike wall-clock time, it does not grow when a busy machine
+    makes the server wait for a core."""
+    times = psutil.Process(process.pid).cpu_times()
+    return float(times.user + times.system)
 
 
 @dataclass
@@ -104,7 +169,7 @@ def start_server(
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
     """Wait until a started server or bridge answers ``/health`` (its log on failure)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited early:\n{log.read_text()}")
@@ -121,7 +186,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) 
 
 def token_from_output(log: Path) -> str:
     """The token the server prints on its first start (`export SIMVUE_TOKEN=...`)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             text = line.strip().removeprefix("export ").strip()
@@ -190,10 +255,12 @@ def start_bridge(
     token: str | None = None,
     extra: list[str] | None = None,
     env_extra: dict[str, str] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> Bridge:
-    """Start `simvue-otel bridge` on free loopback ports and wait until it answers."""
+    """Start `simvue-otel bridge` on free loopback ports (or on ``ports``, HTTP and gRPC: a
+    bridge restarted where its clients send) and wait until it answers."""
     tmp.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports or (free_port(), free_port())
     log = tmp / f"bridge-{http_port}.log"
     offline = tmp / "bridge-offline"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIMVUE_", "OTEL_"))}

@@ -319,3 +319,141 @@ def as_server(proxy: Proxy, server: LocalServer) -> LocalServer:
     return LocalServer(
         url=proxy.url, db=server.db, token=server.token, process=server.process, log=server.log
     )
+
+
+# -- chaos: faults drawn at random, for soak tests ---------------------------------------------
+
+CHAOS_ACTIONS: tuple[str, ...] = (
+    "stored-then-502", "stored-then-504", "stored-then-reset", "late", "delay", "held", "503",
+)  # fmt: skip
+"""What :class:`ChaosProxy` may do to a request: the scripted actions above, ``"503"`` (refused,
+not forwarded), ``"delay"`` (forwarded at once, answered after ``delay_seconds``, shorter than a
+client's timeout: a slow server) and ``"held"`` (held ``delay_seconds`` before it is forwarded,
+as a busy gateway queues a request: it still lands if its client has died meanwhile)."""
+
+
+class ChaosProxy(Proxy):
+    """A :class:`Proxy` that, besides its scripted ``rules`` (taken first), applies a fault drawn
+    at random to a share ``rate`` of the requests that write (``POST``, ``PUT``) under
+    ``/api/``, while ``rate`` is above 0; set ``rate = 0`` to let everything through again.
+    ``applied`` counts the faults by action, as for scripted ones; ``requests`` holds only the
+    last ``keep`` requests."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        rate: float = 0.0,
+        seed: int = 0,
+        actions: tuple[str, ...] = CHAOS_ACTIONS,
+        delay_seconds: float = 2.0,
+        keep: int = 1000,
+        **options: Any,
+    ) -> None:
+        import random
+        import sys
+
+        super().__init__(upstream, **options)
+        self._requests = collections.deque(maxlen=keep)  # type: ignore[assignment]  # a soak's worth would fill memory
+        self.journal: list[Forwarded] = []  # every metrics and events POST forwarded, in brief
+        report = self.server.handle_error
+
+        def quiet(request: Any, client_address: Any) -> None:
+            if not isinstance(sys.exc_info()[1], OSError):  # not a killed client's connection
+                report(request, client_address)
+
+        self.server.handle_error = quiet  # type: ignore[method-assign]
+        self.rate = rate
+        self.actions = actions
+        self.delay_seconds = delay_seconds
+        self._random = random.Random(seed)
+
+    @property  # type: ignore[override]
+    def late_seconds(self) -> float:
+        """How long a ``"late"`` answer waits: ``delay_seconds`` for a ``"delay"`` fault."""
+        return getattr(self._local, "late", None) or self._late_seconds
+
+    @late_seconds.setter
+    def late_seconds(self, seconds: float) -> None:
+        self._late_seconds = seconds
+
+    def take(self, method: str, path: str) -> int | str | None:
+        scripted = super().take(method, path)
+        if scripted is not None or method not in ("POST", "PUT") or not path.startswith("/api/"):
+            return scripted
+        with self._lock:
+            if self.rate <= 0 or self._random.random() >= self.rate:
+                return None
+            action = self._random.choice(self.actions)
+            self.applied[action] += 1
+        return int(action) if action.isdigit() else action
+
+    def _forward(
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        raw: bytes,
+        headers: dict[str, str],
+        action: str | None,
+    ) -> int | None:
+        received = time.monotonic()
+        fault = action
+        if action == "held":
+            time.sleep(self.delay_seconds)
+            action = None
+        forwarded = time.monotonic()
+        if action == "delay":  # the base's "late", for this request only, after delay_seconds
+            self._local.late = self.delay_seconds
+            action = "late"
+        try:
+            status = super()._forward(handler, raw, headers, action)
+        finally:
+            self._local.late = None
+        if handler.command == "POST" and handler.path.split("?")[0] in _BATCHES:
+            entry = Forwarded(received, forwarded, time.monotonic(), handler.path, fault, status,
+                              *_batch_summary(raw, headers))  # fmt: skip
+            with self._lock:
+                self.journal.append(entry)
+        return status
+
+
+_BATCHES = ("/api/metrics", "/api/events")
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A metrics or events POST a :class:`ChaosProxy` passed to the server, in brief: when it
+    arrived, was forwarded and answered (``time.monotonic()``), the fault applied, the status
+    answered (None: reset), and which entries it held (the run, their steps or messages)."""
+
+    received: float
+    forwarded: float
+    answered: float
+    path: str
+    fault: str | None
+    status: int | None
+    run: str | None
+    entries: tuple[Any, ...]
+
+    def describe(self) -> str:
+        shown = list(self.entries[:4]) + (["..."] if len(self.entries) > 4 else [])
+        return (
+            f"{self.received:.1f}->{self.forwarded:.1f}->{self.answered:.1f} {self.path} "
+            f"fault={self.fault} status={self.status} run={self.run} "
+            f"{len(self.entries)} entries {shown}"
+        )
+
+
+def _batch_summary(raw: bytes, headers: dict[str, str]) -> tuple[str | None, tuple[Any, ...]]:
+    """The run and the steps (metrics) or messages (events) of a batch POST body."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        plain = _inflate(raw, (lower.get("content-encoding") or "").lower())
+    except (OSError, zlib.error):
+        return None, ()
+    media = (lower.get("content-type") or "").split(";")[0].strip().lower()
+    body, _ = _decode(media, plain)
+    if not isinstance(body, dict):
+        return None, ()
+    entries = body.get("metrics") or body.get("events") or []
+    keys = tuple(e.get("step", e.get("message")) for e in entries if isinstance(e, dict))
+    return (str(body.get("run")) if body.get("run") is not None else None), keys

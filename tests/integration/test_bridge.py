@@ -73,6 +73,7 @@ from tests.conftest import (
     App,
     Bridge,
     LocalServer,
+    cpu_seconds,
     free_port,
     make_app,
     run_program,
@@ -190,7 +191,7 @@ def health(bridge: Bridge) -> dict[str, Any]:
     return dict(reply.json())
 
 
-def drained(*bridges: Bridge, timeout: float = 30.0) -> None:
+def drained(*bridges: Bridge, timeout: float = 60.0) -> None:
     """Wait until no bridge holds anything for the server (every accepted batch uploaded)."""
     result = poll(
         lambda: [health(b)["backlog"] for b in bridges],
@@ -465,12 +466,12 @@ def test_bad_input_is_refused_and_the_bridge_keeps_serving(
     small_bridge: Bridge, client: SimvueClient
 ) -> None:
     for what, signal_name, body, headers, expected in _bad_requests():
-        started = time.monotonic()
+        used = cpu_seconds(small_bridge.process)  # CPU time: not inflated by a busy machine
         data = body() if callable(body) else body
         reply = requests.post(
             f"{small_bridge.url}/v1/{signal_name}", data=data, headers=headers, timeout=20
         )
-        took = time.monotonic() - started
+        cost = cpu_seconds(small_bridge.process) - used
         assert reply.status_code == expected, (what, reply.status_code, reply.text[:300])
         if expected != 200 and headers.get("Content-Type") == PROTOBUF["Content-Type"]:
             status = status_pb2.Status.FromString(reply.content)  # google.rpc.Status
@@ -478,7 +479,7 @@ def test_bad_input_is_refused_and_the_bridge_keeps_serving(
         elif expected != 200:
             assert reply.json()["code"] != 0, what
         if what == "gzip bomb":
-            assert took < 5, f"the gzip bomb took {took:.1f} s to refuse"
+            assert cost < 5, f"the gzip bomb cost the bridge {cost:.1f} s of CPU to refuse"
     assert small_bridge.process.poll() is None
     assert health(small_bridge)["status"] == "ok"
 
@@ -529,7 +530,7 @@ def test_a_multi_member_gzip_body_is_read_whole(small_bridge: Bridge, client: Si
                           headers={**PROTOBUF, "Content-Encoding": "gzip"})  # fmt: skip
     assert reply.status_code == 200, reply.content
     drained(small_bridge)
-    runs = poll(lambda: client.find_runs([f"folder.path == {folder}"]), lambda r: len(r) >= 2, 10)
+    runs = poll(lambda: client.find_runs([f"folder.path == {folder}"]), lambda r: len(r) >= 2, 60)
     assert sorted(r["name"] for r in runs or []) == ["first", "second"]
 
 

@@ -64,7 +64,7 @@ def test_run_is_live_while_it_goes(
     span_cm = app.tracer.start_as_current_span("simvue.run", attributes=ROOT_ATTRS)
     span_cm.__enter__()
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         found = None
         while time.monotonic() < deadline and found is None:
             found = client.find_run_by_key(app.key)

@@ -206,7 +206,10 @@ def test_a_token_refused_mid_run_is_said_once_and_the_data_kept(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert program.stdout is not None and program.stdout.readline().strip() == "ready"
-    time.sleep(1.5)  # the run is created on the server
+    deadline = time.monotonic() + 60  # until the run is on the server, however busy the machine
+    while not _runs(client, name):
+        assert time.monotonic() < deadline, "the run never reached the server"
+        time.sleep(0.1)
     proxy.rules = [("*", "/", 401)] * 10_000  # from now on the token is refused
     go.touch()
     _, stderr = program.communicate(timeout=60)

@@ -65,7 +65,7 @@ def no_server_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     monkeypatch.chdir(home)
 
 
-def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 60.0) -> Any:
     """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
     deadline = time.monotonic() + timeout
     while True:
@@ -853,8 +853,12 @@ def test_resource_metrics_are_sampled(
 ) -> None:
     with Run() as run:
         assert run.init(name="resources", folder=folder, resources_metrics_interval=1)
-        time.sleep(2.5)
         run_id = run.id
+        assert run_id is not None
+        poll(  # two samples of each, however long a busy machine takes to give them
+            lambda: client.get_metrics(run_id),
+            lambda m: m is not None and all(len(m.get(n, [])) >= 2 for n in (CPU, MEMORY)),
+        )
     assert run_id is not None
     metrics = client.get_metrics(run_id)
     assert CPU in metrics and MEMORY in metrics, sorted(metrics)

@@ -78,7 +78,7 @@ def test_abort_without_callback_terminates_the_process(
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         with SimvueClient(local_server.url, local_server.token) as client:
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 60
             found = None
             while found is None and time.monotonic() < deadline:
                 found = newest_run(client, name, "/abort")

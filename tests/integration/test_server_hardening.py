@@ -31,10 +31,12 @@ import requests
 from simvue_otel._internal import conventions as cv
 from simvue_otel._internal.server.filters import FilterError, _binary
 from simvue_otel._internal.server.store import Store
-from tests.conftest import Bridge, LocalServer, start_server, stop_server
+from tests.conftest import Bridge, LocalServer, cpu_seconds, start_server, stop_server
 
 QUICK = 2.0
-"""Seconds a refused request may take, with a wide margin (they answer in milliseconds)."""
+"""CPU seconds a refused request may cost (the server's, or this process's for the parser), with
+a wide margin: they take milliseconds. CPU time, unlike wall-clock time, does not grow when a
+busy machine makes the server wait for a core."""
 RESPONSIVE = 0.5
 """Seconds other clients may wait for /api/version while a hostile request runs."""
 
@@ -150,7 +152,7 @@ def _answer(sock: socket.socket) -> str:
 def test_a_huge_declared_body_is_refused_at_once(local_server: LocalServer, path: str) -> None:
     """400 MiB announced, unauthenticated: 413 before a byte of it is read."""
     with watching(local_server, "bystander") as watch:
-        began = time.monotonic()
+        used = cpu_seconds(local_server.process)
         sock = _send_head(
             local_server,
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -160,9 +162,9 @@ def test_a_huge_declared_body_is_refused_at_once(local_server: LocalServer, path
         with sock:
             sock.sendall(b"token=" + b"x" * 65536)
             answer = _answer(sock)
-        took = time.monotonic() - began
+        cost = cpu_seconds(local_server.process) - used
     assert answer.startswith("HTTP/1.1 413"), answer[:300]
-    assert took < QUICK
+    assert cost < QUICK
     assert watch.worst < RESPONSIVE, watch.latencies
     _still_healthy(local_server)
 
@@ -252,9 +254,9 @@ def test_a_time_the_server_cannot_format_is_422_and_listings_stay_up(
         f'{{"name": "{_unique("bad-time")}", "folder": "/hardening", '
         f'"visibility": {{"tenant": true}}, "{field_name}": {value}}}'
     )
-    began = time.monotonic()
+    used = cpu_seconds(local_server.process)
     reply = _raw(local_server, "POST", "/runs", body, user)
-    assert time.monotonic() - began < QUICK
+    assert cpu_seconds(local_server.process) - used < QUICK
     _assert_422_naming(reply, field_name)
 
     run_id = _new_run(local_server, user, visibility={"tenant": True})
@@ -303,10 +305,10 @@ def test_a_damaged_row_never_breaks_anyone_elses_listing(tmp_path: Path) -> None
 def test_the_filter_parser_is_linear() -> None:
     """A megabyte of spaces inside one filter is parsed at once (the regular expressions
     this replaces took minutes on far less)."""
-    began = time.monotonic()
+    began = time.process_time()
     assert _binary("name ==" + " " * 1_000_000 + "x") is not None
     assert _binary("name" + " " * 1_000_000) is None
-    assert time.monotonic() - began < QUICK
+    assert time.process_time() - began < QUICK
 
 
 @pytest.mark.parametrize("size", [12_000, 60_000])
@@ -317,19 +319,19 @@ def test_a_long_filter_is_refused_quickly_and_stalls_no_one(
     hostile = '["name == a' + " " * size + 'x"]'
     with watching(local_server, "bystander") as watch:
         for path in ("/runs", "/folders", "/tags"):
-            began = time.monotonic()
+            used = cpu_seconds(local_server.process)
             reply = requests.get(
                 f"{local_server.api}{path}",
                 params={"filters": hostile},
                 headers=local_server.headers("filterer"),
                 timeout=30,
             )
-            assert time.monotonic() - began < QUICK
+            assert cpu_seconds(local_server.process) - used < QUICK
             assert 400 <= reply.status_code < 500, reply.text[:300]
         session = _web_session(local_server, "filterer")
-        began = time.monotonic()
+        used = cpu_seconds(local_server.process)
         page = session.get(f"{local_server.url}/", params={"tag": "a" + " " * size + "b"})
-        assert time.monotonic() - began < QUICK
+        assert cpu_seconds(local_server.process) - used < QUICK
         assert 200 <= page.status_code < 500
     assert watch.worst < RESPONSIVE, sorted(watch.latencies)[-5:]
     _still_healthy(local_server)
@@ -380,11 +382,11 @@ def test_nan_metadata_does_not_break_tag_deletion(local_server: LocalServer) -> 
         f"{local_server.api}/tags", headers=local_server.headers(user), timeout=30
     ).json()["data"]
     (tag_id,) = [t["id"] for t in tags if t["name"] == tag]
-    began = time.monotonic()
+    used = cpu_seconds(local_server.process)
     reply = requests.delete(
         f"{local_server.api}/tags/{tag_id}", headers=local_server.headers(user), timeout=30
     )
-    assert time.monotonic() - began < QUICK
+    assert cpu_seconds(local_server.process) - used < QUICK
     assert reply.status_code == 200, reply.text
     run = requests.get(
         f"{local_server.api}/runs/{run_id}", headers=local_server.headers(user), timeout=30
@@ -747,9 +749,9 @@ def test_malformed_values_are_422_naming_the_field(
             text = text.replace("{" + key + "}", objects[key])
         return text
 
-    began = time.monotonic()
+    used = cpu_seconds(local_server.process)
     reply = _raw(local_server, method, fill(path), fill(body), objects["user"])
-    assert time.monotonic() - began < QUICK
+    assert cpu_seconds(local_server.process) - used < QUICK
     _assert_422_naming(reply, field_name)
     _still_healthy(local_server, objects["user"])
 
