@@ -672,11 +672,6 @@ def test_a_write_still_on_its_way_when_send_dies_is_not_stored_twice(tmp_path: P
         stop_server(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Run.init raises ConfigurationError ('is not a Simvue server') on a gateway's 502 "
-    "while the server restarts, instead of the quiet path of a server that is down",
-)
 def test_a_gateway_502_at_init_is_a_server_that_is_down(tmp_path: Path) -> None:
     """Behind a gateway, a restarting server answers 502: the program goes on and keeps its
     data for later, as when nothing answers at all."""

@@ -324,6 +324,15 @@ class SimvueClient:
         Raises :class:`ConfigurationError` naming what to fix when the token is refused or the
         URL answers but is not a Simvue API, and :class:`ServerUnreachableError` when nothing
         answers (which is not a configuration error: a node may be cut off for a while).
+
+        429, 502, 503 and 504 are "not answering now", not a wrong URL: a server that is
+        restarting or overloaded, or a gateway in front of one whose upstream is down (nginx
+        answers 502 with an HTML page). They raise :class:`ServerUnreachableError`, as a reset
+        or a timeout does, so the caller takes the path of a server that is down. The official
+        client treats 502, 503 and 504 alike with connection errors and timeouts: its GET
+        retries all of them (simvue 2.6.2, simvue/api/request.py:40 and 233-286) before its
+        version check gives up (simvue/config/user.py:182-190); 429 is added as the transport
+        above retries it too.
         """
         url = f"{self.api}/version"
         try:
@@ -331,7 +340,12 @@ class SimvueClient:
                 response = self._session.get(url, timeout=timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ServerUnreachableError("GET", url, type(exc).__name__) from exc
+        except requests.exceptions.ChunkedEncodingError as exc:  # the answer was cut off
+            raise ServerUnreachableError("GET", url, type(exc).__name__) from exc
         status = response.status_code
+        if status in _RETRY_STATUS:
+            reason = f"HTTP {status}" + (f" {response.reason}" if response.reason else "")
+            raise ServerUnreachableError("GET", url, reason)
         if status in (401, 403):
             raise ConfigurationError(
                 f"the Simvue server at {self.url} refused the token (HTTP {status}: "
