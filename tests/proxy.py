@@ -10,7 +10,10 @@ test can check the exact wire traffic. Rules script faults, one request each, in
   a 429 also carries ``Retry-After: 1``;
 * ``"late"``: forward, then wait ``late_seconds`` before answering (past a client's timeout);
 * ``"stored-then-<status>"``: forward (the server stores it), then answer ``<status>``;
-* ``"stored-then-reset"``: forward, then close the connection without any answer.
+* ``"stored-then-reset"``: forward, then close the connection without any answer;
+* ``"html-<status>"``: answer ``<status>`` with an HTML page (``text/html``) without
+  forwarding, as a gateway such as nginx does (a 502 whose upstream is down) or a web server
+  that is not a Simvue API (``"html-200"``).
 """
 
 from __future__ import annotations
@@ -215,6 +218,9 @@ class Proxy:
         if isinstance(action, int):
             status: int | None = action
             _answer(handler, action, _SCRIPTED, "application/json")
+        elif isinstance(action, str) and action.startswith("html-"):
+            status = int(action.removeprefix("html-"))
+            _answer(handler, status, _html_page(status), "text/html")
         else:
             status = self._forward(handler, raw, headers, action)
         with self._lock:
@@ -296,6 +302,16 @@ def _answer(
     handler.end_headers()
     with contextlib.suppress(OSError):  # the client may have given up waiting
         handler.wfile.write(payload)
+
+
+def _html_page(status: int) -> bytes:
+    """The page a gateway (nginx) or a plain web server answers with: HTML, not JSON."""
+    phrase = http.HTTPStatus(status).phrase
+    return (
+        f"<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {phrase}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
 
 
 def _reset(handler: http.server.BaseHTTPRequestHandler) -> None:

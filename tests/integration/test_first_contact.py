@@ -8,11 +8,15 @@ that exits without closing its run. Output lines and exit times are asserted wit
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +25,17 @@ from pathlib import Path
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, free_port, start_server, stop_server
-from tests.proxy import Proxy, serve
+from simvue_otel._internal.errors import ConfigurationError, ServerUnreachableError
+from tests.conftest import (
+    LocalServer,
+    free_port,
+    make_app,
+    run_program,
+    start_bridge,
+    start_server,
+    stop_server,
+)
+from tests.proxy import Proxy, as_server, serve
 
 PROGRAM = """
     import sys, time
@@ -395,3 +408,199 @@ def test_a_full_disk_never_crashes_the_program_and_never_hides_a_loss(
         # 100,000 metric records and two events ("start", "done"): each kept or counted lost
         assert kept_points + kept_events + lost == 100_002, "every record kept or counted"
         assert int(lost_said[0]) == lost
+
+
+# -- a server not answering now, behind a gateway, is not a wrong URL ---------------------------
+
+NOT_NOW = [429, 502, 503, 504, "html-502", "html-503", "stored-then-reset"]
+"""What a restarting or overloaded server, or a gateway (nginx) in front of one, answers to the
+first request: a status that says "not now" (nginx's 502 page is HTML), or a connection cut
+before the answer."""
+
+
+@pytest.mark.parametrize("action", NOT_NOW, ids=str)
+def test_the_first_contact_tells_not_now_from_a_wrong_url(
+    proxy: Proxy, local_server: LocalServer, action: int | str
+) -> None:
+    """The version check itself: a "not now" answer is a server that does not answer (the
+    quiet path), not a configuration error; the server behind is fine at the next request."""
+    proxy.rules = [("GET", "/api/version", action)]
+    with SimvueClient(proxy.url, local_server.token) as client:
+        with pytest.raises(ServerUnreachableError) as caught:
+            client.check()
+        assert proxy.applied[str(action)] == 1
+        if isinstance(action, int) or action.startswith("html-"):
+            assert f"HTTP {str(action).removeprefix('html-')}" in caught.value.reason
+        assert client.check()  # the same URL, answering again: a Simvue server
+
+
+@pytest.mark.parametrize(
+    ("action", "said"),
+    [
+        (401, "refused the token (HTTP 401"),
+        (404, "is not a Simvue server: GET"),
+        ("html-404", "gave HTTP 404;"),
+        ("html-200", "gave an answer that is not Simvue's;"),
+    ],
+    ids=str,
+)
+def test_the_first_contact_still_refuses_a_configuration_mistake(
+    proxy: Proxy, local_server: LocalServer, action: int | str, said: str
+) -> None:
+    proxy.rules = [("GET", "/api/version", action)]
+    client = SimvueClient(proxy.url, local_server.token)
+    with client, pytest.raises(ConfigurationError, match=re.escape(said)):
+        client.check()
+    assert proxy.applied[str(action)] == 1
+
+
+@pytest.mark.parametrize("action", [503, 504, "html-502"], ids=str)
+def test_a_run_behind_a_gateway_that_says_not_now_at_init_goes_on_and_delivers(
+    proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path, action: int | str
+) -> None:
+    """The server restarts behind a gateway as a program starts: one warning that it does not
+    answer, the program goes on with its own exit status, and everything is delivered."""
+    name = f"gateway-{action!s}-{uuid.uuid4().hex[:8]}"
+    proxy.rules = [("GET", "/api/version", action)]
+    out, _ = _run(_env(proxy.url, local_server.token, tmp_path / "off"), tmp_path, name=name)
+    assert proxy.applied[str(action)] == 1
+    assert out.returncode == 3, out.stderr
+    lines = _lines(out.stderr)
+    assert len(lines) == 1, out.stderr
+    status = str(action).removeprefix("html-")
+    assert f"does not answer (HTTP {status}" in lines[0] and "kept in" in lines[0], lines[0]
+    assert "not a Simvue server" not in out.stderr
+    (run,) = _runs(client, name)
+    assert run["status"] == "completed"
+    points = client.get_metrics(str(run["id"]), ["x"])["x"]
+    assert sorted(p["step"] for p in points) == list(range(500))
+    assert [e["message"] for e in client.get_events(str(run["id"]))] == ["done"]
+
+
+@pytest.mark.parametrize("action", [503, "html-502"], ids=str)
+def test_exporters_starting_behind_a_gateway_that_says_not_now_deliver(
+    proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path, action: int | str
+) -> None:
+    """The exporters share the first contact (their sink makes it): a "not now" at their
+    start is no error, and what they export is delivered."""
+    proxy.rules = [("GET", "/api/version", action)]
+    app = make_app("online", tmp_path / "off", as_server(proxy, local_server), "gw", "/gateway")
+    assert proxy.applied[str(action)] == 1
+    run_program(app, n_steps=20)
+    assert app.close()
+    run = client.find_run_by_key(app.key)
+    assert run is not None
+    points = client.get_metrics(str(run["id"]), ["loss"])["loss"]
+    assert sorted(p["step"] for p in points) == list(range(20))
+
+
+def test_a_bridge_starting_behind_a_gateway_that_says_not_now_serves_and_delivers(
+    proxy: Proxy, local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """`simvue-otel bridge` shares the first contact: nginx's HTML 502 at its start is a
+    warning, not an exit; it listens, and what it takes reaches the server."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    proxy.rules = [("GET", "/api/version", "html-502")]
+    bridge = start_bridge(tmp_path / "bridge", as_server(proxy, local_server))
+    try:
+        assert proxy.applied["html-502"] == 1
+        said = bridge.log.read_text()
+        assert "does not answer (HTTP 502" in said and "not a Simvue server" not in said, said
+        key = str(uuid.uuid4())
+        resource = Resource.create({"simvue.run.key": key, "simvue.run.name": "gw-bridge",
+                                    "simvue.run.folder": "/gateway"})  # fmt: skip
+        provider = TracerProvider(resource=resource)
+        exporter = OTLPSpanExporter(endpoint=f"{bridge.url}/v1/traces", timeout=30)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        with provider.get_tracer("t").start_as_current_span("simvue.run"):
+            pass
+        provider.shutdown()
+        deadline = time.monotonic() + 60
+        while client.find_run_by_key(key) is None:
+            assert time.monotonic() < deadline, "the bridge's run never reached the server"
+            time.sleep(0.2)
+    finally:
+        assert bridge.stop() == 0
+
+
+# -- a URL that is really wrong still fails at once ---------------------------------------------
+
+
+@contextlib.contextmanager
+def _web_server(status: int) -> Iterator[str]:
+    """A plain web server on loopback (not a Simvue API): an HTML page with ``status`` for
+    every path."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            page = f"<html><body><h1>{status}</h1>Welcome</body></html>".encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "said"), [(404, "gave HTTP 404;"), (200, "gave an answer that is not Simvue's;")]
+)
+def test_a_plain_web_server_as_simvue_url_fails_at_once(
+    local_server: LocalServer, tmp_path: Path, status: int, said: str
+) -> None:
+    """A web site (or a wrong path) answers 404 or an HTML 200: one clear error at init, and
+    the bridge refuses to start, naming SIMVUE_URL."""
+    with _web_server(status) as url:
+        env = _env(url, local_server.token, tmp_path / "off")
+        out, took = _run(env, tmp_path, name=f"web-{status}")
+        assert out.returncode == 1, out.stderr
+        last = _lines(out.stderr)[-1]
+        assert "ConfigurationError" in last and "is not a Simvue server" in last, last
+        assert said in last and "SIMVUE_URL" in last, last
+        assert took < 15, f"took {took:.1f} s"
+        cmd = [sys.executable, "-m", "simvue_otel", "bridge", "--listen",
+               f"127.0.0.1:{free_port()}", "--no-grpc"]  # fmt: skip
+        bridge = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        assert bridge.returncode == 2, bridge.stderr
+        assert "is not a Simvue server" in bridge.stderr and said in bridge.stderr
+
+
+def test_an_answer_cut_off_midway_at_the_first_contact_is_a_server_not_answering(
+    local_server: LocalServer,
+) -> None:
+    """A server killed while it answers: the headers came, the body was cut off. Not a
+    configuration error, and not an exception from the HTTP library either."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_half() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"vers")  # fmt: skip
+
+    thread = threading.Thread(target=answer_half, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = SimvueClient(url, local_server.token)
+        with client, pytest.raises(ServerUnreachableError):
+            client.check()
+    finally:
+        thread.join(10)
+        listener.close()
