@@ -604,3 +604,19 @@ def test_an_answer_cut_off_midway_at_the_first_contact_is_a_server_not_answering
     finally:
         thread.join(10)
         listener.close()
+
+
+def test_https_for_a_server_that_speaks_http_fails_at_once(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """A wrong scheme is a configuration mistake, not a server that is down: one clear error
+    at init naming the fix, not data spooled for a server that will never answer."""
+    url = local_server.url.replace("http://", "https://", 1)
+    name = f"wrong-scheme-{uuid.uuid4().hex[:8]}"
+    out, took = _run(_env(url, local_server.token, tmp_path / "off"), tmp_path, name=name)
+    assert out.returncode == 1, out.stderr
+    last = _lines(out.stderr)[-1]
+    assert "ConfigurationError" in last and "does not speak https" in last, last
+    assert "with http://" in last and "does not answer" not in out.stderr, out.stderr
+    assert took < 15, f"took {took:.1f} s"
+    assert _runs(client, name) == []

@@ -26,6 +26,7 @@ import datetime
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -164,6 +165,28 @@ def _detail(response: requests.Response) -> str:
         detail = body["detail"]
         return detail if isinstance(detail, str) else json.dumps(detail)[:500]
     return json.dumps(body)[:300]
+
+
+# OpenSSL's reasons for a TLS handshake answered with plain HTTP bytes (https:// given for a
+# server that speaks http): WRONG_VERSION_NUMBER, or RECORD_LAYER_FAILURE from OpenSSL 3.2 on.
+_PLAIN_HTTP_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"})
+
+
+def _plain_http_reply(exc: BaseException) -> str | None:
+    """OpenSSL's words when a TLS handshake met plain HTTP (a wrong scheme), else None.
+
+    requests wraps the ``ssl.SSLError`` in urllib3's errors (``args`` and causes): walk them."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLError) and item.reason in _PLAIN_HTTP_REASONS:
+            return str(item)
+        todo.extend([*item.args, getattr(item, "reason", None), item.__cause__, item.__context__])
+    return None
 
 
 class SimvueClient:
@@ -321,8 +344,9 @@ class SimvueClient:
         """Make sure ``url`` is a Simvue server that takes this token; returns its API version.
 
         One ``GET /api/version`` (the official client's own first request), not retried.
-        Raises :class:`ConfigurationError` naming what to fix when the token is refused or the
-        URL answers but is not a Simvue API, and :class:`ServerUnreachableError` when nothing
+        Raises :class:`ConfigurationError` naming what to fix when the token is refused, the
+        URL answers but is not a Simvue API, or an ``https://`` URL is answered in plain HTTP
+        (a wrong scheme), and :class:`ServerUnreachableError` when nothing
         answers (which is not a configuration error: a node may be cut off for a while).
 
         429, 502, 503 and 504 are "not answering now", not a wrong URL: a server that is
@@ -338,6 +362,15 @@ class SimvueClient:
         try:
             with _uninstrumented():
                 response = self._session.get(url, timeout=timeout)
+        except requests.exceptions.SSLError as exc:
+            plain = _plain_http_reply(exc)
+            if plain is None:  # a handshake cut short, say: not answering now
+                raise ServerUnreachableError("GET", url, type(exc).__name__) from exc
+            raise ConfigurationError(
+                f"SIMVUE_URL={self.url!r} does not speak https: GET {url} was answered in "
+                f"plain HTTP ({plain}); write SIMVUE_URL (or [server] url in simvue.toml) "
+                "with http://"
+            ) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ServerUnreachableError("GET", url, type(exc).__name__) from exc
         except requests.exceptions.ChunkedEncodingError as exc:  # the answer was cut off
