@@ -98,7 +98,8 @@ def create_sink(
     Online mode raises :class:`ConfigurationError` at once when no server URL or token is set,
     or when the server answers but refuses the token or is not a Simvue API, so a
     misconfiguration shows up when the exporter is made, not as data that never arrives. A
-    server that does not answer is not an error: one warning, and the data waits on disk.
+    server that does not answer is not an error, nor one that answers 429, 502, 503 or 504
+    (restarting behind a gateway): one warning, and the data waits on disk.
     ``timeout`` bounds each HTTP request; ``options`` go to :class:`OnlineSink`.
     """
     chosen = resolve_mode(mode)
