@@ -346,8 +346,8 @@ class SimvueClient:
         One ``GET /api/version`` (the official client's own first request), not retried.
         Raises :class:`ConfigurationError` naming what to fix when the token is refused, the
         URL answers but is not a Simvue API, or an ``https://`` URL is answered in plain HTTP
-        (a wrong scheme), and :class:`ServerUnreachableError` when nothing
-        answers (which is not a configuration error: a node may be cut off for a while).
+        (a wrong scheme), and :class:`ServerUnreachableError` when nothing answers (which is
+        not a configuration error: a node may be cut off for a while).
 
         429, 502, 503 and 504 are "not answering now", not a wrong URL: a server that is
         restarting or overloaded, or a gateway in front of one whose upstream is down (nginx
@@ -355,8 +355,8 @@ class SimvueClient:
         or a timeout does, so the caller takes the path of a server that is down. The official
         client treats 502, 503 and 504 alike with connection errors and timeouts: its GET
         retries all of them (simvue 2.6.2, simvue/api/request.py:40 and 233-286) before its
-        version check gives up (simvue/config/user.py:182-190); 429 is added as the transport
-        above retries it too.
+        version check gives up (simvue/config/user.py:182-190); 429 too, which
+        :meth:`request` retries as well.
         """
         url = f"{self.api}/version"
         try:
