@@ -15,6 +15,7 @@ its root span starts.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -68,6 +69,7 @@ class _PipelineUser:
         one (a ``Run``'s), which its owner closes."""
         super().__init__()  # the SDK exporter base's own (MetricExporter sets temporality)
         self._owned = pipeline is None
+        self._pid = os.getpid()
         self.pipeline = pipeline if pipeline is not None else acquire_shared(mode, config)
         self._shut = False
 
@@ -121,6 +123,11 @@ class SimvueMetricExporter(_PipelineUser, MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
     ) -> MetricExportResult:
+        if not self._owned and os.getpid() != self._pid:
+            # A Run's resource metrics in a forked child (the SDK's reader restarts there):
+            # the parent's gauges already cover its children, and two processes numbering
+            # one run's samples would collide.
+            return MetricExportResult.SUCCESS
         ok = self.pipeline.put(METRICS, metrics_data)
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 

@@ -5,13 +5,26 @@ hands records to the sink (it shares the interpreter lock with the application, 
 what the per-call figures in ``bench/`` measure). Nothing is dropped: when the worker falls
 far behind, producers wait (back-pressure) instead of losing data, unlike the SDK's batch
 processors.
+
+After ``os.fork`` (``multiprocessing``'s fork start method, or a program's own fork) the
+worker thread does not exist in the child, and the queue and sink it inherited hold the
+parent's records. The child drops that copy (the parent delivers it), and at its first use
+starts a worker of its own and a fresh sink of the same kind (:meth:`Sink.for_child`), which
+it closes when it exits (``atexit``, and ``multiprocessing``'s exit finalizers, which run where
+``atexit`` does not). A child never ends a run it did not start.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import signal
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -61,8 +74,22 @@ class Pipeline:
         self._room.set()
         self._closed = False
         self._lock = threading.Lock()
+        self._child_pending = False  # forked, not yet started in this process
+        self._inherited: list[Sink] = []  # sinks a parent left: kept, never used
+        self.owned_runs: set[str] = set()
+        """Keys of the runs the process that made this pipeline starts (a ``Run``'s): a forked
+        child records into them but leaves their making and ending to that process."""
         self._thread = threading.Thread(target=self._run, name="simvue-otel-pipeline", daemon=True)
         self._thread.start()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+
+            def after_in_child() -> None:
+                method = ref()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
 
     @property
     def closed(self) -> bool:
@@ -74,6 +101,8 @@ class Pipeline:
         """Queue one item; False once the pipeline is closed."""
         if self._closed:
             return False
+        if self._child_pending:
+            self._start_in_child()
         queue = self._queue
         queue.append((kind, item))
         if len(queue) >= self.max_queue:
@@ -84,6 +113,8 @@ class Pipeline:
         """Queue several items of one kind."""
         if self._closed:
             return False
+        if self._child_pending:
+            self._start_in_child()
         self._queue.extend((kind, item) for item in items)
         self._wake.set()
         if len(self._queue) >= self.max_queue:
@@ -102,6 +133,8 @@ class Pipeline:
         """Map everything queued so far and hand it to the sink; with ``deliver``, also wait
         for the sink to deliver it."""
         start = time.monotonic()
+        if self._child_pending:
+            return True  # a forked child that has logged nothing: nothing of its own to deliver
         if not self._thread.is_alive():
             return self.sink.flush(timeout) if deliver else True
         done = threading.Event()
@@ -124,6 +157,9 @@ class Pipeline:
         with self._lock:
             if self._closed:
                 return True
+            if self._child_pending:  # a forked child that logged nothing: the parent's to close
+                self._closed = True
+                return True
             start = time.monotonic()
             done = threading.Event()
             self._queue.append((_FLUSH, done))
@@ -144,6 +180,41 @@ class Pipeline:
                 self._submit(self.mapper.finish_foreign())
             left = max(0.0, timeout - (time.monotonic() - start))
             return self.sink.close(left)
+
+    # -- fork -----------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child before anything else (keep it small): what was queued, and
+        the sink with its buffers and spool files, are the parent's, which delivers them. The
+        child gets an empty queue, fresh locks, and no worker until its first use."""
+        self._inherited.append(self.sink)
+        with contextlib.suppress(Exception):  # never break a fork
+            self.sink.drop_inherited()  # e.g. the parent's spool segment's file descriptor
+        self._queue = deque()
+        self._wake = threading.Event()
+        self._room = threading.Event()
+        self._room.set()
+        self._lock = threading.Lock()
+        self._child_pending = not self._closed
+
+    def _start_in_child(self) -> None:
+        """A forked child's first use: a fresh sink and worker of its own, closed at its exit.
+        A child of a child starts again from its parent's."""
+        with self._lock:
+            if not self._child_pending:
+                return
+            parent_sink = self._inherited[-1]
+            parent_runs = set(self.owned_runs) | set(self.mapper._runs)
+            # The child's own mapper: a foreign run's counts and end belong to the parent.
+            self.mapper = Mapper(span_events=self.mapper.span_events, max_runs=self.mapper.max_runs)
+            self.finish_foreign = False
+            self.sink = parent_sink.for_child(parent_runs)
+            self._thread = threading.Thread(
+                target=self._run, name="simvue-otel-pipeline", daemon=True
+            )
+            self._thread.start()
+            self._child_pending = False
+        _close_at_child_exit(self)
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -212,6 +283,33 @@ class Pipeline:
             self.sink.submit(records)
         except Exception:
             _LOG.exception("the sink refused %d record(s)", len(records))
+
+
+def _close_at_child_exit(pipeline: Pipeline) -> None:
+    """Deliver what a forked child logged when it exits: ``atexit`` for a child that exits as
+    a program does, and ``multiprocessing``'s exit finalizers for its workers (they leave with
+    ``os._exit``, which skips ``atexit``, after running those finalizers, SIGTERM included
+    when the child has a handler that raises, as a ``Run``'s does)."""
+    ref = weakref.ref(pipeline)
+
+    def close() -> None:
+        alive = ref()
+        if alive is None or alive.closed:
+            return
+        if threading.current_thread() is threading.main_thread():
+            # The process is ending already: a SIGTERM now (``Pool.terminate`` sends one to
+            # workers that are still delivering as they exit) would cut the delivery short.
+            # The wait is bounded by the shutdown timeout; SIGKILL still ends it at once.
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        alive.close(default_shutdown_timeout())
+
+    atexit.register(close)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # Registered from the child's own code (its first use), after multiprocessing cleared
+        # the finalizers it inherited, so this one runs when the worker exits.
+        mp_util.Finalize(None, close, exitpriority=100)
 
 
 # -- the process-wide pipeline shared by exporters built with no arguments ----------------

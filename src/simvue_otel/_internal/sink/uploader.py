@@ -251,6 +251,9 @@ class Uploader:
         self._next_step: dict[str, int] = {}
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
         self._pool: ThreadPoolExecutor | None = None  # builds the next part's entries
+        self.waits_for: frozenset[str] = frozenset()
+        """Run keys another process creates (a forked child's parent's runs): never created
+        here, their records wait until the server has the run."""
 
     # -- public ---------------------------------------------------------------------------
 
@@ -549,6 +552,8 @@ class Uploader:
             run_id = str(doc.get("id") or known or "")
             self._learn(ref.key, run_id, doc)
             return run_id
+        if ref.key in self.waits_for:
+            raise RetryLater(f"run {ref.key} is not on the server yet (its own process makes it)")
         status = state.status if state is not None else "running"
         metadata = _unflatten(state.metadata) if state is not None else {}
         metadata[RUN_KEY_METADATA] = ref.key
