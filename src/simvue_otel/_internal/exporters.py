@@ -57,7 +57,6 @@ __all__ = [
     "SimvueMetricExporter",
     "SimvueSpanExporter",
     "SimvueSpanProcessor",
-    "install_sigterm_handler",
 ]
 
 _LOG = logging.getLogger("simvue_otel.exporters")
