@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer
+from tests.conftest import Bridge, LocalServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -180,6 +181,25 @@ def test_fork_pool_offline_then_send(
     out = bounded(send, env, tmp_path)
     assert out.returncode == 0, f"send failed:\n{out.stdout}\n{out.stderr}"
     check_run(client, name, folder)
+
+
+def test_fork_pool_over_otlp_to_the_bridge(
+    local_server: LocalServer, bridge: Bridge, client: SimvueClient, tmp_path: Path
+) -> None:
+    """``mode="otlp"``: the children's records go through forwarders of their own."""
+    name, folder = f"fork-otlp-{uuid.uuid4().hex[:8]}", f"/fork-tests/{uuid.uuid4().hex[:8]}"
+    env = environment(local_server, tmp_path / "offline")
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = bridge.url
+    run_app(tmp_path, env, "fork", "join", "otlp", name, folder)
+    deadline = time.monotonic() + 120  # the bridge delivers on its own schedule
+    while True:
+        try:
+            check_run(client, name, folder)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_spawn_refuses_to_send_a_run_clearly(local_server: LocalServer, tmp_path: Path) -> None:

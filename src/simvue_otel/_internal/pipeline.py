@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import SimvueConfig, shutdown_timeout, span_events
@@ -35,7 +35,13 @@ from .mapping.records import Record
 from .mapping.sdk import map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
 
-__all__ = ["Pipeline", "acquire_shared", "release_shared", "shared_terminating"]
+__all__ = [
+    "Pipeline",
+    "acquire_shared",
+    "deliver_at_child_exit",
+    "release_shared",
+    "shared_terminating",
+]
 
 _LOG = logging.getLogger("simvue_otel.pipeline")
 
@@ -285,31 +291,38 @@ class Pipeline:
             _LOG.exception("the sink refused %d record(s)", len(records))
 
 
-def _close_at_child_exit(pipeline: Pipeline) -> None:
-    """Deliver what a forked child logged when it exits: ``atexit`` for a child that exits as
-    a program does, and ``multiprocessing``'s exit finalizers for its workers (they leave with
-    ``os._exit``, which skips ``atexit``, after running those finalizers, SIGTERM included
-    when the child has a handler that raises, as a ``Run``'s does)."""
-    ref = weakref.ref(pipeline)
+def deliver_at_child_exit(deliver: Callable[[], None]) -> None:
+    """Call ``deliver`` when this forked child exits: through ``atexit`` for a child that exits
+    as a program does, and ``multiprocessing``'s exit finalizers for its workers (they leave
+    with ``os._exit``, which skips ``atexit``, after running those finalizers, SIGTERM included
+    when the child has a handler that raises, as a ``Run``'s does). Call it from the child's
+    own code (its first use), after ``multiprocessing`` cleared the finalizers it inherited."""
 
-    def close() -> None:
-        alive = ref()
-        if alive is None or alive.closed:
-            return
+    def at_exit() -> None:
         if threading.current_thread() is threading.main_thread():
             # The process is ending already: a SIGTERM now (``Pool.terminate`` sends one to
             # workers that are still delivering as they exit) would cut the delivery short.
             # The wait is bounded by the shutdown timeout; SIGKILL still ends it at once.
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        alive.close(default_shutdown_timeout())
+        deliver()
 
-    atexit.register(close)
+    atexit.register(at_exit)
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
-        # Registered from the child's own code (its first use), after multiprocessing cleared
-        # the finalizers it inherited, so this one runs when the worker exits.
-        mp_util.Finalize(None, close, exitpriority=100)
+        mp_util.Finalize(None, at_exit, exitpriority=100)
+
+
+def _close_at_child_exit(pipeline: Pipeline) -> None:
+    """Close a forked child's pipeline (delivering what it holds) when the child exits."""
+    ref = weakref.ref(pipeline)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None and not alive.closed:
+            alive.close(default_shutdown_timeout())
+
+    deliver_at_child_exit(close)
 
 
 # -- the process-wide pipeline shared by exporters built with no arguments ----------------

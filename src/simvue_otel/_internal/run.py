@@ -699,8 +699,15 @@ class Run:
         what this process logged so far, and leave the run as it is: its status, end and
         final state belong to the process that started it, and the child may go on logging
         (a pool worker runs many tasks). The child's exit delivers the rest."""
-        if self._pipeline is not None and not self._closed:
+        if self._closed:
+            return
+        if self._pipeline is not None:
             self._pipeline.flush(default_shutdown_timeout())
+        elif self._logger_provider is not None and self._tracer_provider is not None:
+            # otlp: the forwarders (restarted in this process at its first record) send it
+            timeout_ms = int(default_shutdown_timeout() * 1000)
+            self._logger_provider.force_flush(timeout_ms)
+            self._tracer_provider.force_flush(timeout_ms)
 
     def _error(self, exc: BaseException) -> bool:
         """Raise, or with ``suppress_errors`` log and disable the run (Simvue's behaviour)."""
