@@ -274,3 +274,60 @@ def test_os_fork_child_exits_normally(
     assert run["status"] == "completed"
     got = sorted(p["step"] for p in client.get_metrics(run["id"])["child.x"])
     assert got == list(range(POINTS))
+
+
+SHARED_APP = textwrap.dedent(
+    """
+    # The zero-code chain without the command: SDK providers, the Simvue processors and the
+    # exporters on the shared pipeline, a run span, and a fork pool started as it begins.
+    import multiprocessing as mp, os, sys
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from simvue_otel import (SimvueLogExporter, SimvueLogRecordProcessor, SimvueSpanExporter,
+                             SimvueSpanProcessor)
+
+    KEY, WORKERS, POINTS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    resource = Resource.create({"simvue.run.key": KEY, "simvue.run.name": "shared-" + KEY[:8]})
+    tp = TracerProvider(resource=resource)
+    tp.add_span_processor(SimvueSpanProcessor(SimvueSpanExporter()))
+    lp = LoggerProvider(resource=resource)
+    lp.add_log_record_processor(SimvueLogRecordProcessor(SimvueLogExporter()))
+    logger = lp.get_logger("app")
+
+    def work(i):
+        for step in range(POINTS):
+            logger.emit(body={f"worker{i}.x": float(step)}, event_name="simvue.metrics",
+                        attributes={"simvue.metrics.step": step})
+        return os.getpid()
+
+    if __name__ == "__main__":
+        with tp.get_tracer("app").start_as_current_span("simvue.run"):
+            with mp.get_context("fork").Pool(WORKERS) as pool:
+                pool.map(work, range(WORKERS))
+        tp.shutdown()
+        lp.shutdown()
+    """
+)
+
+
+def test_fork_pool_on_the_shared_pipeline(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """Exporters on the shared pipeline (as ``opentelemetry-instrument`` makes them): the
+    children's records reach the parent's run once, no child makes a run of its own or ends
+    the parent's, and the run ends as the parent's span does."""
+    key = str(uuid.uuid4())
+    script = tmp_path / "shared_app.py"
+    script.write_text(SHARED_APP)
+    env = environment(local_server, tmp_path / "offline")
+    out = bounded([sys.executable, str(script), key, str(WORKERS), str(POINTS)], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    runs = client.find_runs([f"name == shared-{key[:8]}"])
+    assert len(runs) == 1, runs
+    run = client.get_run(runs[0]["id"])
+    assert run["status"] == "completed"
+    metrics = client.get_metrics(run["id"])
+    for i in range(WORKERS):
+        got = sorted(p["step"] for p in metrics.get(f"worker{i}.x", []))
+        assert got == list(range(POINTS)), f"worker {i}: {len(got)} points"

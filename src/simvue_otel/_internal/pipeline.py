@@ -32,7 +32,7 @@ from typing import Any
 from .config import SimvueConfig, shutdown_timeout, span_events
 from .mapping import Mapper
 from .mapping.records import Record
-from .mapping.sdk import map_sdk_logs, metrics_from_sdk, spans_from_sdk
+from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
 
 __all__ = [
@@ -82,6 +82,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._child_pending = False  # forked, not yet started in this process
         self._inherited: list[Sink] = []  # sinks a parent left: kept, never used
+        self._inherited_queue: deque[tuple[str, Any]] = deque()
         self.owned_runs: set[str] = set()
         """Keys of the runs the process that made this pipeline starts (a ``Run``'s): a forked
         child records into them but leaves their making and ending to that process."""
@@ -194,6 +195,7 @@ class Pipeline:
         the sink with its buffers and spool files, are the parent's, which delivers them. The
         child gets an empty queue, fresh locks, and no worker until its first use."""
         self._inherited.append(self.sink)
+        self._inherited_queue = self._queue  # read once at the child's first use, then dropped
         with contextlib.suppress(Exception):  # never break a fork
             self.sink.drop_inherited()  # e.g. the parent's spool segment's file descriptor
         self._queue = deque()
@@ -210,7 +212,11 @@ class Pipeline:
             if not self._child_pending:
                 return
             parent_sink = self._inherited[-1]
+            # The parent's runs: a Run's, those its mapper knows, and those named by what it
+            # had queued and not yet mapped (a run span that has just started).
             parent_runs = set(self.owned_runs) | set(self.mapper._runs)
+            parent_runs |= _run_keys(self._inherited_queue)
+            self._inherited_queue = deque()
             # The child's own mapper: a foreign run's counts and end belong to the parent.
             self.mapper = Mapper(span_events=self.mapper.span_events, max_runs=self.mapper.max_runs)
             self.finish_foreign = False
@@ -291,6 +297,35 @@ class Pipeline:
             _LOG.exception("the sink refused %d record(s)", len(records))
 
 
+def _run_keys(items: Iterable[tuple[str, Any]]) -> set[str]:
+    """The run keys the queued items' Resources name (as the mapper derives them)."""
+    keys: set[str] = set()
+    resources: dict[int, Any] = {}
+    for kind, item in items:
+        try:
+            if kind == ROW:
+                found = [item[0]]
+            elif kind in (PENDING, SPAN, LOG):
+                found = [item.resource]
+            elif kind == METRICS:
+                found = [rm.resource for rm in item.resource_metrics]
+            else:
+                continue
+            for resource in found:
+                if id(resource) in resources:
+                    continue
+                resources[id(resource)] = resource
+                attrs = (
+                    resource
+                    if kind in (ROW, PENDING)
+                    else attributes_from_sdk(resource.attributes if resource is not None else None)
+                )
+                keys.add(Mapper._run_key(attrs)[0])
+        except Exception:  # an item of unexpected shape names no run
+            _LOG.debug("no run key in a queued %s item", kind, exc_info=True)
+    return keys
+
+
 def deliver_at_child_exit(deliver: Callable[[], None]) -> None:
     """Call ``deliver`` when this forked child exits: through ``atexit`` for a child that exits
     as a program does, and ``multiprocessing``'s exit finalizers for its workers (they leave
@@ -328,6 +363,16 @@ def _close_at_child_exit(pipeline: Pipeline) -> None:
 # -- the process-wide pipeline shared by exporters built with no arguments ----------------
 
 _shared_lock = threading.Lock()
+
+
+def _reinit_shared_lock() -> None:
+    """In a forked child: the lock may have been held by another of the parent's threads."""
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_shared_lock)
 
 
 class _Shared:
