@@ -194,8 +194,9 @@ class Pipeline:
         """Runs in a forked child before anything else (keep it small): what was queued, and
         the sink with its buffers and spool files, are the parent's, which delivers them. The
         child gets an empty queue, fresh locks, and no worker until its first use."""
-        self._inherited.append(self.sink)
-        self._inherited_queue = self._queue  # read once at the child's first use, then dropped
+        if not self._child_pending:  # (a child that never started keeps its parent's)
+            self._inherited.append(self.sink)
+            self._inherited_queue = self._queue  # read at the child's first use, then dropped
         with contextlib.suppress(Exception):  # never break a fork
             self.sink.drop_inherited()  # e.g. the parent's spool segment's file descriptor
         self._queue = deque()
