@@ -44,18 +44,30 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _make_venv(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Path:
+    """A fresh virtual environment holding this project (from its files) and ``extra``."""
     venv = tmp_path_factory.mktemp("zero-code") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     # With the requests instrumentation too, as an app that calls HTTP services has it: the
     # exporters' own uploads (made with requests) must not be traced back into the run.
     subprocess.run(
-        [*pip, f"{ROOT}[instrument]", "opentelemetry-instrumentation-requests"],
+        [*pip, f"{ROOT}[instrument]", "opentelemetry-instrumentation-requests", *extra],
         check=True, timeout=600, capture_output=True, text=True,
     )  # fmt: skip
     return venv
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_venv(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def distro_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The usual install (what `opentelemetry-bootstrap` sets up): `opentelemetry-distro`
+    beside this project, which brings a configurator and a distro of its own."""
+    return _make_venv(tmp_path_factory, "opentelemetry-distro")
 
 
 def _instrumented(
@@ -257,3 +269,115 @@ def test_sigterm_delivers_everything_and_ends_the_run_terminated(
         assert run["status"] == "terminated"
         events = [e["message"] for e in client.get_events(found["id"])]
         assert len([m for m in events if m.startswith("event ")]) == emitted, "events lost"
+
+
+DISTRO_APP = textwrap.dedent(
+    """
+    # Spans, metrics and logs through the OpenTelemetry API only. Each step's records and its
+    # count are made with SIGTERM blocked, so the count printed is exactly what was recorded.
+    import signal, sys, time
+    from opentelemetry import _logs, metrics, trace
+
+    tracer = trace.get_tracer("app")
+    logger = _logs.get_logger("app")
+    counter = metrics.get_meter("app").create_counter("cycles")
+    emitted = 0
+    try:
+        with tracer.start_as_current_span(
+            "simvue.run", attributes={"simvue.run.tags": ["zero-code"]}
+        ):
+            with tracer.start_as_current_span("setup"):
+                for step in range(20_000):  # a burst far past the SDK's batch queue (2048)
+                    logger.emit(body={"energy": step * 0.5}, event_name="simvue.metrics",
+                                attributes={"simvue.metrics.step": step})
+            print("started", flush=True)
+            for step in range(int(sys.argv[1])):
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+                logger.emit(body=f"event {step}", event_name="simvue.event")
+                counter.add(1)
+                emitted += 1
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                time.sleep(0.002)
+    finally:
+        print("emitted", emitted, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("install", "configurator"),
+    [
+        ("plain", None),  # simvue-otel's configurator, the only one
+        ("distro", None),  # whichever of the two the loader finds first
+        ("distro", "configurator"),  # opentelemetry-distro's, chosen by name
+    ],
+)
+def test_sigterm_gives_the_same_result_whichever_configurator_loads(
+    request: pytest.FixtureRequest,
+    local_server: LocalServer,
+    tmp_path: Path,
+    install: str,
+    configurator: str | None,
+) -> None:
+    """`OTEL_*_EXPORTER=simvue` under `opentelemetry-instrument`, with and without
+    `opentelemetry-distro` installed, stopped with SIGTERM mid-run: every span, metric point,
+    counter and event arrives, the run ends `terminated`, and the loader's warning about the
+    configurator it skipped is not recorded as an event of the run."""
+    import signal
+    import time
+
+    venv: Path = request.getfixturevalue("fresh_venv" if install == "plain" else "distro_venv")
+    key = str(uuid.uuid4())
+    (tmp_path / "app.py").write_text(DISTRO_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
+    env.update(
+        OTEL_TRACES_EXPORTER="simvue", OTEL_METRICS_EXPORTER="simvue",
+        OTEL_LOGS_EXPORTER="simvue", SIMVUE_URL=local_server.url,
+        SIMVUE_TOKEN=local_server.token, SIMVUE_OFFLINE_DIRECTORY=str(tmp_path / "offline"),
+        HOME=str(tmp_path), OTEL_RESOURCE_ATTRIBUTES=f"simvue.run.key={key}",
+        # Python logging reaches the run: the loader's warning would become an event.
+        OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
+    )  # fmt: skip
+    if configurator is not None:
+        env["OTEL_PYTHON_CONFIGURATOR"] = configurator
+    app = subprocess.Popen(
+        [str(venv / "bin" / "opentelemetry-instrument"), str(venv / "bin" / "python"),
+         "app.py", "1000000"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert app.stdout is not None and app.stdout.readline().strip() == "started"
+        # The run shows live with its state while it runs (the Simvue span processor reports
+        # a run span when it starts; the SDK's batch processor only when it ends).
+        deadline = time.monotonic() + 60
+        with SimvueClient(local_server.url, local_server.token) as client:
+            live: dict[str, object] = {}
+            while time.monotonic() < deadline:
+                found = client.find_run_by_key(key)
+                live = client.get_run(found["id"]) if found else {}
+                if live.get("tags") == ["zero-code"]:
+                    break
+                time.sleep(0.2)
+        assert (live.get("status"), live.get("tags")) == ("running", ["zero-code"]), live
+        app.send_signal(signal.SIGTERM)
+        out, err = app.communicate(timeout=120)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert app.returncode == 143, f"exit {app.returncode}:\n{err}"
+    emitted = int(out.split("emitted")[-1].strip())
+    assert emitted > 0
+    with SimvueClient(local_server.url, local_server.token) as client:
+        found = client.find_run_by_key(key)
+        assert found is not None, err
+        run = client.get_run(found["id"])
+        assert run["status"] == "terminated", err
+        messages = [e["message"] for e in client.get_events(found["id"])]
+        assert len([m for m in messages if m.startswith("event ")]) == emitted, "events lost"
+        assert any(m.startswith("span 'setup' ended after") for m in messages), messages[:5]
+        loader = [m for m in messages if "configurator" in m.lower() or "not loaded" in m]
+        assert loader == [], loader
+        energy = client.get_metrics(found["id"], ["energy"])["energy"]
+        assert sorted(p["step"] for p in energy) == list(range(20_000)), "points dropped"
+        cycles = client.get_metrics(found["id"], ["cycles"])["cycles"]
+        assert max(p["value"] for p in cycles) == emitted

@@ -8,15 +8,25 @@ processors instead of the SDK's batch processors (which drop on a full queue), a
 exporter is Simvue's and the program has no SIGTERM handler of its own, SIGTERM unwinds the
 program (``SystemExit(143)``) instead of killing it on the spot, so everything recorded is
 delivered at exit and its runs end ``terminated`` (as a ``Run`` does).
+
+``opentelemetry-instrument`` loads one configurator only: the one ``OTEL_PYTHON_CONFIGURATOR``
+names, else the first entry point found. With ``opentelemetry-distro`` installed (what
+``opentelemetry-bootstrap`` sets up) its configurator may be that one, so nothing here relies
+on ours running: the exporters install the SIGTERM handling themselves when they are made
+(:func:`.exporters.install_sigterm_handler`), and :func:`after_configuration`, an
+``opentelemetry_pre_instrument`` hook (run after whichever configurator loaded), gives Simvue
+exporters that another configurator wrapped in the SDK's batch processors the Simvue
+processors instead. The loader's own warning about the configurator it skipped is not the
+program's telemetry and is never recorded in a run (see :mod:`.exporters`).
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-from types import FrameType
+import contextlib
+import logging
 from typing import Any
 
+from opentelemetry import _logs, trace
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
@@ -29,10 +39,12 @@ from .exporters import (
     SimvueLogRecordProcessor,
     SimvueSpanExporter,
     SimvueSpanProcessor,
+    install_sigterm_handler,
 )
-from .pipeline import shared_terminating
 
-__all__ = ["SimvueConfigurator"]
+__all__ = ["SimvueConfigurator", "after_configuration", "install_sigterm_handler"]
+
+_LOG = logging.getLogger("simvue_otel.autoconf")
 
 
 def span_processor_for(exporter: SpanExporter, *args: Any, **kwargs: Any) -> SpanProcessor:
@@ -49,20 +61,10 @@ def log_processor_for(exporter: LogRecordExporter, *args: Any, **kwargs: Any) ->
     return BatchLogRecordProcessor(exporter, *args, **kwargs)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    shared_terminating()
-    raise SystemExit(128 + signum)
-
-
-def install_sigterm_handler() -> bool:
-    """Make SIGTERM unwind the program (see the module docstring), unless the program (or
-    something before it) already handles SIGTERM; True when installed."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        return False
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return True
+def _simvue_chosen() -> bool:
+    signals = ("TRACES", "METRICS", "LOGS")
+    chosen = ",".join(setting(f"OTEL_{name}_EXPORTER") or "" for name in signals)
+    return "simvue" in [name.strip() for name in chosen.split(",")]
 
 
 class SimvueConfigurator(_OTelSDKConfigurator):
@@ -73,9 +75,65 @@ class SimvueConfigurator(_OTelSDKConfigurator):
         kwargs.setdefault("export_span_processor", span_processor_for)
         kwargs.setdefault("export_log_record_processor", log_processor_for)
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]
-        chosen = ",".join(
-            setting(f"OTEL_{signal_name}_EXPORTER") or ""
-            for signal_name in ("TRACES", "METRICS", "LOGS")
-        )
-        if "simvue" in [name.strip() for name in chosen.split(",")]:
+        if _simvue_chosen():
             install_sigterm_handler()
+
+
+def _swap_processors(
+    multi: Any, field: str, exporter_type: type[Any], processor_type: type[Any]
+) -> int:
+    """In a provider's multi-processor, replace each SDK batch processor whose exporter is
+    ``exporter_type`` by ``processor_type(exporter)``; the number replaced. The batch
+    processor is retired without shutting its exporter down (the exporter lives on in the new
+    processor): its worker hands over whatever it still queues, then stops."""
+    processors = getattr(multi, field, None)
+    if not isinstance(processors, tuple):
+        return 0
+    replaced = 0
+    with getattr(multi, "_lock", None) or contextlib.nullcontext():
+        chosen = []
+        for processor in getattr(multi, field):
+            batch: Any = getattr(processor, "_batch_processor", None)
+            exporter = getattr(batch, "_exporter", None)
+            if not isinstance(exporter, exporter_type):
+                chosen.append(processor)
+                continue
+            chosen.append(processor_type(exporter))
+            replaced += 1
+            try:  # stop the batch worker (it exports what it still holds first)
+                batch._shutdown = True
+                batch._worker_awaken.set()
+            except AttributeError:
+                _LOG.debug("could not stop the batch processor of %r", exporter)
+        setattr(multi, field, tuple(chosen))
+    return replaced
+
+
+def after_configuration() -> None:
+    """``opentelemetry_pre_instrument`` hook: whichever configurator ran, Simvue exporters
+    end up behind the Simvue processors (never dropping) and SIGTERM delivers what was
+    recorded. A no-op when our configurator ran or no exporter is Simvue's."""
+    if not _simvue_chosen():
+        return
+    install_sigterm_handler()
+    try:
+        spans = _swap_processors(
+            getattr(trace.get_tracer_provider(), "_active_span_processor", None),
+            "_span_processors",
+            SimvueSpanExporter,
+            SimvueSpanProcessor,
+        )
+        logs = _swap_processors(
+            getattr(_logs.get_logger_provider(), "_multi_log_record_processor", None),
+            "_log_record_processors",
+            SimvueLogExporter,
+            SimvueLogRecordProcessor,
+        )
+    except Exception:  # never break the program's start-up
+        _LOG.exception("could not give the Simvue exporters their processors")
+        return
+    if spans or logs:
+        _LOG.info(
+            "another OpenTelemetry configurator set up the SDK; the Simvue exporters got "
+            "their non-dropping processors instead of the SDK's batch processors"
+        )

@@ -215,6 +215,7 @@ class SimvueClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         secret = token if isinstance(token, Secret) else Secret(token)
+        self._secret = secret
         self._session = session or requests.Session()
         self._session.headers.update(
             {
@@ -235,6 +236,18 @@ class SimvueClient:
 
     def __repr__(self) -> str:
         return f"SimvueClient(url={self.url!r})"
+
+    def copy(self) -> SimvueClient:
+        """The same server, user and settings on a new connection pool (a forked child must
+        not talk over its parent's sockets)."""
+        return SimvueClient(
+            self.url,
+            self._secret,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+        )
 
     def close(self) -> None:
         """Release the connection pool."""

@@ -10,12 +10,23 @@ The SDK's batch processors drop data when their queue is full and ignore failed 
 :class:`SimvueSpanProcessor` and :class:`SimvueLogRecordProcessor` hand every item to the
 pipeline instead (which never drops), and the span processor shows a run live from the moment
 its root span starts.
+
+Exporters on the shared pipeline also make SIGTERM deliver what was recorded (see
+:func:`install_sigterm_handler`) when they are made, whoever configured the SDK (simvue-otel's
+configurator, ``opentelemetry-distro``'s, or the program). Log records of
+``opentelemetry-instrument``'s loader (such as "Configuration of configurator not loaded,
+simvue already loaded") are the zero-code machinery talking about its own set-up, not the
+program's telemetry: they are not recorded in a run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, Literal
 
 from opentelemetry.context import Context
@@ -37,6 +48,7 @@ from .pipeline import (
     acquire_shared,
     default_shutdown_timeout,
     release_shared,
+    shared_terminating,
 )
 
 __all__ = [
@@ -48,6 +60,35 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("simvue_otel.exporters")
+
+_LOADER_LOGGERS = "opentelemetry.instrumentation.auto_instrumentation"
+"""Python loggers of ``opentelemetry-instrument``'s loader: not the program's telemetry."""
+
+
+def _is_loader_record(record: Any) -> bool:
+    scope = record.instrumentation_scope
+    return scope is not None and scope.name.startswith(_LOADER_LOGGERS)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    shared_terminating()
+    raise SystemExit(128 + signum)
+
+
+def install_sigterm_handler() -> bool:
+    """Make SIGTERM unwind the program (``SystemExit(143)``, so ``finally`` blocks, ``atexit``
+    and the SDK's shutdown deliver what was recorded, and runs end ``terminated``) instead
+    of killing it on the spot, unless the program (or something before it) already handles
+    SIGTERM, or this is not the main thread; True when installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return False
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main interpreter
+        return False
+    return True
 
 
 class _PipelineUser:
@@ -68,8 +109,11 @@ class _PipelineUser:
         one (a ``Run``'s), which its owner closes."""
         super().__init__()  # the SDK exporter base's own (MetricExporter sets temporality)
         self._owned = pipeline is None
+        self._pid = os.getpid()
         self.pipeline = pipeline if pipeline is not None else acquire_shared(mode, config)
         self._shut = False
+        if self._owned:
+            install_sigterm_handler()
 
     def force_flush(self, timeout_millis: float = 30_000) -> bool:
         try:
@@ -110,6 +154,8 @@ class SimvueLogExporter(_PipelineUser, LogRecordExporter):
     record an event."""
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        if any(_is_loader_record(record) for record in batch):
+            batch = [record for record in batch if not _is_loader_record(record)]
         ok = self.pipeline.put_many(LOG, batch)
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
 
@@ -121,6 +167,11 @@ class SimvueMetricExporter(_PipelineUser, MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
     ) -> MetricExportResult:
+        if not self._owned and os.getpid() != self._pid:
+            # A Run's resource metrics in a forked child (the SDK's reader restarts there):
+            # the parent's gauges already cover its children, and two processes numbering
+            # one run's samples would collide.
+            return MetricExportResult.SUCCESS
         ok = self.pipeline.put(METRICS, metrics_data)
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
@@ -158,10 +209,13 @@ class SimvueLogRecordProcessor(LogRecordProcessor):
         self._put = exporter.pipeline.put
 
     def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        scope = log_record.instrumentation_scope
+        if scope is not None and scope.name.startswith(_LOADER_LOGGERS):
+            return
         self._put(LOG, log_record)
 
     def emit(self, log_record: ReadWriteLogRecord) -> None:
-        self._put(LOG, log_record)
+        self.on_emit(log_record)
 
     def shutdown(self) -> None:
         self.exporter.shutdown()

@@ -5,13 +5,19 @@ whose export failed. :class:`ForwardingSpanProcessor` and :class:`ForwardingLogP
 batch the same way but never drop: a full queue makes the producer wait, and a failed batch
 is retried with backoff (the bridge answers 503 while it is backed up) until shutdown, when
 what is still unsent after the timeout is reported.
+
+In a forked child the worker thread does not exist and the queue holds the parent's items: the
+child drops that copy (the parent sends it), starts a worker of its own at its first item, and
+sends what it queued when it exits (as :class:`~.pipeline.Pipeline` does).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +27,7 @@ from opentelemetry.sdk._logs import LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .config import setting
+from .pipeline import default_shutdown_timeout, deliver_at_child_exit
 
 __all__ = ["ForwardingLogProcessor", "ForwardingSpanProcessor", "otlp_exporters"]
 
@@ -49,10 +56,47 @@ class _Forwarder:
         self._busy = False
         self._closing = False
         self._deadline = float("inf")
+        self._name = name
+        self._child_pending = False  # forked, not yet started in this process
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+
+            def after_in_child() -> None:
+                method = ref()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the queued items are the parent's; fresh queue and locks."""
+        self._queue = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._child_pending = not self._closing
+
+    def _start_in_child(self) -> None:
+        with self._idle:
+            if not self._child_pending:
+                return
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+            self._child_pending = False
+        ref = weakref.ref(self)
+
+        def deliver() -> None:
+            forwarder = ref()
+            if forwarder is not None and not forwarder._closing:
+                forwarder.flush(default_shutdown_timeout())
+
+        deliver_at_child_exit(deliver)
 
     def put(self, item: Any) -> None:
+        if self._child_pending:
+            self._start_in_child()
         queue = self._queue
         queue.append(item)
         if len(queue) >= self.batch:
@@ -100,6 +144,8 @@ class _Forwarder:
                     self._idle.notify_all()
 
     def flush(self, timeout: float) -> bool:
+        if self._child_pending:
+            return True  # a forked child that queued nothing
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._idle:
@@ -112,6 +158,9 @@ class _Forwarder:
         return True
 
     def shutdown(self, timeout: float) -> None:
+        if self._child_pending:  # a forked child that queued nothing: the exporter is the parent's
+            self._closing = True
+            return
         self._deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._closing = True

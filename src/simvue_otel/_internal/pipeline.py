@@ -5,24 +5,43 @@ hands records to the sink (it shares the interpreter lock with the application, 
 what the per-call figures in ``bench/`` measure). Nothing is dropped: when the worker falls
 far behind, producers wait (back-pressure) instead of losing data, unlike the SDK's batch
 processors.
+
+After ``os.fork`` (``multiprocessing``'s fork start method, or a program's own fork) the
+worker thread does not exist in the child, and the queue and sink it inherited hold the
+parent's records. The child drops that copy (the parent delivers it), and at its first use
+starts a worker of its own and a fresh sink of the same kind (:meth:`Sink.for_child`), which
+it closes when it exits (``atexit``, and ``multiprocessing``'s exit finalizers, which run where
+``atexit`` does not). A child never ends a run it did not start.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import signal
+import sys
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import SimvueConfig, shutdown_timeout, span_events
 from .mapping import Mapper
 from .mapping.records import Record
-from .mapping.sdk import map_sdk_logs, metrics_from_sdk, spans_from_sdk
+from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
 
-__all__ = ["Pipeline", "acquire_shared", "release_shared", "shared_terminating"]
+__all__ = [
+    "Pipeline",
+    "acquire_shared",
+    "deliver_at_child_exit",
+    "release_shared",
+    "shared_terminating",
+]
 
 _LOG = logging.getLogger("simvue_otel.pipeline")
 
@@ -61,8 +80,23 @@ class Pipeline:
         self._room.set()
         self._closed = False
         self._lock = threading.Lock()
+        self._child_pending = False  # forked, not yet started in this process
+        self._inherited: list[Sink] = []  # sinks a parent left: kept, never used
+        self._inherited_queue: deque[tuple[str, Any]] = deque()
+        self.owned_runs: set[str] = set()
+        """Keys of the runs the process that made this pipeline starts (a ``Run``'s): a forked
+        child records into them but leaves their making and ending to that process."""
         self._thread = threading.Thread(target=self._run, name="simvue-otel-pipeline", daemon=True)
         self._thread.start()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+
+            def after_in_child() -> None:
+                method = ref()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
 
     @property
     def closed(self) -> bool:
@@ -74,6 +108,8 @@ class Pipeline:
         """Queue one item; False once the pipeline is closed."""
         if self._closed:
             return False
+        if self._child_pending:
+            self._start_in_child()
         queue = self._queue
         queue.append((kind, item))
         if len(queue) >= self.max_queue:
@@ -84,6 +120,8 @@ class Pipeline:
         """Queue several items of one kind."""
         if self._closed:
             return False
+        if self._child_pending:
+            self._start_in_child()
         self._queue.extend((kind, item) for item in items)
         self._wake.set()
         if len(self._queue) >= self.max_queue:
@@ -102,6 +140,8 @@ class Pipeline:
         """Map everything queued so far and hand it to the sink; with ``deliver``, also wait
         for the sink to deliver it."""
         start = time.monotonic()
+        if self._child_pending:
+            return True  # a forked child that has logged nothing: nothing of its own to deliver
         if not self._thread.is_alive():
             return self.sink.flush(timeout) if deliver else True
         done = threading.Event()
@@ -124,6 +164,9 @@ class Pipeline:
         with self._lock:
             if self._closed:
                 return True
+            if self._child_pending:  # a forked child that logged nothing: the parent's to close
+                self._closed = True
+                return True
             start = time.monotonic()
             done = threading.Event()
             self._queue.append((_FLUSH, done))
@@ -144,6 +187,47 @@ class Pipeline:
                 self._submit(self.mapper.finish_foreign())
             left = max(0.0, timeout - (time.monotonic() - start))
             return self.sink.close(left)
+
+    # -- fork -----------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Runs in a forked child before anything else (keep it small): what was queued, and
+        the sink with its buffers and spool files, are the parent's, which delivers them. The
+        child gets an empty queue, fresh locks, and no worker until its first use."""
+        if not self._child_pending:  # (a child that never started keeps its parent's)
+            self._inherited.append(self.sink)
+            self._inherited_queue = self._queue  # read at the child's first use, then dropped
+        with contextlib.suppress(Exception):  # never break a fork
+            self.sink.drop_inherited()  # e.g. the parent's spool segment's file descriptor
+        self._queue = deque()
+        self._wake = threading.Event()
+        self._room = threading.Event()
+        self._room.set()
+        self._lock = threading.Lock()
+        self._child_pending = not self._closed
+
+    def _start_in_child(self) -> None:
+        """A forked child's first use: a fresh sink and worker of its own, closed at its exit.
+        A child of a child starts again from its parent's."""
+        with self._lock:
+            if not self._child_pending:
+                return
+            parent_sink = self._inherited[-1]
+            # The parent's runs: a Run's, those its mapper knows, and those named by what it
+            # had queued and not yet mapped (a run span that has just started).
+            parent_runs = set(self.owned_runs) | set(self.mapper._runs)
+            parent_runs |= _run_keys(self._inherited_queue)
+            self._inherited_queue = deque()
+            # The child's own mapper: a foreign run's counts and end belong to the parent.
+            self.mapper = Mapper(span_events=self.mapper.span_events, max_runs=self.mapper.max_runs)
+            self.finish_foreign = False
+            self.sink = parent_sink.for_child(parent_runs)
+            self._thread = threading.Thread(
+                target=self._run, name="simvue-otel-pipeline", daemon=True
+            )
+            self._thread.start()
+            self._child_pending = False
+        _close_at_child_exit(self)
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -214,9 +298,82 @@ class Pipeline:
             _LOG.exception("the sink refused %d record(s)", len(records))
 
 
+def _run_keys(items: Iterable[tuple[str, Any]]) -> set[str]:
+    """The run keys the queued items' Resources name (as the mapper derives them)."""
+    keys: set[str] = set()
+    resources: dict[int, Any] = {}
+    for kind, item in items:
+        try:
+            if kind == ROW:
+                found = [item[0]]
+            elif kind in (PENDING, SPAN, LOG):
+                found = [item.resource]
+            elif kind == METRICS:
+                found = [rm.resource for rm in item.resource_metrics]
+            else:
+                continue
+            for resource in found:
+                if id(resource) in resources:
+                    continue
+                resources[id(resource)] = resource
+                attrs = (
+                    resource
+                    if kind in (ROW, PENDING)
+                    else attributes_from_sdk(resource.attributes if resource is not None else None)
+                )
+                keys.add(Mapper._run_key(attrs)[0])
+        except Exception:  # an item of unexpected shape names no run
+            _LOG.debug("no run key in a queued %s item", kind, exc_info=True)
+    return keys
+
+
+def deliver_at_child_exit(deliver: Callable[[], None]) -> None:
+    """Call ``deliver`` when this forked child exits: through ``atexit`` for a child that exits
+    as a program does, and ``multiprocessing``'s exit finalizers for its workers (they leave
+    with ``os._exit``, which skips ``atexit``, after running those finalizers, SIGTERM included
+    when the child has a handler that raises, as a ``Run``'s does). Call it from the child's
+    own code (its first use), after ``multiprocessing`` cleared the finalizers it inherited."""
+
+    def at_exit() -> None:
+        if threading.current_thread() is threading.main_thread():
+            # The process is ending already: a SIGTERM now (``Pool.terminate`` sends one to
+            # workers that are still delivering as they exit) would cut the delivery short.
+            # The wait is bounded by the shutdown timeout; SIGKILL still ends it at once.
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        deliver()
+
+    atexit.register(at_exit)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, at_exit, exitpriority=100)
+
+
+def _close_at_child_exit(pipeline: Pipeline) -> None:
+    """Close a forked child's pipeline (delivering what it holds) when the child exits."""
+    ref = weakref.ref(pipeline)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None and not alive.closed:
+            alive.close(default_shutdown_timeout())
+
+    deliver_at_child_exit(close)
+
+
 # -- the process-wide pipeline shared by exporters built with no arguments ----------------
 
 _shared_lock = threading.Lock()
+
+
+def _reinit_shared_lock() -> None:
+    """In a forked child: the lock may have been held by another of the parent's threads."""
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_shared_lock)
 
 
 class _Shared:

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -138,6 +139,15 @@ class ResourceMonitor:
         self._lock = threading.Lock()
         self._closed = False
         self._processes: dict[int, psutil.Process] = {}
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def after_in_child() -> None:
+                monitor = ref()
+                if monitor is not None:
+                    monitor._after_fork_in_child()
+
+            os.register_at_fork(after_in_child=after_in_child)
         self._sample: tuple[float, float] | None = None
         self._sampled_at = float("-inf")
 
@@ -192,6 +202,13 @@ class ResourceMonitor:
                 nvml.nvmlShutdown()
             except Exception:
                 _LOG.debug("nvmlShutdown failed", exc_info=True)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child reports nothing: the parent's gauges cover the whole tree. Its lock
+        may have been held by the parent's reader at the fork, so the child gets a new one."""
+        self._lock = threading.Lock()
+        self._closed = True
+        self._nvml = None  # the parent's to shut down
 
     # -- CPU and memory -----------------------------------------------------------------------
 

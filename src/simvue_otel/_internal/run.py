@@ -271,6 +271,16 @@ class Run:
         self._resource: Resource | None = None
         self._shell_vars: tuple[str, ...] = ()
         self._lock = threading.RLock()
+        self._owner_pid = os.getpid()  # the process that starts and ends the run
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a simvue_otel.Run cannot be pickled, so it cannot be passed to another process "
+            "(a multiprocessing argument, or the spawn and forkserver start methods): with the "
+            "fork start method, a child uses the Run its parent created as a global (it logs "
+            "metrics and events into it; the parent ends it); otherwise each process makes a "
+            "Run of its own"
+        )
 
     # -- context manager ------------------------------------------------------------------
 
@@ -489,7 +499,10 @@ class Run:
         return True
 
     def close(self) -> bool:
-        """End the run as ``completed`` and deliver whatever is not yet sent."""
+        """End the run as ``completed`` and deliver whatever is not yet sent.
+
+        In a process forked from the one that started the run, deliver what this process
+        logged so far and leave the run running: the process that started it ends it."""
         self._finish("completed", None)
         return True
 
@@ -503,6 +516,8 @@ class Run:
                 )
         except SimvueValidationError as exc:
             return self._error(exc)
+        if self._in_child() and self._status is not None and self._mode != "disabled":
+            return self._error(RuntimeError(self._child_refusal("set_status")))
         self._finish(chosen, None)
         return True
 
@@ -665,7 +680,38 @@ class Run:
         if self._status is None or self._closed:
             self._error(RuntimeError(self._not_running(method)))
             return True
+        if self._in_child():
+            self._error(RuntimeError(self._child_refusal(method)))
+            return True
         return False
+
+    # -- forked children ------------------------------------------------------------------
+
+    def _in_child(self) -> bool:
+        """True in a process forked from the one that started the run."""
+        return self._owner_pid != os.getpid()
+
+    def _child_refusal(self, method: str) -> str:
+        return (
+            f"{method}() changes the run's state, which only the process that started the run "
+            f"(pid {self._owner_pid}) may do; a forked child process (pid {os.getpid()}) logs "
+            "metrics and events into it"
+        )
+
+    def _deliver_in_child(self) -> None:
+        """In a forked child, for ``close``, the end of a ``with`` block and the exit: deliver
+        what this process logged so far, and leave the run as it is: its status, end and
+        final state belong to the process that started it, and the child may go on logging
+        (a pool worker runs many tasks). The child's exit delivers the rest."""
+        if self._closed:
+            return
+        if self._pipeline is not None:
+            self._pipeline.flush(default_shutdown_timeout())
+        elif self._logger_provider is not None and self._tracer_provider is not None:
+            # otlp: the forwarders (restarted in this process at its first record) send it
+            timeout_ms = int(default_shutdown_timeout() * 1000)
+            self._logger_provider.force_flush(timeout_ms)
+            self._tracer_provider.force_flush(timeout_ms)
 
     def _error(self, exc: BaseException) -> bool:
         """Raise, or with ``suppress_errors`` log and disable the run (Simvue's behaviour)."""
@@ -678,10 +724,12 @@ class Run:
 
     def _start_pipeline(self) -> None:
         assert self._key is not None and self._name is not None
+        self._owner_pid = os.getpid()
         pipeline: Pipeline | None = None
         if self._mode != "otlp":
             sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
             self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
+            pipeline.owned_runs.add(self._key)
             ref = weakref.ref(self)
             sink.abort_listener = lambda key: _abort(ref, key)
         # What the official client records at init (system, git, Python packages, chosen
@@ -801,6 +849,9 @@ class Run:
         self._write_registry()
 
     def _finish(self, status: str, exc: BaseException | None) -> None:
+        if self._in_child():
+            self._deliver_in_child()
+            return
         with self._lock:
             if self._closed or self._mode == "disabled" or self._status is None:
                 self._closed = True
@@ -838,6 +889,9 @@ class Run:
     def _abandon(self) -> None:
         """At exit, for a run never closed: deliver what it logged but state no final
         status; with its heartbeats gone, the server marks it ``lost``."""
+        if self._in_child():
+            self._deliver_in_child()
+            return
         with self._lock:
             if self._closed or self._mode == "disabled" or self._status is None:
                 return

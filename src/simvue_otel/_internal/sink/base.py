@@ -9,7 +9,7 @@ makes no runs knows no run ids.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,17 @@ class Sink:
         """Deliver what is left within ``timeout``; True when nothing is left behind."""
         raise NotImplementedError
 
+    def for_child(self, parent_runs: Collection[str] = ()) -> Sink:
+        """A fresh sink of the same kind for a forked child process (this one, inherited, holds
+        the parent's records): its own buffers, threads, connections and spool segment.
+        ``parent_runs`` are the keys of runs the parent process makes on the server."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be used in a forked child")
+
+    def drop_inherited(self) -> None:
+        """In a forked child, right after the fork: let go of what the parent still uses (the
+        spool segment's file descriptor, whose lock the child would otherwise keep), touching
+        no lock and writing nothing."""
+
     def backlog(self) -> int:
         """Batches accepted and not yet delivered to the server (0 for a sink that delivers
         nothing to a server, whatever its spool holds)."""
@@ -65,6 +76,10 @@ class Sink:
 
 class NullSink(Sink):
     """``mode="disabled"``: accepts everything, keeps nothing, costs nothing."""
+
+    def for_child(self, parent_runs: Collection[str] = ()) -> Sink:
+        """Nothing to keep apart."""
+        return self
 
     def submit(self, records: Sequence[Record], batch_key: str | None = None) -> None:
         """Drop the records."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..mapping.records import Record, RunRecord
@@ -31,6 +31,7 @@ class OfflineSink(Sink):
     def __init__(self, spool_dir: Path, *, fsync_interval: float = 1.0) -> None:
         self._spool = spool_dir
         self.spool_dir = spool_dir
+        self._fsync_interval = fsync_interval
         self._writer = SpoolWriter(spool_dir, fsync_interval=fsync_interval)
         self._id = uuid.uuid4().hex[:12]
         self._seq = 0
@@ -96,6 +97,14 @@ class OfflineSink(Sink):
             self.losses.retell(events)
             return
         self._write_held()
+
+    def for_child(self, parent_runs: Collection[str] = ()) -> OfflineSink:
+        """A forked child's own sink: its own spool segment, lock and loss ledger."""
+        return OfflineSink(self._spool, fsync_interval=self._fsync_interval)
+
+    def drop_inherited(self) -> None:
+        """In a forked child: the parent's open segment is not the child's to write or lock."""
+        self._writer.drop_in_child()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Make what was written durable (fsync)."""

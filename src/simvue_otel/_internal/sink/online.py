@@ -23,10 +23,11 @@ At ``close`` the sink waits at most ``timeout`` seconds and leaves the rest on d
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ..client import SimvueClient
@@ -92,7 +93,10 @@ class OnlineSink(Sink):
         room_wait: float = 1.0,
         hold_seconds: float = 1.0,
         adopt_interval: float | None = None,
+        child_of: Collection[str] | None = None,
     ) -> None:
+        """``child_of``: this sink is a forked child's, and these are its parent's runs (see
+        :meth:`for_child`)."""
         self.client = client
         self._spool = spool_dir
         self.spool_dir = spool_dir
@@ -144,6 +148,11 @@ class OnlineSink(Sink):
         self._failures = 0
         self._partly = False  # the last pass was refused by some endpoints only (5xx, 429)
         self._since = 0.0  # when the memory buffer last went from empty to holding records
+        self._child = child_of is not None
+        if child_of is not None:
+            self.uploader.waits_for = frozenset(child_of)
+            self._next_adopt = math.inf  # what others left is the parent's (or send's) to adopt
+            self._adopted_once = True
         self._thread = threading.Thread(target=self._run, name="simvue-otel-sink", daemon=True)
         self._thread.start()
 
@@ -283,6 +292,31 @@ class OnlineSink(Sink):
         self.uploader.close()
         self.client.close()
         return remaining == 0 and self.losses.total == 0
+
+    def for_child(self, parent_runs: Collection[str] = ()) -> OnlineSink:
+        """A forked child's own sink: its own connections, buffer, worker and spool segment.
+        It sends no heartbeats (the parent keeps its runs alive, and a run whose parent died
+        must turn ``lost``), adopts nothing, and never creates the parent's runs: their records
+        wait until the parent has made them."""
+        return OnlineSink(
+            self.client.copy(),
+            self._spool,
+            batch_points=self.batch_points,
+            flush_interval=self.flush_interval,
+            max_memory_points=self.max_memory_points,
+            heartbeat_interval=self.heartbeat_interval,
+            live_window=self.live_window,
+            max_backoff=self.max_backoff,
+            spill_points=self.spill_points,
+            segment_bytes=self.segment_bytes,
+            room_wait=self.room_wait,
+            child_of=parent_runs,
+        )
+
+    def drop_inherited(self) -> None:
+        """In a forked child: the parent's open segment is not the child's to write or lock."""
+        if self._writer is not None:
+            self._writer.drop_in_child()
 
     def run_id(self, key: str) -> str | None:
         """The server's id for the run with this key, once it was created or found."""
@@ -614,6 +648,8 @@ class OnlineSink(Sink):
             return self._beat_every_locked()
 
     def _heartbeat(self, now: float) -> None:
+        if self._child:
+            return
         with self._lock:
             if self.live_window is None:
                 keys = list(self._live)

@@ -365,6 +365,15 @@ class SpoolWriter:
                 for fd in held.values():
                     os.close(fd)
 
+    def drop_in_child(self) -> None:
+        """In a forked child: close the child's copy of the open segment's descriptor (its lock
+        is the parent's) without finishing it or taking the writer's lock; the writer is
+        unusable in the child from then on."""
+        fd, self._fd, self._path, self._closed = self._fd, None, None, True
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def __enter__(self) -> SpoolWriter:
         return self
 

@@ -300,6 +300,9 @@ class Uploader:
         self._beaten: dict[str, float] = {}  # run key -> time of its last heartbeat
         self._failing: dict[str, ServerError] | None = None  # per pass: see begin_pass
         self._suspect: set[str] = set()  # runs that may have turned lost: status read once
+        self.waits_for: frozenset[str] = frozenset()
+        """Run keys another process creates (a forked child's parent's runs): never created
+        here, their records wait until the server has the run."""
 
     # -- public ---------------------------------------------------------------------------
 
@@ -752,6 +755,8 @@ class Uploader:
             run_id = str(doc.get("id") or known or "")
             self._learn(ref.key, run_id, doc)
             return run_id
+        if ref.key in self.waits_for:
+            raise RetryLater(f"run {ref.key} is not on the server yet (its own process makes it)")
         status = state.status if state is not None else "running"
         metadata = _unflatten(state.metadata) if state is not None else {}
         metadata[RUN_KEY_METADATA] = ref.key
