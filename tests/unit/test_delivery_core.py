@@ -313,3 +313,30 @@ def test_within_a_pass_a_failed_endpoint_is_not_tried_again_by_later_batches(
         uploader.end_pass()
     (run_id,) = fake.run_ids()
     assert [s for s, _ in fake.points(run_id, "x")] == [0, 1, 2, 3]
+
+
+def test_a_spooled_frame_left_partly_taken_keeps_its_rest_when_later_frames_go(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """Two spooled frames in one segment; the first one's events meet a 503 while its points
+    and the whole second frame are taken. Acknowledging the second frame must not move the
+    segment's cursor past the first: its events follow on a later pass."""
+    fake.down = True
+    sink = OnlineSink(
+        client, tmp_path / "spool", flush_interval=0.05, max_memory_points=0, max_backoff=0.2
+    )
+    try:
+        sink.submit([RunRecord(RUN, "running", 1.0), *points(10), EventRecord(RUN, "first", 1.0)])
+        sink.submit(points(10, 10))
+        deadline = time.monotonic() + 60
+        while len(list((tmp_path / "spool").glob("*.seg"))) < 1 or sink._spilled < 2:
+            assert time.monotonic() < deadline, "the batches were not spooled"
+            time.sleep(0.02)
+        fake.fail("POST", "events", 503)
+        fake.down = False
+        assert sink.flush(30)
+    finally:
+        assert sink.close(20)
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(20))
+    assert [e["message"] for e in fake.events.get(run_id, [])] == ["first"]

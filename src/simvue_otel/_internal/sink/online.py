@@ -596,6 +596,11 @@ class OnlineSink(Sink):
                 if not self._claim(reader, segment):
                     busy += 1
                     continue
+                # Once a frame of this segment is left partly taken, the later ones are not
+                # acknowledged either: an acknowledgement moves the segment's cursor past every
+                # frame before it, and would drop that frame's remaining parts. Their parts are
+                # marked done, so reading them again costs only the skip.
+                held = False
                 try:
                     for frame in reader.frames(segment):
                         try:
@@ -604,7 +609,7 @@ class OnlineSink(Sink):
                             )
                         except PartlyTaken as exc:  # kept, with its progress; later frames go
                             _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
-                            partly = self._partly = True
+                            partly = held = self._partly = True
                             continue
                         except RetryLater as exc:
                             _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
@@ -612,6 +617,8 @@ class OnlineSink(Sink):
                         except Exception:
                             _LOG.exception("unexpected error while uploading a spooled batch; kept")
                             return None
+                        if held:
+                            continue
                         reader.ack(frame)
                         uploaded += 1
                         if ours:
