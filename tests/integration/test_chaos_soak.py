@@ -632,11 +632,6 @@ def _offline_run(tmp: Path, proxy: ChaosProxy, server: LocalServer, steps: int) 
     return env
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a write held on its way to the server while its sender is killed lands after the "
-    "next sender reconciled and sent it again: stored twice (found by the soak)",
-)
 def test_a_write_still_on_its_way_when_send_dies_is_not_stored_twice(tmp_path: Path) -> None:
     """``send`` POSTs a batch that a gateway holds 5 s before passing it on; ``send`` is killed
     meanwhile and run again at once. The held POST still reaches the server."""
