@@ -24,7 +24,13 @@ from simvue_otel._internal.mapping.records import MetricRecord, Record, RunRecor
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.send import send_spool
 from simvue_otel._internal.sink.spool import SpoolReader, SpoolWriter
-from simvue_otel._internal.sink.uploader import Progress, Unsettled, Uploader, _metric_entries
+from simvue_otel._internal.sink.uploader import (
+    Progress,
+    RetryLater,
+    Unsettled,
+    Uploader,
+    _metric_entries,
+)
 from tests.fake_simvue import URL, FakeSimvue
 
 RUN = RunRef("key-held", "held", "/unit")
@@ -250,3 +256,19 @@ def test_a_frame_partly_taken_is_not_passed_by_the_cursor_of_the_frames_after_it
         sink.close(10)
     assert [e["message"] for e in fake.events[run_id]] == ["hello"]
     assert _steps(fake, run_id) == list(range(6))
+
+
+def test_a_part_answered_with_a_5xx_is_reconciled_without_waiting(
+    fake: FakeSimvue, client: SimvueClient
+) -> None:
+    """An answer, even a 502 after the server stored the POST, means whoever answered holds
+    it no more: the next try reads back at once, and sends nothing twice."""
+    uploader = Uploader(client, settle=3600.0)
+    run_id = _run_id(uploader, RUN)
+    progress = Progress()
+    fake.fail("POST", "metrics", "stored-then-502")
+    with pytest.raises(RetryLater):
+        uploader.upload(points(10), "b1", progress)
+    assert progress.states == {"0.m0": "sending"} and progress.began == {"0.m0": 0.0}
+    uploader.upload(points(10), "b1", progress)
+    assert _steps(fake, run_id) == list(range(10)) and uploader.stats.reconciled == 1

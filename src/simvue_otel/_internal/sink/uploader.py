@@ -12,10 +12,11 @@ Used by the online sink's worker and by ``simvue-otel send``. A batch is uploade
   POST and ``done`` after, so nothing the server acknowledged is sent again. A part whose
   outcome is unknown (timeout, reset connection, 5xx, a process killed meanwhile) is
   *reconciled* before it is sent again: what the server holds is read back and only the
-  missing entries are sent. Not before the *settle time* (``settle``) has passed since that
-  POST began, though: a gateway may still hold it and pass it on later, and an entry read back
-  as missing too early would be stored twice. Until then the part waits (:class:`Unsettled`)
-  and the rest of the batch goes on.
+  missing entries are sent. Where no answer came (a timeout, a reset connection, a process
+  killed meanwhile), not before the *settle time* (``settle``) has passed since that POST
+  began: a gateway may still hold it and pass it on later, and an entry read back as missing
+  too early would be stored twice. Until then the part waits (:class:`Unsettled`) and the rest
+  of the batch goes on. (A 5xx is an answer: whoever gave it holds the request no more.)
 * **The run's state** (a PUT of the fields that changed) is applied last; PUTs are idempotent.
 
 A transient failure raises :class:`RetryLater` and the caller keeps the batch with its progress.
@@ -198,6 +199,14 @@ class Progress:
             self.began.pop(part, None)
             self.states[part] = state
             self.record(part, state)
+
+    def answered(self, part: str) -> None:
+        """A ``sending`` part's POST was answered, with an error that leaves its outcome
+        unknown (a 5xx): whoever answered is done with it, so no copy of it waits on the way
+        any more, and it can be reconciled without waiting for the settle time."""
+        if self.states.get(part) == "sending":
+            self.began[part] = 0.0
+            self.record(part, "sending")
 
 
 @dataclass
@@ -632,9 +641,12 @@ class Uploader:
             except (ServerUnreachableError, ServerError, AuthenticationError) as exc:
                 if not maybe_delivered(exc):
                     progress.set(part, "clear")
+                elif not isinstance(exc, ServerUnreachableError):
+                    progress.answered(part)  # (no answer: it may still be on its way)
                 raise
             except SimvueHTTPError as exc:
                 if maybe_delivered(exc):  # a 5xx outside the retried set: may be stored
+                    progress.answered(part)
                     raise ServerError(exc.method, exc.url, exc.status_code, exc.detail) from exc
                 self._reject(records, f"the server refused {kind}: {exc}", exc.status_code)
             else:
