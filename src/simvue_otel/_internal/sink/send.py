@@ -5,13 +5,13 @@ Resumable and safe to repeat: each part of a frame (a run's metrics or events, o
 is recorded on disk as sent and then as acknowledged, and a frame is acknowledged once all its
 parts are; an interrupted `send` skips what the server acknowledged and, for a part whose answer
 never came, reads back what the server holds before sending the rest, so nothing is stored
-twice; a part whose POST began less than the settle time ago (``SIMVUE_OTEL_SETTLE_SECONDS``:
-a `send` killed a moment ago, whose POST a gateway may still hold) is read back only once that
-time has passed, and `send` waits for it, saying so. Run ids are recorded beside the spool, so
-a run is never created twice. Spools still
-being written by a live process are left alone, and so is each segment another process is
-uploading (it holds the segment's lock: a bridge or an online run uploading its own spill);
-a second `send` on the same directory is refused.
+twice; a part whose POST got no answer and began less than the settle time ago
+(``SIMVUE_OTEL_SETTLE_SECONDS``: a `send` killed a moment ago, whose POST a gateway may still
+hold) is read back only once that time has passed, and `send` waits for it, saying so. Run ids
+are recorded beside the spool, so a run is never created twice. Spools still being written by
+a live process are left alone, and so is each segment another process is uploading (it holds
+the segment's lock: a bridge or an online run uploading its own spill); a second `send` on the
+same directory is refused.
 
 Damage costs only itself: a frame whose bytes no longer read back is set aside in
 ``<stem>.corrupt``, the frames after it are sent, and each run that lost records gets a loss
@@ -273,7 +273,7 @@ def _send_segment(
                 sleep(max(wait, 0.01))
             except RetryLater as exc:
                 attempt += 1
-                if attempt == attempts:
+                if attempt >= attempts:
                     return exc
                 sleep(min(10.0, 0.5 * 2 ** (attempt - 1)))
         reader.ack(frame)
