@@ -55,16 +55,13 @@ from tests.proxy import CHAOS_ACTIONS, ChaosProxy, as_server
 SOAK_SECONDS = float(os.environ.get("SIMVUE_OTEL_SOAK_SECONDS", "120"))
 SEED = int(os.environ.get("SIMVUE_OTEL_SOAK_SEED", "20"))
 STRICT = os.environ.get("SIMVUE_OTEL_SOAK_STRICT", "") == "1"
-"""Also fail on the two faults the code does not survive yet (both off by default):
+"""Also fail on the fault the code does not survive yet (off by default):
 
-* ``held`` among the proxy's faults: a write held back before it reaches the server while its
-  sender (a bridge, ``send``) is killed lands after the sender's successor has reconciled and
-  sent the batch again, and the batch is stored twice;
 * a ``Run`` whose ``init`` meets the gateway's 502 while the server restarts raises
   ``ConfigurationError`` ("is not a Simvue server") and the program dies before logging
   anything; by default such a producer is counted apart, not as a failure."""
 _ASKED = tuple(a for a in os.environ.get("SIMVUE_OTEL_SOAK_FAULTS", "").split(",") if a)
-FAULTS = _ASKED or (CHAOS_ACTIONS if STRICT else tuple(a for a in CHAOS_ACTIONS if a != "held"))
+FAULTS = _ASKED or CHAOS_ACTIONS
 """The proxy's faults (``SIMVUE_OTEL_SOAK_FAULTS``, comma-separated; see ``CHAOS_ACTIONS``)."""
 INIT_502 = "is not a Simvue server: GET"
 FAULT_RATE = 0.12
@@ -632,11 +629,6 @@ def _offline_run(tmp: Path, proxy: ChaosProxy, server: LocalServer, steps: int) 
     return env
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a write held on its way to the server while its sender is killed lands after the "
-    "next sender reconciled and sent it again: stored twice (found by the soak)",
-)
 def test_a_write_still_on_its_way_when_send_dies_is_not_stored_twice(tmp_path: Path) -> None:
     """``send`` POSTs a batch that a gateway holds 5 s before passing it on; ``send`` is killed
     meanwhile and run again at once. The held POST still reaches the server."""

@@ -13,6 +13,7 @@ import binascii
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -321,6 +322,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds to wait for delivery at shutdown",
     ),
     Setting(
+        "SIMVUE_OTEL_SETTLE_SECONDS", "15", "`Run`, exporters, bridge, `simvue-otel send`",
+        "seconds after a metrics or events POST began before its part, if no answer came, "
+        "is checked against the server and what is missing sent again: longer than any "
+        "gateway on the way may hold a request before passing it on "
+        "([conventions §10](conventions.md#10-delivery-guarantees))",
+    ),
+    Setting(
         "SIMVUE_OTEL_SPAN_EVENTS", "all", "`Run`, exporters, bridge",
         "which spans become events: `all`, `errors` or `none`",
     ),
@@ -380,6 +388,32 @@ def shutdown_timeout() -> float:
         return max(0.0, float(setting("SIMVUE_OTEL_SHUTDOWN_TIMEOUT") or "30"))
     except ValueError:
         return 30.0
+
+
+SETTLE_SECONDS = 15.0
+"""The default of ``SIMVUE_OTEL_SETTLE_SECONDS``: a little more than the 10 s an HTTP request
+of the sinks may take (their client's timeout)."""
+
+
+def settle_seconds() -> float:
+    """Seconds after a POST began past which no copy of it can still reach the server
+    (``SIMVUE_OTEL_SETTLE_SECONDS``, 15): before that, a POST whose answer was lost is not
+    judged missing, since a gateway may still be holding it. A value that is not a number
+    of seconds keeps the default (and says so)."""
+    text = setting("SIMVUE_OTEL_SETTLE_SECONDS") or ""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0.0 or value == float("inf"):
+        logging.getLogger("simvue_otel").warning(
+            "SIMVUE_OTEL_SETTLE_SECONDS must be a number of seconds, 0 or more (given: %r); "
+            "using %g",
+            text,
+            SETTLE_SECONDS,
+        )
+        return SETTLE_SECONDS
+    return value
 
 
 def span_events() -> str:

@@ -39,7 +39,7 @@ from .files import private_dir
 from .losses import DiskReserve, LossLedger, damage_events, split_states
 from .run_index import RunIndex
 from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
-from .uploader import PartlyTaken, Progress, RetryLater, Uploader, UploadStats
+from .uploader import PartlyTaken, Progress, RetryLater, Unsettled, Uploader, UploadStats
 
 __all__ = ["OnlineSink"]
 
@@ -50,12 +50,13 @@ class SpoolProgress(Progress):
     """The progress of a spooled frame, kept in its segment's ``.parts`` file."""
 
     def __init__(self, reader: SpoolReader, frame: Frame) -> None:
-        super().__init__(reader.progress(frame))
+        super().__init__(reader.progress(frame), reader.began(frame))
         self._reader = reader
         self._frame = frame
 
     def record(self, part: str, state: str) -> None:
-        self._reader.mark(self._frame, part, state)
+        at = self.began.get(part) if state == "sending" else None
+        self._reader.mark(self._frame, part, state, at)
 
 
 SEGMENT_BYTES = 8 * 2**20
@@ -147,6 +148,8 @@ class OnlineSink(Sink):
         self._deadline: float | None = None
         self._failures = 0
         self._partly = False  # the last pass was refused by some endpoints only (5xx, 429)
+        self._settling: float | None = None  # when a spooled frame kept for its unsettled
+        # parts (see Unsettled) can go on (time.monotonic()); None: no frame waits so
         self._since = 0.0  # when the memory buffer last went from empty to holding records
         self._child = child_of is not None
         if child_of is not None:
@@ -399,13 +402,14 @@ class OnlineSink(Sink):
             if chunk:
                 chunks.append(chunk)
         states = progress.states if progress is not None else None
+        began = progress.began if progress is not None else None
         for part in chunks:
             refusal = self.losses.still_refusing()
             if refusal is not None:
                 self._refused_locked(part, refusal)  # no encoding while the disk is full
                 continue
             try:
-                self._writer.append(key or self._next_key(), part, states)
+                self._writer.append(key or self._next_key(), part, states, began)
             except OSError as exc:  # a full disk: counted and told, never raised
                 self.losses.refusing(exc)
                 self._refused_locked(part, exc)
@@ -443,6 +447,15 @@ class OnlineSink(Sink):
                     if backoff:  # the server is not taking data: wait, do not spin
                         left = self._deadline - time.monotonic()
                         self._wake.wait(timeout=min(backoff, max(0.05, left / 2)))
+                        if time.monotonic() >= self._deadline:
+                            return
+                    elif self._settling is not None and not self._buffer:
+                        # Only frames that wait for earlier POSTs to settle: wait for them
+                        # (or the deadline), do not spin.
+                        now = time.monotonic()
+                        pause = min(self._settling, self._deadline) - now
+                        if pause > 0:
+                            self._wake.wait(timeout=pause)
                         if time.monotonic() >= self._deadline:
                             return
                 self._busy = True
@@ -487,6 +500,7 @@ class OnlineSink(Sink):
 
     def _drain_pass(self) -> bool:
         self._partly = False
+        self._settling = None
         now = time.monotonic()
         if now >= self._next_adopt:
             self._next_adopt = now + self.adopt_interval
@@ -543,6 +557,8 @@ class OnlineSink(Sink):
             adopted = self._upload_frames(reader, orphans, ours=False)
             if adopted is None:
                 return False
+            if self._settling is not None:  # a frame waits to settle: look again by then
+                self._next_adopt = min(self._next_adopt, self._settling)
             reader.cleanup()
             if adopted[0]:
                 _LOG.warning(
@@ -587,8 +603,14 @@ class OnlineSink(Sink):
     ) -> tuple[int, int] | None:
         """Upload the segments' frames in order, each segment under its lock, acknowledging
         each frame on disk once the server has it: (frames uploaded, segments skipped because
-        another uploader holds them), or None when the server stopped taking them. ``ours``:
-        the frames are this sink's own spills, counted in its backlog."""
+        another uploader holds them or frames kept for a later pass), or None when the server
+        stopped taking them. ``ours``: the frames are this sink's own spills, counted in its
+        backlog.
+
+        A frame kept for a later pass (an endpoint refused part of it, or parts of it wait to
+        settle: :class:`Unsettled`) holds back nothing: the frames after it are uploaded too,
+        but acknowledged (the cursor moved past them) only once it is, by a later pass that
+        finds their parts done."""
         uploaded = busy = 0
         partly = False
         try:
@@ -596,20 +618,28 @@ class OnlineSink(Sink):
                 if not self._claim(reader, segment):
                     busy += 1
                     continue
-                # Once a frame of this segment is left partly taken, the later ones are not
+                # Once a frame of this segment is kept for a later pass, the later ones are not
                 # acknowledged either: an acknowledgement moves the segment's cursor past every
                 # frame before it, and would drop that frame's remaining parts. Their parts are
                 # marked done, so reading them again costs only the skip.
-                held = False
+                kept = False
                 try:
                     for frame in reader.frames(segment):
                         try:
                             self.uploader.upload(
                                 frame.records, frame.batch_key, SpoolProgress(reader, frame)
                             )
+                        except Unsettled as exc:  # kept; tried again once settled
+                            _LOG.info("a spooled batch waits: %s", exc)
+                            ready = exc.ready
+                            self._settling = min(self._settling or ready, ready)
+                            kept = True
+                            busy += 1
+                            continue
                         except PartlyTaken as exc:  # kept, with its progress; later frames go
                             _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
-                            partly = held = self._partly = True
+                            partly = self._partly = True
+                            kept = True
                             continue
                         except RetryLater as exc:
                             _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
@@ -617,7 +647,8 @@ class OnlineSink(Sink):
                         except Exception:
                             _LOG.exception("unexpected error while uploading a spooled batch; kept")
                             return None
-                        if held:
+                        if kept:  # delivered; acknowledged after the frame kept before it
+                            busy += 1
                             continue
                         reader.ack(frame)
                         uploaded += 1

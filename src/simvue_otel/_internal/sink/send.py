@@ -5,10 +5,13 @@ Resumable and safe to repeat: each part of a frame (a run's metrics or events, o
 is recorded on disk as sent and then as acknowledged, and a frame is acknowledged once all its
 parts are; an interrupted `send` skips what the server acknowledged and, for a part whose answer
 never came, reads back what the server holds before sending the rest, so nothing is stored
-twice. Run ids are recorded beside the spool, so a run is never created twice. Spools still
-being written by a live process are left alone, and so is each segment another process is
-uploading (it holds the segment's lock: a bridge or an online run uploading its own spill);
-a second `send` on the same directory is refused.
+twice; a part whose POST got no answer and began less than the settle time ago
+(``SIMVUE_OTEL_SETTLE_SECONDS``: a `send` killed a moment ago, whose POST a gateway may still
+hold) is read back only once that time has passed, and `send` waits for it, saying so. Run ids
+are recorded beside the spool, so a run is never created twice. Spools still being written by
+a live process are left alone, and so is each segment another process is uploading (it holds
+the segment's lock: a bridge or an online run uploading its own spill); a second `send` on the
+same directory is refused.
 
 Damage costs only itself: a frame whose bytes no longer read back is set aside in
 ``<stem>.corrupt``, the frames after it are sent, and each run that lost records gets a loss
@@ -36,7 +39,7 @@ from .files import UnsafeSpoolFile, private_dir, read_private
 from .losses import damage_events
 from .online import SpoolProgress, run_index_for
 from .spool import Damage, SendLock, SpoolReader, SpoolWriter
-from .uploader import RetryLater, Uploader, UploadStats
+from .uploader import RetryLater, Unsettled, Uploader, UploadStats
 
 __all__ = ["SendResult", "send_spool"]
 
@@ -80,6 +83,13 @@ class _Progress:
         self.stream = stream
         self.tty = bool(stream and stream.isatty())
         self.last = 0.0
+
+    def say(self, text: str) -> None:
+        """One line of its own (after the bar, on a terminal)."""
+        if self.stream is None:
+            return
+        self.stream.write(("\n" if self.tty else "") + text + "\n")
+        self.stream.flush()
 
     def update(self, done: int, points: int, force: bool = False) -> None:
         if self.stream is None:
@@ -127,7 +137,9 @@ def send_spool(
 
     This loop owns the retries: each batch is tried ``attempts`` times, ``sleep`` waiting
     0.5 s, 1 s, 2 s... (at most 10 s) between tries, so give it a client that does not retry
-    (``retries=0``) or the tries multiply."""
+    (``retries=0``) or the tries multiply. A batch with parts whose earlier POST may still be
+    on its way (:class:`~.uploader.Unsettled`) is waited for with ``sleep``, up to the settle
+    time, and counts no try."""
     total = SendResult(0, 0, UploadStats(), True)
     folders = [spool_dir]
     for folder in sorted(spool_dir.glob("server-*")):
@@ -244,14 +256,26 @@ def _send_segment(
     """Upload one claimed segment's frames; the last failure when the server stopped taking
     them (after ``attempts`` tries of one frame), else None."""
     for frame in reader.frames(segment):
-        for attempt in range(attempts):
+        attempt = 0
+        while True:
             try:
                 uploader.upload(frame.records, frame.batch_key, SpoolProgress(reader, frame))
                 break
+            except Unsettled as exc:
+                # An earlier `send` (or bridge) POSTed parts of it and died: a gateway may still
+                # hold those POSTs, so they are judged only once none can land any more.
+                wait = min(max(0.0, exc.ready - time.monotonic()), uploader.settle)
+                bar.say(
+                    f"waiting {wait:.1f} s for {exc.parts} earlier POST(s) of batch "
+                    f"{frame.batch_key} that got no answer (a gateway may still pass them on; "
+                    "SIMVUE_OTEL_SETTLE_SECONDS), then checking what the server holds"
+                )
+                sleep(max(wait, 0.01))
             except RetryLater as exc:
-                if attempt == attempts - 1:
+                attempt += 1
+                if attempt >= attempts:
                     return exc
-                sleep(min(10.0, 0.5 * 2**attempt))
+                sleep(min(10.0, 0.5 * 2 ** (attempt - 1)))
         reader.ack(frame)
         result.frames += 1
         result.bytes += frame.end - frame.offset

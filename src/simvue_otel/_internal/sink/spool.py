@@ -13,8 +13,11 @@ Layout of a spool directory:
   "p": part, "s": state}``: which parts of a frame (a run's metrics or events, in POST-sized
   chunks) the server holds (``done``), which were sent without an answer (``sending``: checked
   against the server before anything is sent again) and which turned out unsent (``clear``).
-  A line applies only to the frame at that offset with that CRC, so a line left by a write that
-  failed can never mark another frame.
+  A ``sending`` line also carries ``"t"``, when that POST began (seconds since the epoch): the
+  part is checked only once no copy of that POST can still be on its way (the settle time,
+  see :mod:`.uploader`); a ``sending`` line without it (written by an earlier version) counts
+  as long settled. A line applies only to the frame at that offset with that CRC, so a line
+  left by a write that failed can never mark another frame.
 * ``<stem>.corrupt``: bytes set aside from a damaged segment (kept, never deleted); the reader
   resynchronises on the next valid frame (marker and CRC), so damage costs only itself.
 * ``.send.lock``: held by the one ``simvue-otel send`` allowed per directory.
@@ -42,6 +45,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import secrets
 import struct
@@ -139,8 +143,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _mark_line(offset: int, crc: int, part: str, state: str) -> bytes:
-    return (json.dumps({"o": offset, "c": crc, "p": part, "s": state}) + "\n").encode()
+def _mark_line(offset: int, crc: int, part: str, state: str, at: float | None = None) -> bytes:
+    """One progress line; ``at``: when a ``sending`` part's POST began (epoch seconds)."""
+    entry: dict[str, object] = {"o": offset, "c": crc, "p": part, "s": state}
+    if at is not None:
+        entry["t"] = round(at, 3)
+    return (json.dumps(entry) + "\n").encode()
 
 
 def _append_marks(path: Path, lines: Sequence[bytes]) -> None:
@@ -287,12 +295,14 @@ class SpoolWriter:
         batch_key: str,
         records: Sequence[Record],
         progress: Mapping[str, str] | None = None,
+        began: Mapping[str, float] | None = None,
     ) -> int:
         """Write one batch as one frame; return the frame's size in bytes.
 
         ``progress`` (part → ``done`` or ``sending``) is what the server already holds of a
-        batch that met it before being spooled; it is written before the frame, so a frame
-        never appears on disk without it.
+        batch that met it before being spooled, and ``began`` when each ``sending`` part's
+        POST began; they are written before the frame, so a frame never appears on disk
+        without them.
         """
         payload = encode_batch(batch_key, records)
         if len(payload) > _MAX_PAYLOAD:
@@ -308,7 +318,11 @@ class SpoolWriter:
             assert fd is not None and self._path is not None
             start = self._size
             if progress:
-                lines = [_mark_line(start, crc, part, state) for part, state in progress.items()]
+                times = began or {}
+                lines = [
+                    _mark_line(start, crc, part, state, times.get(part))
+                    for part, state in progress.items()
+                ]
                 _append_marks(self._path.with_suffix(_PARTS_SUFFIX), lines)
             try:
                 written = os.write(fd, frame)
@@ -507,8 +521,9 @@ class SpoolReader:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        # Parsed progress lines per segment stem: (bytes read so far, {(offset, crc): marks}).
-        self._marks: dict[str, tuple[int, dict[tuple[int, int], dict[str, str]]]] = {}
+        # Parsed progress lines per segment stem: (bytes read so far, {(offset, crc): marks}),
+        # a mark being a part's state and when its last POST began (0: not known, long ago).
+        self._marks: dict[str, tuple[int, dict[tuple[int, int], dict[str, tuple[str, float]]]]] = {}
         self._claims: dict[str, int] = {}  # segment stem -> descriptor holding its flock
         self.damage: list[Damage] = []
         """Damage found and set aside so far (take it with :meth:`take_damage`)."""
@@ -779,6 +794,15 @@ class SpoolReader:
 
     def progress(self, frame: Frame) -> dict[str, str]:
         """What is recorded of ``frame``'s parts: part → ``done`` or ``sending``."""
+        return {part: state for part, (state, _) in self._read_marks(frame).items()}
+
+    def began(self, frame: Frame) -> dict[str, float]:
+        """When the last POST of each of ``frame``'s ``sending`` parts began (epoch seconds;
+        0.0 where its line does not say: written before lines said, so long ago)."""
+        return {p: at for p, (state, at) in self._read_marks(frame).items() if state == "sending"}
+
+    def _read_marks(self, frame: Frame) -> dict[str, tuple[str, float]]:
+        """The marks of ``frame``, reading what was appended to its ``.parts`` since last."""
         stem = frame.segment.stem
         read, marks = self._marks.get(stem, (0, {}))
         path = frame.segment.with_suffix(_PARTS_SUFFIX)
@@ -800,23 +824,27 @@ class SpoolReader:
                 except (ValueError, KeyError, TypeError):
                     _LOG.warning("spool: unreadable progress line in %s: %r", path.name, line)
                     continue
+                at = entry.get("t")
+                # A time that does not read counts as long ago (as a line without one): the
+                # part is still reconciled before anything of it is sent again.
+                at = float(at) if isinstance(at, (int, float)) and math.isfinite(at) else 0.0
                 states = marks.setdefault(where, {})
                 if state == "clear":
                     states.pop(part, None)
                 else:
-                    states[part] = state
+                    states[part] = (state, at)
             read += len(whole)
         self._marks[stem] = (read, marks)
         return dict(marks.get((frame.offset, frame.crc), {}))
 
-    def mark(self, frame: Frame, part: str, state: str) -> None:
-        """Record ``state`` (``sending``, ``done`` or ``clear``) for one part of ``frame``."""
+    def mark(self, frame: Frame, part: str, state: str, at: float | None = None) -> None:
+        """Record ``state`` (``sending``, ``done`` or ``clear``) for one part of ``frame``;
+        ``at``: when a ``sending`` part's POST began (epoch seconds)."""
         path = self._resolve(frame.segment)
         if path is None:
             return
-        _append_marks(
-            path.with_suffix(_PARTS_SUFFIX), [_mark_line(frame.offset, frame.crc, part, state)]
-        )
+        line = _mark_line(frame.offset, frame.crc, part, state, at)
+        _append_marks(path.with_suffix(_PARTS_SUFFIX), [line])
 
     def ack(self, frame: Frame) -> None:
         """Record ``frame`` as done; delete its segment once finished and wholly acknowledged."""

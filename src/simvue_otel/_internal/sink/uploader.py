@@ -10,8 +10,13 @@ Used by the online sink's worker and by ``simvue-otel send``. A batch is uploade
 * **Metric points and events** go in *parts* of at most 16,000 entries (one POST each, as the
   official client sends them). A :class:`Progress` records each part as ``sending`` before its
   POST and ``done`` after, so nothing the server acknowledged is sent again. A part whose
-  outcome is unknown (timeout, reset connection, 5xx) is *reconciled* before it is sent again:
-  what the server holds is read back and only the missing entries are sent.
+  outcome is unknown (timeout, reset connection, 5xx, a process killed meanwhile) is
+  *reconciled* before it is sent again: what the server holds is read back and only the
+  missing entries are sent. Where no answer came (a timeout, a reset connection, a process
+  killed meanwhile), not before the *settle time* (``settle``) has passed since that POST
+  began: a gateway may still hold it and pass it on later, and an entry read back as missing
+  too early would be stored twice. Until then the part waits (:class:`Unsettled`) and the rest
+  of the batch goes on. (A 5xx is an answer: whoever gave it holds the request no more.)
 * **The run's state** (a PUT of the fields that changed) is applied last; PUTs are idempotent.
 
 A transient failure raises :class:`RetryLater` and the caller keeps the batch with its progress.
@@ -35,6 +40,7 @@ from typing import Any
 
 from ..client import MAX_BATCH_ENTRIES, SimvueClient, format_timestamp, maybe_delivered
 from ..client import parse_timestamp as _parse_timestamp
+from ..config import settle_seconds
 from ..conventions import FINAL_STATUSES, RUN_KEY_METADATA
 from ..errors import (
     AuthenticationError,
@@ -48,7 +54,15 @@ from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunR
 from ..names import name_for_key
 from .run_index import RunIndex
 
-__all__ = ["REFUSED_STATUSES", "PartlyTaken", "Progress", "RetryLater", "UploadStats", "Uploader"]
+__all__ = [
+    "REFUSED_STATUSES",
+    "PartlyTaken",
+    "Progress",
+    "RetryLater",
+    "Unsettled",
+    "UploadStats",
+    "Uploader",
+]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
@@ -82,10 +96,34 @@ class PartlyTaken(RetryLater):
     go too (their parts for that endpoint wait, untried, until the next pass)."""
 
 
+class Unsettled(PartlyTaken):
+    """Parts of the batch were sent before without an answer, too recently to be judged: a
+    copy of that POST may still be on its way (held by a gateway). The rest of the batch was
+    delivered; keep it, with its progress, and try it again at ``ready`` (``time.monotonic()``),
+    when those parts are reconciled. Nothing is wrong with the server."""
+
+    def __init__(self, ready: float, parts: int) -> None:
+        wait = max(0.0, ready - time.monotonic())
+        super().__init__(
+            f"{parts} part(s) sent earlier without an answer are checked with the server in "
+            f"{wait:.1f} s, once no copy of them can still be on its way"
+        )
+        self.ready = ready
+        self.parts = parts
+
+
 REFUSED_STATUSES = frozenset({400, 409, 413, 422})
 """Answers that refuse the request itself (malformed, conflicting, too large, invalid): sent
 again it is refused again, so its records are set aside instead of retried. 401, 403 and 404
 are a token, a permission or a URL to fix and 429/5xx are passing: those records wait."""
+
+
+class _NotYet(Exception):
+    """A part cannot be reconciled before ``ready`` (``time.monotonic()``)."""
+
+    def __init__(self, ready: float) -> None:
+        super().__init__(ready)
+        self.ready = ready
 
 
 class _Refused(Exception):
@@ -133,23 +171,42 @@ class Progress:
 
     ``states`` maps a part (``"<run>.m<chunk>"`` metrics, ``"<run>.e<chunk>"`` events) to
     ``done`` (acknowledged: never sent again) or ``sending`` (sent, no answer: reconciled
-    before anything is sent again). Subclasses make the changes durable by overriding
+    before anything is sent again); ``began``, when each ``sending`` part's last POST began
+    (``time.time()``; 0.0: long ago). Subclasses make the changes durable by overriding
     :meth:`record`.
     """
 
-    def __init__(self, states: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, states: Mapping[str, str] | None = None, began: Mapping[str, float] | None = None
+    ) -> None:
         self.states: dict[str, str] = dict(states or {})
+        self.began: dict[str, float] = dict(began or {})
 
     def record(self, part: str, state: str) -> None:
-        """Make one change durable (nothing to do for a batch held in memory)."""
+        """Make one change durable (nothing to do for a batch held in memory); for
+        ``sending``, :attr:`began` holds its time."""
 
     def set(self, part: str, state: str) -> None:
         if state == "clear":
+            self.began.pop(part, None)
             if self.states.pop(part, None) is not None:
                 self.record(part, state)
+        elif state == "sending":  # every POST, even of a part already sending: its own time
+            self.states[part] = state
+            self.began[part] = time.time()
+            self.record(part, state)
         elif self.states.get(part) != state:
+            self.began.pop(part, None)
             self.states[part] = state
             self.record(part, state)
+
+    def answered(self, part: str) -> None:
+        """A ``sending`` part's POST was answered, with an error that leaves its outcome
+        unknown (a 5xx): whoever answered is done with it, so no copy of it waits on the way
+        any more, and it can be reconciled without waiting for the settle time."""
+        if self.states.get(part) == "sending":
+            self.began[part] = 0.0
+            self.record(part, "sending")
 
 
 @dataclass
@@ -280,8 +337,17 @@ class Uploader:
         *,
         rejected_dir: Path | None = None,
         index: RunIndex | None = None,
+        settle: float | None = None,
     ) -> None:
         self.client = client
+        self.settle = settle_seconds() if settle is None else max(0.0, settle)
+        """Seconds after a POST began before its part, if it got no answer, is reconciled
+        (``SIMVUE_OTEL_SETTLE_SECONDS``): longer than a gateway may hold a request."""
+        # (batch, part, its POST's start) -> when this uploader first found it unsettled
+        # (time.monotonic()): a clock that stepped back never makes a part wait longer.
+        self._unsettled: dict[tuple[str, str, float], float] = {}
+        self._waits: list[float] = []  # per upload: when the parts found unsettled are ready
+        self._batch = ""  # the batch being uploaded (names unsettled parts)
         self.rejected_dir = rejected_dir
         self.index = index or RunIndex(None)
         self.stats = UploadStats()
@@ -318,6 +384,8 @@ class Uploader:
         # open (see begin_pass), so later batches do not try them again meanwhile.
         failing = self._failing if self._failing is not None else {}
         whole = True  # every part of every run done, every state applied
+        self._waits = []
+        self._batch = batch_key
         for key, plan in self.plan(records).items():
             try:
                 whole = self._upload_run(key, plan, progress, failing) and whole
@@ -358,6 +426,8 @@ class Uploader:
             self.stats.failures["server_error"] += 1
             self._suspect.update(self._ids)
             raise PartlyTaken("; ".join(str(e) for e in failing.values()))
+        if self._waits:
+            raise Unsettled(min(self._waits), len(self._waits))
         self._told.discard("token")
         self.stats.timed(time.perf_counter() - began)
 
@@ -500,6 +570,8 @@ class Uploader:
             except ServerError as exc:  # the server answers; this endpoint does not take data
                 failing.setdefault(kind, exc)
                 whole = False
+            except _NotYet as wait:  # an earlier POST of it may still land: it waits
+                self._waits.append(wait.ready)
         if ahead is not None:
             ahead.cancel()
         if "runs" in failing:
@@ -562,6 +634,7 @@ class Uploader:
             entries = _entries(kind, records)
         post = self.client.post_metrics if kind == "metrics" else self.client.post_events
         if state == "sending":
+            self._settled(part, progress.began.get(part, 0.0))
             entries = self._missing(run_id, kind, entries)
             self.stats.reconciled += 1
         if entries:
@@ -571,9 +644,12 @@ class Uploader:
             except (ServerUnreachableError, ServerError, AuthenticationError) as exc:
                 if not maybe_delivered(exc):
                     progress.set(part, "clear")
+                elif not isinstance(exc, ServerUnreachableError):
+                    progress.answered(part)  # (no answer: it may still be on its way)
                 raise
             except SimvueHTTPError as exc:
                 if maybe_delivered(exc):  # a 5xx outside the retried set: may be stored
+                    progress.answered(part)
                     raise ServerError(exc.method, exc.url, exc.status_code, exc.detail) from exc
                 self._reject(records, f"the server refused {kind}: {exc}", exc.status_code)
             else:
@@ -582,6 +658,21 @@ class Uploader:
                 else:
                     self.stats.events += len(entries)
         progress.set(part, "done")
+
+    def _settled(self, part: str, began: float) -> None:
+        """Return when no copy of the part's last POST (begun at ``began``, epoch seconds) can
+        still reach the server, so that what it lacks can be judged; else raise
+        :class:`_NotYet` with when that will be. Measured by the wall clock (the POST may
+        have been sent by a process that died), and never longer than the settle time from
+        the first time this uploader found it unsettled (a clock that stepped back)."""
+        age = time.time() - began
+        key = (self._batch, part, began)
+        if age < self.settle:
+            now = time.monotonic()
+            left = self.settle - max(age, now - self._unsettled.setdefault(key, now))
+            if left > 0:
+                raise _NotYet(now + left)
+        self._unsettled.pop(key, None)
 
     def _numbered(self, key: str, run_id: str, points: Sequence[MetricRecord]) -> list[Any]:
         """Instrument points with the run's steps instead of their process-local counts.
