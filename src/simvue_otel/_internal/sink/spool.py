@@ -95,6 +95,7 @@ _CORRUPT_SUFFIX = ".corrupt"
 _PARTS_SUFFIX = ".parts"
 _CREATING_SUFFIX = ".creating"  # a segment before its lock is held; readers never look at it
 _SEND_LOCK = ".send.lock"
+_DAMAGE_CRC = -1  # the "CRC" of a progress line recording damage set aside (no CRC32 is < 0)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -750,6 +751,11 @@ class SpoolReader:
         could not be set aside (they stay, and reading this segment stops)."""
         # Expected after a writer was killed mid-append (that append never returned): a warning.
         level = logging.WARNING if tail else logging.ERROR
+        # Found again (its cursor was held back by a frame before it kept for a later pass):
+        # already kept and told, so only the cursor may move past it now.
+        seen = f"damage:{len(data)}"
+        if seen in self._marks_at(segment, offset, _DAMAGE_CRC):
+            return self._past_damage(segment, offset, len(data))
         _LOG.log(level, "spool: damaged segment %s at offset %d: %s", segment.name, offset, problem)
         corrupt: Path | None = segment.with_suffix(_CORRUPT_SUFFIX)
         try:
@@ -778,11 +784,22 @@ class SpoolReader:
         # of runs, at the start of its payload, readable).
         records, unknown = _salvage(data[_HEADER.size :])
         damage = Damage(segment, offset, len(data), problem, corrupt, records, unknown, tail)
+        try:
+            _append_marks(
+                segment.with_suffix(_PARTS_SUFFIX),
+                [_mark_line(offset, _DAMAGE_CRC, seen, "done")],
+            )
+        except OSError as exc:  # then a later read may set it aside (and tell it) again
+            _LOG.warning("spool: cannot record damage of %s as kept (%s)", segment.name, exc)
         self.damage.append(damage)
         _LOG.log(level, "spool: %s", damage.describe())
+        return self._past_damage(segment, offset, len(data))
+
+    def _past_damage(self, segment: Path, offset: int, size: int) -> bool:
+        """Move the cursor past damage set aside, when all before it is acknowledged."""
         try:
             if self._read_cursor(segment) == offset:  # all before the damage acknowledged
-                stop = offset + len(data)
+                stop = offset + size
                 if stop >= (self._size(segment) or 0) and self._is_finished(segment):
                     self._delete(segment)
                 else:
@@ -803,9 +820,13 @@ class SpoolReader:
 
     def _read_marks(self, frame: Frame) -> dict[str, tuple[str, float]]:
         """The marks of ``frame``, reading what was appended to its ``.parts`` since last."""
-        stem = frame.segment.stem
+        return self._marks_at(frame.segment, frame.offset, frame.crc)
+
+    def _marks_at(self, segment: Path, offset: int, crc: int) -> dict[str, tuple[str, float]]:
+        """The marks recorded at ``offset`` for ``crc`` in ``segment``'s ``.parts``."""
+        stem = segment.stem
         read, marks = self._marks.get(stem, (0, {}))
-        path = frame.segment.with_suffix(_PARTS_SUFFIX)
+        path = segment.with_suffix(_PARTS_SUFFIX)
         try:
             fd = open_private(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -835,7 +856,7 @@ class SpoolReader:
                     states[part] = (state, at)
             read += len(whole)
         self._marks[stem] = (read, marks)
-        return dict(marks.get((frame.offset, frame.crc), {}))
+        return dict(marks.get((offset, crc), {}))
 
     def mark(self, frame: Frame, part: str, state: str, at: float | None = None) -> None:
         """Record ``state`` (``sending``, ``done`` or ``clear``) for one part of ``frame``;

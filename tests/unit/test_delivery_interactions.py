@@ -1,0 +1,80 @@
+"""Interactions between the delivery fixes, in process against tests/fake_simvue.py: a frame
+kept for a later pass, damage in the same segment, and adoption of what a dead process left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simvue_otel._internal.client import SimvueClient
+from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
+from simvue_otel._internal.sink.losses import LOSS_EVENT_PREFIX
+from simvue_otel._internal.sink.online import OnlineSink
+from simvue_otel._internal.sink.spool import SpoolWriter
+from tests.fake_simvue import URL, FakeSimvue
+
+RUN = RunRef("key-1", "interactions", "/unit")
+
+
+@pytest.fixture
+def fake() -> FakeSimvue:
+    return FakeSimvue()
+
+
+@pytest.fixture
+def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
+    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
+        yield c
+
+
+def points(n: int, start: int = 0) -> list[MetricRecord]:
+    return [
+        MetricRecord(RUN, {"x": float(i)}, i, float(i), 1_700_000_000.0 + i)
+        for i in range(start, start + n)
+    ]
+
+
+def _left_segment_with_damage(spool: Path) -> tuple[Path, int]:
+    """A finished segment a dead process left: frame 0 (state, points 0-9, an event), frame 1
+    (points 10-19) damaged in its payload's last byte, frame 2 (points 20-29)."""
+    with SpoolWriter(spool) as writer:
+        writer.append(
+            "dead:1", [RunRecord(RUN, "running", 1.0), *points(10), EventRecord(RUN, "e", 1.0)]
+        )
+        start = writer.bytes_written
+        writer.append("dead:2", points(10, 10))
+        end = writer.bytes_written
+        writer.append("dead:3", points(10, 20))
+    (segment,) = spool.glob("*.done")
+    data = bytearray(segment.read_bytes())
+    data[end - 1] ^= 0xFF  # a CRC mismatch; the frame's table of runs still reads
+    segment.write_bytes(bytes(data))
+    return segment, end - start
+
+
+def test_damage_after_a_kept_frame_is_set_aside_and_told_once(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The first frame's events meet a 503, so it is kept for a later pass, and the damage
+    after it is found before it is acknowledged. When the kept frame goes, reading resumes at
+    the damage again: it must not be copied to ``.corrupt`` twice nor told twice."""
+    spool = tmp_path / "spool"
+    segment, damaged = _left_segment_with_damage(spool)
+    fake.fail("POST", "events", 503)
+    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    try:
+        deadline = time.monotonic() + 60
+        while list(spool.glob("*.done")):
+            assert time.monotonic() < deadline, "the segment left behind was not uploaded"
+            time.sleep(0.02)
+        assert sink.flush(30)
+    finally:
+        assert sink.close(20)
+    (run_id,) = fake.run_ids()
+    assert [s for s, _ in fake.points(run_id, "x")] == list(range(10)) + list(range(20, 30))
+    told = [e for e in fake.events[run_id] if e["message"].startswith(LOSS_EVENT_PREFIX)]
+    assert len(told) == 1, [e["message"] for e in told]
+    assert segment.with_suffix(".corrupt").stat().st_size == damaged  # set aside once
