@@ -78,3 +78,35 @@ def test_damage_after_a_kept_frame_is_set_aside_and_told_once(
     told = [e for e in fake.events[run_id] if e["message"].startswith(LOSS_EVENT_PREFIX)]
     assert len(told) == 1, [e["message"] for e in told]
     assert segment.with_suffix(".corrupt").stat().st_size == damaged  # set aside once
+
+
+def test_a_frame_left_behind_that_one_endpoint_refuses_holds_back_nothing_else(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """A dead process left a frame with an event, and the events endpoint answers 503 again
+    and again: adopting that frame is only partly possible, and meanwhile another run's
+    points, logged in this process, must still be delivered (one failing endpoint holds back
+    nothing else)."""
+    spool = tmp_path / "spool"
+    with SpoolWriter(spool) as writer:
+        writer.append("dead:1", [*points(5), EventRecord(RUN, "left", 1.0)])
+    for _ in range(5000):
+        fake.fail("POST", "events", 503)
+    other = RunRef("key-2", "live", "/unit")
+    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    try:
+        sink.submit([MetricRecord(other, {"y": float(i)}, i, 0.0, 1.7e9 + i) for i in range(3)])
+        deadline = time.monotonic() + 60
+        while True:
+            ids = {run["metadata"]["simvue_otel_run_key"]: i for i, run in fake.runs.items()}
+            if "key-2" in ids and len(fake.points(ids["key-2"], "y")) == 3:
+                break
+            assert time.monotonic() < deadline, "the live run's points were held back"
+            time.sleep(0.02)
+        assert fake._faults, "the events endpoint still fails: the points did not wait for it"
+        fake._faults.clear()
+        assert sink.flush(30)
+    finally:
+        assert sink.close(20)
+    assert [s for s, _ in fake.points(ids["key-1"], "x")] == list(range(5))
+    assert [e["message"] for e in fake.events[ids["key-1"]]] == ["left"]

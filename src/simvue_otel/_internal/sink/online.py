@@ -502,13 +502,16 @@ class OnlineSink(Sink):
         self._partly = False
         self._settling = None
         now = time.monotonic()
+        ok = True
         if now >= self._next_adopt:
             self._next_adopt = now + self.adopt_interval
-            if not self._adopt_orphans():
+            if self._adopt_orphans():
+                self._adopted_once = True
+            else:
                 self._next_adopt = now  # try again with the next pass
-                return False
-            self._adopted_once = True
-        ok = True
+                if not self._partly:  # the server did not answer: nothing more this pass
+                    return False
+                ok = False  # some endpoint refused part of what was left: the rest still goes
         if self._spilled and not self._drain_spool():
             if not self._partly:  # the server did not answer: nothing more this pass
                 return False
