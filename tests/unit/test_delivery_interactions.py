@@ -3,8 +3,9 @@ kept for a later pass, damage in the same segment, and adoption of what a dead p
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
 from simvue_otel._internal.sink.losses import LOSS_EVENT_PREFIX
 from simvue_otel._internal.sink.online import OnlineSink
-from simvue_otel._internal.sink.spool import SpoolWriter
+from simvue_otel._internal.sink.spool import SendLock, SpoolReader, SpoolWriter
 from tests.fake_simvue import URL, FakeSimvue
 
 RUN = RunRef("key-1", "interactions", "/unit")
@@ -110,3 +111,64 @@ def test_a_frame_left_behind_that_one_endpoint_refuses_holds_back_nothing_else(
         assert sink.close(20)
     assert [s for s, _ in fake.points(ids["key-1"], "x")] == list(range(5))
     assert [e["message"] for e in fake.events[ids["key-1"]]] == ["left"]
+
+
+def _in_forked_child_that_waits(check: Callable[[], None]) -> None:
+    """Fork a child that only waits (as a pool worker idles), run ``check`` in this process
+    meanwhile, then let the child go."""
+    read, write = os.pipe()
+    up_read, up_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: say it runs (its fork handlers ran), then wait to be let go
+        os.close(write)
+        os.close(up_read)
+        os.write(up_write, b"x")
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    os.close(up_write)
+    try:
+        assert os.read(up_read, 1) == b"x"
+        check()
+    finally:
+        os.write(write, b"x")
+        os.close(write)
+        os.close(up_read)
+        os.waitpid(pid, 0)
+
+
+def test_a_forked_child_holds_none_of_its_parents_spool_locks(tmp_path: Path) -> None:
+    """A fork while the parent uploads a segment (its claim, the lock its writer keeps through
+    a rotation) or adopts (the send lock): once the parent lets go, the segment and the
+    directory are free again, though the child lives on (it must not keep them locked)."""
+    spool = tmp_path / "spool"
+    writer = SpoolWriter(spool, segment_bytes=1)
+    writer.append("own:1", points(3))  # rotates at once: a finished segment of this writer
+    (finished,) = spool.glob("*.done")
+    writer.segment_bytes = 2**20
+    writer.append("own:2", points(3, 3))  # the live segment, which the owner uploads...
+    (live,) = spool.glob("*.seg")
+    assert writer.claim(live.stem)
+    writer.segment_bytes = 1
+    writer.append("own:3", points(3, 6))  # ...and keeps locked through its rotation
+    held = live.with_suffix(".done")
+    reader = SpoolReader(spool)
+    assert reader.claim(finished)  # as a sink uploading its rotated segment
+    lock = SendLock(spool)
+    lock.acquire()
+
+    def parent_lets_go() -> None:
+        reader.release(finished)
+        writer.unclaim(held.stem)
+        lock.release()
+        other = SpoolReader(spool)
+        assert other.claim(finished), "the child kept the parent's claim of a segment"
+        assert other.claim(held), "the child kept the lock the parent's writer held"
+        other.release_all()
+        with SendLock(spool):  # raises SpoolBusyError while the child holds it
+            pass
+
+    try:
+        _in_forked_child_that_waits(parent_lets_go)
+    finally:
+        writer.close()

@@ -144,6 +144,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Descriptors that hold a spool flock for this process (a segment claimed for upload, a
+# finished segment its writer keeps locked while its owner uploads it, the send lock). A
+# forked child inherits them, and a flock lasts while any copy is open: the child would keep
+# its parent's segments and directory locked for its whole life. It closes its copies at once.
+_LOCK_FDS: set[int] = set()
+
+
+def _keep_lock(fd: int) -> int:
+    _LOCK_FDS.add(fd)
+    return fd
+
+
+def _drop_lock(fd: int) -> None:
+    """Close a lock's descriptor, unless a fork already closed it in this (child) process."""
+    if fd in _LOCK_FDS:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+
+
+def _drop_locks_in_child() -> None:
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 def _mark_line(offset: int, crc: int, part: str, state: str, at: float | None = None) -> bytes:
     """One progress line; ``at``: when a ``sending`` part's POST began (epoch seconds)."""
     entry: dict[str, object] = {"o": offset, "c": crc, "p": part, "s": state}
@@ -228,7 +258,7 @@ class SpoolWriter:
             self._claimed.discard(stem)
             fd = self._held.pop(stem, None)
         if fd is not None:
-            os.close(fd)
+            _drop_lock(fd)
 
     @property
     def segment(self) -> Path | None:
@@ -287,7 +317,7 @@ class SpoolWriter:
             _fsync_dir(self.directory)
         finally:
             if keep:
-                self._held[path.stem] = fd
+                self._held[path.stem] = _keep_lock(fd)
             else:
                 os.close(fd)  # releases the flock
 
@@ -378,13 +408,14 @@ class SpoolWriter:
                 held, self._held = self._held, {}
                 self._claimed.clear()
                 for fd in held.values():
-                    os.close(fd)
+                    _drop_lock(fd)
 
     def drop_in_child(self) -> None:
         """In a forked child: close the child's copy of the open segment's descriptor (its lock
         is the parent's) without finishing it or taking the writer's lock; the writer is
         unusable in the child from then on."""
         fd, self._fd, self._path, self._closed = self._fd, None, None, True
+        self._held, self._claimed = {}, set()  # their descriptors went at the fork
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -659,19 +690,19 @@ class SpoolReader:
         if self._resolve(path) is None:  # uploaded and deleted by its holder meanwhile
             os.close(fd)
             return False
-        self._claims[path.stem] = fd
+        self._claims[path.stem] = _keep_lock(fd)
         return True
 
     def release(self, segment: Path) -> None:
         """Give up the right :meth:`claim` took (closing the descriptor drops the lock)."""
         fd = self._claims.pop(segment.stem, None)
         if fd is not None:
-            os.close(fd)
+            _drop_lock(fd)
 
     def release_all(self) -> None:
         """Give up every claim this reader holds."""
         for stem in list(self._claims):
-            os.close(self._claims.pop(stem))
+            _drop_lock(self._claims.pop(stem))
 
     def take_damage(self) -> list[Damage]:
         """The damage found since the last call (and forget it)."""
@@ -962,13 +993,13 @@ class SendLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._fd = _keep_lock(fd)
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases it)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            _drop_lock(fd)
 
     def __enter__(self) -> SendLock:
         self.acquire()
