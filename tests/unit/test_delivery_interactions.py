@@ -172,3 +172,44 @@ def test_a_forked_child_holds_none_of_its_parents_spool_locks(tmp_path: Path) ->
         _in_forked_child_that_waits(parent_lets_go)
     finally:
         writer.close()
+
+
+def test_close_past_a_post_still_in_flight_neither_loses_the_batch_nor_says_all_went(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """``close`` gives up on a worker held by a POST past its deadline (plus the grace it
+    gives the worker). The batch in that POST is answered 503 afterwards: it must still be
+    kept on disk (the sink's spool must not be closed under it), and ``close`` must not have
+    reported everything delivered."""
+    spool = tmp_path / "spool"
+    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    fake.down = True  # a first outage: the sink has a spool open from then on
+    sink.submit([RunRecord(RUN, "running", 1.0)])
+    deadline = time.monotonic() + 30
+    while not sink._spilled:
+        assert time.monotonic() < deadline, "nothing was spilled"
+        time.sleep(0.01)
+    fake.down = False
+    assert sink.flush(30)
+    fake.slow = 6.0  # longer than close's grace (its timeout + 5 s)
+    fake.fail("POST", "metrics", 503)
+    sink.submit(points(10))
+    while sink._buffer:  # the worker takes the batch into its (slow) POST
+        assert time.monotonic() < deadline, "the worker did not take the batch"
+        time.sleep(0.01)
+    delivered = sink.close(0.1)
+    while sink._thread.is_alive():
+        assert time.monotonic() < deadline, "the worker never ended"
+        time.sleep(0.05)
+    (run_id,) = fake.run_ids()
+    stored = [step for step, _ in fake.points(run_id, "x")]
+    reader = SpoolReader(spool)
+    kept = [
+        r.step
+        for segment in reader.segments(include_live=True)
+        for frame in reader.frames(segment)
+        for r in frame.records
+        if isinstance(r, MetricRecord)
+    ]
+    assert sorted(stored + kept) == list(range(10)), (stored, kept)
+    assert not delivered or not kept, "close said everything reached the server"

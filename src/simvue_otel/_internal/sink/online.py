@@ -244,6 +244,9 @@ class OnlineSink(Sink):
             self._deadline = time.monotonic() + timeout
             self._wake.notify()
         self._thread.join(timeout + 5.0)
+        # A worker still held by a POST past the deadline holds a batch: its spool stays open
+        # (the batch is written there if that POST fails), and not everything is delivered.
+        in_flight = self._thread.is_alive()
         with self._lock:
             self._closed = True
             leftover = self._take_locked()
@@ -264,7 +267,14 @@ class OnlineSink(Sink):
             if self._buffer:  # run states a full disk refused: nowhere left to keep them
                 self.losses.total += len(self._buffer)
                 self._buffer.clear()
-            if self._writer is not None:
+            if in_flight:
+                _LOG.warning(
+                    "a batch was still being uploaded to %s at shutdown; if that upload fails "
+                    "it is kept in %s",
+                    self.client.url,
+                    self._spool,
+                )
+            elif self._writer is not None:
                 try:
                     self._writer.close()
                     SpoolReader(self._spool).cleanup()  # our fully uploaded segments go
@@ -292,6 +302,8 @@ class OnlineSink(Sink):
                 self._spool,
                 command("send", "--cache", self._spool.parent.parent),
             )
+        if in_flight:
+            return False  # the worker still uses the uploader and the client
         self.uploader.close()
         self.client.close()
         return remaining == 0 and self.losses.total == 0
