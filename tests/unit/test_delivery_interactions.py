@@ -213,3 +213,35 @@ def test_close_past_a_post_still_in_flight_neither_loses_the_batch_nor_says_all_
     ]
     assert sorted(stored + kept) == list(range(10)), (stored, kept)
     assert not delivered or not kept, "close said everything reached the server"
+
+
+def test_a_link_planted_beside_the_sinks_own_segment_blocks_no_other_data(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The sink's own spooled segment gets a symlink planted as its cursor: that segment is
+    left alone (never followed), and everything else still reaches the server."""
+    spool = tmp_path / "spool"
+    fake.down = True
+    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    try:
+        sink.submit(points(5))
+        deadline = time.monotonic() + 30
+        while not list(spool.glob("*.seg")):
+            assert time.monotonic() < deadline, "nothing was spilled"
+            time.sleep(0.01)
+        (segment,) = spool.glob("*.seg")
+        victim = tmp_path / "victim"
+        victim.write_text("0\n")
+        segment.with_suffix(".cursor").symlink_to(victim)
+        fake.down = False
+        other = RunRef("key-2", "other", "/unit")
+        sink.submit([MetricRecord(other, {"y": 1.0}, 0, 0.0, 1.7e9)])
+        while True:
+            ids = {run["metadata"]["simvue_otel_run_key"]: i for i, run in fake.runs.items()}
+            if "key-2" in ids and fake.points(ids["key-2"], "y"):
+                break
+            assert time.monotonic() < deadline, "the other run's point was held back"
+            time.sleep(0.02)
+    finally:
+        sink.close(0.5)
+    assert victim.read_text() == "0\n"

@@ -35,7 +35,7 @@ from ..conventions import FINAL_STATUSES
 from ..hints import command
 from ..mapping.records import MetricRecord, Record, RunRecord
 from .base import Sink
-from .files import private_dir
+from .files import UnsafeSpoolFile, private_dir
 from .losses import DiskReserve, LossLedger, damage_events, split_states
 from .run_index import RunIndex
 from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
@@ -140,6 +140,7 @@ class OnlineSink(Sink):
         self._next_adopt = 0.0  # when to look for spools left by processes that died
         self._adopted_once = False  # close waits for the first look (within its deadline)
         self._writer: SpoolWriter | None = None
+        self._left_alone: set[str] = set()  # segments not uploaded: a link beside them
         self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
         self._ended: set[str] = set()  # runs whose final status was seen: no more heartbeats
         self._timeouts: dict[str, int] = {}  # run key -> its heartbeat timeout, when given
@@ -659,6 +660,8 @@ class OnlineSink(Sink):
                         except RetryLater as exc:
                             _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
                             return None
+                        except UnsafeSpoolFile:
+                            raise  # (its progress file is a link: the segment is left alone)
                         except Exception:
                             _LOG.exception("unexpected error while uploading a spooled batch; kept")
                             return None
@@ -673,6 +676,11 @@ class OnlineSink(Sink):
                                 self._spilled_records = max(
                                     0, self._spilled_records - len(frame.records)
                                 )
+                except UnsafeSpoolFile as exc:  # a link planted beside it: left alone
+                    if segment.stem not in self._left_alone:  # said once, not every pass
+                        self._left_alone.add(segment.stem)
+                        _LOG.error("spool: %s; segment %s is not uploaded", exc, segment.name)
+                    busy += 1
                 finally:
                     self._unclaim(reader, segment)
         finally:
