@@ -245,3 +245,39 @@ def test_a_link_planted_beside_the_sinks_own_segment_blocks_no_other_data(
     finally:
         sink.close(0.5)
     assert victim.read_text() == "0\n"
+
+
+def test_a_refused_runs_records_are_set_aside_once_though_their_frame_is_read_again(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """Frame 0 (run A's event) meets 503s, so it is kept for later passes and frame 1 after it
+    is read again on each of them. Frame 1 holds run B, whose creation the server refuses:
+    B's records must be set aside in ``rejected/`` once, not once per pass."""
+    from simvue_otel._internal.sink.uploader import Uploader
+
+    Uploader(client).upload([RunRecord(RUN, "running", 1.0)], "make-a")  # run A exists
+    spool = tmp_path / "spool"
+    refused = RunRef("key-b", "refused", "/unit")
+    with SpoolWriter(spool) as writer:
+        writer.append("dead:1", [EventRecord(RUN, "a", 1.0)])
+        writer.append(
+            "dead:2",
+            [
+                RunRecord(refused, "running", 1.0),
+                MetricRecord(refused, {"z": 1.0}, 0, 0.0, 1.7e9),
+            ],
+        )
+    fake.fail("POST", "runs", 422)
+    for _ in range(3):
+        fake.fail("POST", "events", 503)
+    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    try:
+        deadline = time.monotonic() + 60
+        while list(spool.glob("*.done")):
+            assert time.monotonic() < deadline, "the segment left behind was not uploaded"
+            time.sleep(0.02)
+    finally:
+        sink.close(5)
+    (run_a,) = fake.run_ids()
+    assert [e["message"] for e in fake.events[run_a]] == ["a"]
+    assert len(list((spool / "rejected").glob("*.records"))) == 1

@@ -970,12 +970,17 @@ class Uploader:
         for part, _kind, chunk in parts:
             if progress.states.get(part) != "done":
                 left.extend(chunk)
-        if plan.state is not None:
+        # The state is a part of its own here, so a frame read again (kept behind a frame
+        # that waits) does not set it aside once more.
+        state_part = f"{plan.index}.s"
+        if plan.state is not None and progress.states.get(state_part) != "done":
             left.append(plan.state)
         if left:
             self._reject(left, reason, status)
         for part, _kind, _chunk in parts:
             progress.set(part, "done")
+        if plan.state is not None:
+            progress.set(state_part, "done")
 
     def _reject(self, records: Sequence[Record], reason: str, status: int | None = None) -> None:
         """Keep refused records on disk with the reason: refused is not the same as lost.
