@@ -281,3 +281,32 @@ def test_a_refused_runs_records_are_set_aside_once_though_their_frame_is_read_ag
     (run_a,) = fake.run_ids()
     assert [e["message"] for e in fake.events[run_a]] == ["a"]
     assert len(list((spool / "rejected").glob("*.records"))) == 1
+
+
+def test_a_refused_run_state_is_set_aside_once_though_its_frame_is_read_again(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+) -> None:
+    """As above, with the run made and its state update refused (422) each time it is sent:
+    the state goes to ``rejected/`` once."""
+    from simvue_otel._internal.sink.uploader import Uploader
+
+    other = RunRef("key-b", "other", "/unit")
+    Uploader(client).upload(
+        [RunRecord(RUN, "running", 1.0), RunRecord(other, "running", 1.0)], "make"
+    )
+    spool = tmp_path / "spool"
+    with SpoolWriter(spool) as writer:
+        writer.append("dead:1", [EventRecord(RUN, "a", 1.0)])
+        writer.append("dead:2", [RunRecord(other, "running", 2.0, description="refused")])
+    for _ in range(3):
+        fake.fail("POST", "events", 503)
+        fake.fail("PUT", "runs", 422)
+    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    try:
+        deadline = time.monotonic() + 60
+        while list(spool.glob("*.done")):
+            assert time.monotonic() < deadline, "the segment left behind was not uploaded"
+            time.sleep(0.02)
+    finally:
+        sink.close(5)
+    assert len(list((spool / "rejected").glob("*.records"))) == 1

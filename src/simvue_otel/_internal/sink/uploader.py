@@ -366,6 +366,7 @@ class Uploader:
         self._beaten: dict[str, float] = {}  # run key -> time of its last heartbeat
         self._failing: dict[str, ServerError] | None = None  # per pass: see begin_pass
         self._suspect: set[str] = set()  # runs that may have turned lost: status read once
+        self._refused_state: dict[str, float] = {}  # run key -> time of a state set aside
         self.waits_for: frozenset[str] = frozenset()
         """Run keys another process creates (a forked child's parent's runs): never created
         here, their records wait until the server has the run."""
@@ -910,6 +911,8 @@ class Uploader:
     def _apply_state(self, key: str, run_id: str, state: RunRecord) -> None:
         if state.observed < self._observed.get(key, float("-inf")):
             return  # an older state arriving late (replayed spool, another replica's batch)
+        if state.observed == self._refused_state.get(key):
+            return  # this very state was refused and set aside (its frame is read again)
         wanted = self._state_fields(state)
         sent = self._sent.get(key, {})
         changes: dict[str, Any] = {}
@@ -947,6 +950,8 @@ class Uploader:
             raise
         except SimvueHTTPError as exc:
             self._reject([state], f"the server refused the run state: {exc}")
+            # Set aside: not sent (nor set aside) again when its frame is read once more.
+            self._refused_state[key] = state.observed
             return
         merged = dict(sent)
         for name, value in wanted.items():
