@@ -310,3 +310,17 @@ def test_a_refused_run_state_is_set_aside_once_though_its_frame_is_read_again(
     finally:
         sink.close(5)
     assert len(list((spool / "rejected").glob("*.records"))) == 1
+
+
+def test_a_forked_childs_sink_keeps_its_parents_settings(
+    client: SimvueClient, tmp_path: Path
+) -> None:
+    """The child's sink is built with every setting of the parent's (the memory bound among
+    them), not the defaults."""
+    sink = OnlineSink(client, tmp_path / "spool", hold_seconds=0.3, adopt_interval=7.0)
+    child = sink.for_child(["key-1"])
+    try:
+        assert (child.hold_seconds, child.adopt_interval) == (0.3, 7.0)
+    finally:
+        child.close(5)
+        sink.close(5)

@@ -326,6 +326,8 @@ class OnlineSink(Sink):
             spill_points=self.spill_points,
             segment_bytes=self.segment_bytes,
             room_wait=self.room_wait,
+            hold_seconds=self.hold_seconds,
+            adopt_interval=self.adopt_interval,
             child_of=parent_runs,
         )
 
