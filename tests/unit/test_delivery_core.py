@@ -6,7 +6,6 @@ tests/integration; these pin them down where a failure names the exact step."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,9 @@ from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, Run
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.run_index import RunIndex
 from simvue_otel._internal.sink.uploader import PartlyTaken, Progress, RetryLater, Uploader
-from tests.fake_simvue import URL, FakeSimvue
+from tests.fake_simvue import FakeSimvue
 
 RUN = RunRef("key-1", "delivery", "/unit")
-
-
-@pytest.fixture
-def fake() -> FakeSimvue:
-    return FakeSimvue()
-
-
-@pytest.fixture
-def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
-    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
-        yield c
 
 
 def points(n: int, start: int = 0, run: RunRef = RUN) -> list[MetricRecord]:

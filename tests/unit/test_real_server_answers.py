@@ -5,7 +5,6 @@ and what the server ends up holding is checked (no entry stored twice, no run mi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,10 @@ from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
 from simvue_otel._internal.sink.run_index import RunIndex
 from simvue_otel._internal.sink.uploader import Progress, RetryLater, Uploader
-from tests.fake_simvue import URL, FakeSimvue
+from tests.fake_simvue import FakeSimvue
 
 RUN = RunRef("key-1", "answers", "/unit")
 OTHER = RunRef("key-2", "other", "/unit")
-
-
-@pytest.fixture
-def fake() -> FakeSimvue:
-    return FakeSimvue()
-
-
-@pytest.fixture
-def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
-    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
-        yield c
 
 
 def points(n: int, start: int = 0, run: RunRef = RUN) -> list[MetricRecord]:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from simvue_otel._internal.mapping.records import (
 from simvue_otel._internal.sink.codec import decode_records, encode_batch, encode_records
 from simvue_otel._internal.sink.rejected import REASON_SUFFIX, RECORDS_SUFFIX, set_aside
 from simvue_otel._internal.sink.uploader import Progress, RetryLater, Uploader
-from tests.fake_simvue import URL, FakeSimvue
+from tests.fake_simvue import FakeSimvue
 
 BAD = RunRef("key-bad", "bad-run", "/refused")
 GOOD = RunRef("key-good", "good-run", "/refused")
@@ -44,17 +43,6 @@ def batch(run: RunRef, start: int = 0, state: bool = True) -> list[Record]:
     ]
     records.append(EventRecord(run, f"event {start}", 1_700_000_000.5 + start))
     return records
-
-
-@pytest.fixture
-def fake() -> FakeSimvue:
-    return FakeSimvue()
-
-
-@pytest.fixture
-def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
-    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
-        yield c
 
 
 def _reasons(folder: Path) -> list[dict[str, object]]:

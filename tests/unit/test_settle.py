@@ -13,7 +13,6 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,10 @@ from simvue_otel._internal.sink.uploader import (
     Uploader,
     _metric_entries,
 )
-from tests.fake_simvue import URL, FakeSimvue
+from tests.fake_simvue import FakeSimvue
 
 RUN = RunRef("key-held", "held", "/unit")
 OTHER = RunRef("key-other", "other", "/unit")
-
-
-@pytest.fixture
-def fake() -> FakeSimvue:
-    return FakeSimvue()
-
-
-@pytest.fixture
-def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
-    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
-        yield c
 
 
 def points(n: int, start: int = 0, run: RunRef = RUN) -> list[Record]:
