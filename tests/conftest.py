@@ -228,6 +228,30 @@ def fresh_server(tmp_path: Path) -> Iterator[LocalServer]:
     stop_server(server)
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a disk that fills up. Mounting needs the privilege to mount (root in a
+    sandbox, as in CI); without it the test is skipped, and CI sets SIMVUE_OTEL_REQUIRE_TMPFS=1
+    to make that a failure."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        reason = (
+            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root to test a full disk"
+        )
+        if os.environ.get("SIMVUE_OTEL_REQUIRE_TMPFS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 @dataclass
 class Bridge:
     """A running `simvue-otel bridge` subprocess writing to a local server."""

@@ -336,30 +336,6 @@ def test_spooled_data_is_only_ever_uploaded_under_the_identity_it_was_logged_wit
         assert len(as_bob.get_metrics(str(run["id"]), ["x"])["x"]) == 20
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a disk that fills up. Mounting needs the privilege to mount (root in a
-    sandbox, as in CI); without it the test is skipped, and CI sets SIMVUE_OTEL_REQUIRE_TMPFS=1
-    to make that a failure."""
-    where = tmp_path / "small-disk"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        reason = (
-            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root to test a full disk"
-        )
-        if os.environ.get("SIMVUE_OTEL_REQUIRE_TMPFS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_a_full_disk_never_crashes_the_program_and_never_hides_a_loss(
     small_disk: Path, proxy: Proxy, local_server: LocalServer, tmp_path: Path, mode: str

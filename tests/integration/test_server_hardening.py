@@ -9,7 +9,6 @@ malformed values that used to answer 500, a run with 100,000 tags, and deep OTLP
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import sqlite3
@@ -1038,30 +1037,6 @@ def test_the_database_and_its_side_files_are_private(tmp_path: Path) -> None:
 
 
 # -- a full disk: 503 with Retry-After, said by /health, and over once there is room -------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a disk that fills up. Mounting needs the privilege to mount (root in a
-    sandbox, as in CI); without it the test is skipped, and CI sets SIMVUE_OTEL_REQUIRE_TMPFS=1
-    to make that a failure."""
-    where = tmp_path / "small-disk"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        reason = (
-            f"cannot mount a tmpfs here ({done.stderr.strip()}): run as root to test a full disk"
-        )
-        if os.environ.get("SIMVUE_OTEL_REQUIRE_TMPFS"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_a_full_disk_is_503_with_retry_after_and_health_says_so(
