@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,6 +417,16 @@ def run_program(app: App, n_steps: int = 50) -> None:
         with app.tracer.start_as_current_span("assemble"):
             pass
         app.meter_provider.force_flush()
+
+
+def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+    """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if ok(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def run_state(client: SimvueClient, key: str) -> dict[str, Any]:

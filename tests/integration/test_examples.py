@@ -7,16 +7,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, start_bridge, user_metadata
+from tests.conftest import Bridge, LocalServer, poll, start_bridge, user_metadata
 from tests.integration.test_zero_code import fresh_venv  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,16 +73,6 @@ def only_run(client: SimvueClient, name: str, folder: str) -> dict[str, Any]:
     found = client.find_runs([f"name == {name}", f"folder.path == {folder}"])
     assert len(found) == 1, f"expected one run {name!r} in {folder}, found {len(found)}"
     return client.get_run(found[0]["id"])
-
-
-def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 30.0) -> Any:
-    """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def series(client: SimvueClient, run_id: str, name: str) -> list[tuple[int, float]]:
@@ -283,7 +272,7 @@ def finished_run(client: SimvueClient, name: str, folder: str, metric: str, n: i
             return False
         return len(client.get_metrics(run["id"], [metric]).get(metric, [])) == n
 
-    run = poll(fetch, ok)
+    run = poll(fetch, ok, timeout=30.0)
     assert run is not None, f"no run {name} in {folder}"
     return run
 

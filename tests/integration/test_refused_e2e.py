@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from simvue_otel._internal.mapping.records import (
     RunRef,
 )
 from simvue_otel._internal.sink.offline import OfflineSink
-from tests.conftest import Bridge, LocalServer, start_bridge, user_metadata
+from tests.conftest import Bridge, LocalServer, poll, start_bridge, user_metadata
 from tests.proxy import Proxy, as_server, serve
 
 CAFE = os.fsdecode(b"caf\xe9")  # "caf\udce9": a Latin-1 file name on a UTF-8 file system
@@ -52,16 +52,6 @@ def _deep(levels: int) -> dict[str, Any]:
     for _ in range(levels - 1):
         tree = {"level": tree}
     return tree
-
-
-def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 60.0) -> Any:
-    """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def run_by_key(client: SimvueClient, key: str) -> dict[str, Any] | None:
