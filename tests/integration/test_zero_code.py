@@ -70,6 +70,23 @@ def distro_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _make_venv(tmp_path_factory, "opentelemetry-distro")
 
 
+def _simvue_env(server: LocalServer, tmp: Path, **extra: str) -> dict[str, str]:
+    """This environment without OTEL_* and SIMVUE_*, then every signal to ``simvue`` and the
+    server, with the offline directory and HOME under ``tmp``, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
+    env.update(
+        OTEL_TRACES_EXPORTER="simvue",
+        OTEL_METRICS_EXPORTER="simvue",
+        OTEL_LOGS_EXPORTER="simvue",
+        SIMVUE_URL=server.url,
+        SIMVUE_TOKEN=server.token,
+        SIMVUE_OFFLINE_DIRECTORY=str(tmp / "offline"),
+        HOME=str(tmp),
+        **extra,
+    )
+    return env
+
+
 def _instrumented(
     venv: Path,
     server: LocalServer,
@@ -80,17 +97,7 @@ def _instrumented(
     args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     (tmp / "app.py").write_text(app)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
-    env.update(
-        OTEL_TRACES_EXPORTER="simvue",
-        OTEL_METRICS_EXPORTER="simvue",
-        OTEL_LOGS_EXPORTER="simvue",
-        SIMVUE_URL=server.url,
-        SIMVUE_TOKEN=server.token,
-        SIMVUE_OFFLINE_DIRECTORY=str(tmp / "offline"),
-        HOME=str(tmp),
-        **env_extra,
-    )
+    env = _simvue_env(server, tmp, **env_extra)
     return subprocess.run(
         [str(venv / "bin" / "opentelemetry-instrument"), str(venv / "bin" / "python"), "app.py",
          str(n), *args],
@@ -241,13 +248,7 @@ def test_sigterm_delivers_everything_and_ends_the_run_terminated(
 
     key = str(uuid.uuid4())
     (tmp_path / "app.py").write_text(SIGTERM_APP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
-    env.update(
-        OTEL_TRACES_EXPORTER="simvue", OTEL_METRICS_EXPORTER="simvue",
-        OTEL_LOGS_EXPORTER="simvue", SIMVUE_URL=local_server.url,
-        SIMVUE_TOKEN=local_server.token, SIMVUE_OFFLINE_DIRECTORY=str(tmp_path / "offline"),
-        HOME=str(tmp_path), OTEL_RESOURCE_ATTRIBUTES=f"simvue.run.key={key}",
-    )  # fmt: skip
+    env = _simvue_env(local_server, tmp_path, OTEL_RESOURCE_ATTRIBUTES=f"simvue.run.key={key}")
     app = subprocess.Popen(
         [str(fresh_venv / "bin" / "opentelemetry-instrument"),
          str(fresh_venv / "bin" / "python"), "app.py", "1000000"],
@@ -329,15 +330,13 @@ def test_sigterm_gives_the_same_result_whichever_configurator_loads(
     venv: Path = request.getfixturevalue("fresh_venv" if install == "plain" else "distro_venv")
     key = str(uuid.uuid4())
     (tmp_path / "app.py").write_text(DISTRO_APP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SIMVUE_"))}
-    env.update(
-        OTEL_TRACES_EXPORTER="simvue", OTEL_METRICS_EXPORTER="simvue",
-        OTEL_LOGS_EXPORTER="simvue", SIMVUE_URL=local_server.url,
-        SIMVUE_TOKEN=local_server.token, SIMVUE_OFFLINE_DIRECTORY=str(tmp_path / "offline"),
-        HOME=str(tmp_path), OTEL_RESOURCE_ATTRIBUTES=f"simvue.run.key={key}",
+    env = _simvue_env(
+        local_server,
+        tmp_path,
+        OTEL_RESOURCE_ATTRIBUTES=f"simvue.run.key={key}",
         # Python logging reaches the run: the loader's warning would become an event.
         OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
-    )  # fmt: skip
+    )
     if configurator is not None:
         env["OTEL_PYTHON_CONFIGURATOR"] = configurator
     app = subprocess.Popen(
