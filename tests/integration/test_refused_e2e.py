@@ -66,6 +66,15 @@ def point_count(client: SimvueClient, key: str) -> int:
     return sum(len(p) for p in client.get_metrics(str(found["id"])).values())
 
 
+def completed_with_points(client: SimvueClient, key: str, points: int) -> dict[str, Any]:
+    """The run of ``key``, asserted to hold ``points`` points and then to be completed (each
+    polled for)."""
+    assert poll(lambda: point_count(client, key), lambda n: n == points) == points
+    got = poll(lambda: run_by_key(client, key), lambda r: r and r["status"] == "completed")
+    assert got is not None and got["status"] == "completed"
+    return got
+
+
 def reasons(root: Path) -> list[dict[str, Any]]:
     """Every reason file under a ``rejected`` folder below ``root``."""
     return [json.loads(p.read_text()) for p in sorted(root.rglob("rejected/*.reason.json"))]
@@ -140,9 +149,7 @@ def test_bridge_mends_a_run_the_server_would_refuse_and_the_next_run_flows(
     finally:
         bad.close()
         good.close()
-    assert poll(lambda: point_count(client, good.key), lambda n: n == 50) == 50
-    got = poll(lambda: run_by_key(client, good.key), lambda r: r and r["status"] == "completed")
-    assert got is not None and got["status"] == "completed"
+    got = completed_with_points(client, good.key, 50)
     assert user_metadata(got) == {"fine": 2}
     mended = poll(lambda: point_count(client, bad.key), lambda n: n == 20)
     mended = run_by_key(client, bad.key)
@@ -178,9 +185,7 @@ def test_bridge_sets_a_refused_run_aside_and_the_good_run_arrives_whole(
         finally:
             bad.close()
             good.close()
-        assert poll(lambda: point_count(client, good.key), lambda n: n == 200) == 200
-        got = poll(lambda: run_by_key(client, good.key), lambda r: r and r["status"] == "completed")
-        assert got is not None and got["status"] == "completed"
+        got = completed_with_points(client, good.key, 200)
         assert user_metadata(got) == {"x": 2}
         assert client.find_run_by_key(bad.key) is None
         aside = poll(
