@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
 from simvue_otel._internal.sink.losses import LOSS_EVENT_PREFIX
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SendLock, SpoolReader, SpoolWriter
-from tests.fake_simvue import URL, FakeSimvue
+from tests.fake_simvue import FakeSimvue
 
 RUN = RunRef("key-1", "interactions", "/unit")
 
 
-@pytest.fixture
-def fake() -> FakeSimvue:
-    return FakeSimvue()
-
-
-@pytest.fixture
-def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
-    with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
-        yield c
+def _await_uploaded(spool: Path) -> None:
+    """Wait until no finished segment is left in ``spool`` (the sink adopted and uploaded it)."""
+    deadline = time.monotonic() + 60
+    while list(spool.glob("*.done")):
+        assert time.monotonic() < deadline, "the segment left behind was not uploaded"
+        time.sleep(0.02)
 
 
 def points(n: int, start: int = 0) -> list[MetricRecord]:
@@ -67,10 +62,7 @@ def test_damage_after_a_kept_frame_is_set_aside_and_told_once(
     fake.fail("POST", "events", 503)
     sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
-        deadline = time.monotonic() + 60
-        while list(spool.glob("*.done")):
-            assert time.monotonic() < deadline, "the segment left behind was not uploaded"
-            time.sleep(0.02)
+        _await_uploaded(spool)
         assert sink.flush(30)
     finally:
         assert sink.close(20)
@@ -272,10 +264,7 @@ def test_a_refused_runs_records_are_set_aside_once_though_their_frame_is_read_ag
         fake.fail("POST", "events", 503)
     sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
-        deadline = time.monotonic() + 60
-        while list(spool.glob("*.done")):
-            assert time.monotonic() < deadline, "the segment left behind was not uploaded"
-            time.sleep(0.02)
+        _await_uploaded(spool)
     finally:
         sink.close(5)
     (run_a,) = fake.run_ids()
@@ -303,10 +292,7 @@ def test_a_refused_run_state_is_set_aside_once_though_its_frame_is_read_again(
         fake.fail("PUT", "runs", 422)
     sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
-        deadline = time.monotonic() + 60
-        while list(spool.glob("*.done")):
-            assert time.monotonic() < deadline, "the segment left behind was not uploaded"
-            time.sleep(0.02)
+        _await_uploaded(spool)
     finally:
         sink.close(5)
     assert len(list((spool / "rejected").glob("*.records"))) == 1
