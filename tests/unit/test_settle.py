@@ -260,3 +260,29 @@ def test_a_part_answered_with_a_5xx_is_reconciled_without_waiting(
     assert progress.states == {"0.m0": "sending"} and progress.began == {"0.m0": 0.0}
     uploader.upload(points(10), "b1", progress)
     assert _steps(fake, run_id) == list(range(10)) and uploader.stats.reconciled == 1
+
+
+def test_an_adopted_frame_waiting_to_settle_counts_in_the_backlog_and_close_waits_for_it(
+    fake: FakeSimvue, client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bridge killed while its last POST was on the way: its successor adopts the frame,
+    which waits to settle. Until it is delivered the successor's backlog says so (what
+    `/health` reports, and what an operator waits on before stopping it), and a graceful close
+    waits for it within its deadline instead of leaving it behind with a backlog of 0."""
+    monkeypatch.setenv("SIMVUE_OTEL_SETTLE_SECONDS", "3")
+    spool = tmp_path / "spool"
+    held_id = _run_id(Uploader(client), RUN)
+    with SpoolWriter(spool) as writer:
+        writer.append("b1", points(10), {"0.m0": "sending"}, {"0.m0": time.time()})
+    sink = OnlineSink(client, spool, flush_interval=0.05, adopt_interval=0.05)
+    try:
+        deadline = time.monotonic() + 30
+        while sink.backlog() == 0 and _steps(fake, held_id) == []:
+            assert time.monotonic() < deadline, "the adopted frame was never looked at"
+            time.sleep(0.01)
+        assert _steps(fake, held_id) == [] and sink.backlog() == 1  # waits to settle
+    finally:
+        sink.close(30)
+    assert _steps(fake, held_id) == list(range(10))  # delivered by the close, once
+    assert sink.backlog() == 0
+    assert not list(spool.glob("*.done"))

@@ -139,6 +139,10 @@ class OnlineSink(Sink):
         self._spill_seq = 0
         self._next_adopt = 0.0  # when to look for spools left by processes that died
         self._adopted_once = False  # close waits for the first look (within its deadline)
+        # Frames of adopted segments kept for a later pass (waiting to settle, or refused by
+        # an endpoint): held for the server like our own spills, so counted in the backlog
+        # and waited for by close, within its deadline.
+        self._orphans_kept = 0
         self._writer: SpoolWriter | None = None
         self._left_alone: set[str] = set()  # segments not uploaded: a link beside them
         self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
@@ -352,7 +356,7 @@ class OnlineSink(Sink):
         """Batches waiting for the server (spooled frames, plus one for a non-empty memory
         buffer): what a receiver checks before taking more (back-pressure)."""
         with self._lock:
-            return self._spilled + (1 if self._buffer else 0)
+            return self._spilled + self._orphans_kept + (1 if self._buffer else 0)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -457,7 +461,12 @@ class OnlineSink(Sink):
                 if self._closing and self._deadline is not None:
                     if time.monotonic() >= self._deadline:
                         return
-                    if not self._buffer and not self._spilled and self._adopted_once:
+                    if (
+                        not self._buffer
+                        and not self._spilled
+                        and not self._orphans_kept
+                        and self._adopted_once
+                    ):
                         return
                     if backoff:  # the server is not taking data: wait, do not spin
                         left = self._deadline - time.monotonic()
@@ -562,6 +571,8 @@ class OnlineSink(Sink):
         ours = self._writer.written_stems if self._writer is not None else set()
         orphans = [s for s in reader.segments() if s.stem not in ours]
         if not orphans:
+            with self._lock:
+                self._orphans_kept = 0
             return True
         try:
             lock = SendLock(self._spool)
@@ -629,7 +640,7 @@ class OnlineSink(Sink):
         settle: :class:`Unsettled`) holds back nothing: the frames after it are uploaded too,
         but acknowledged (the cursor moved past them) only once it is, by a later pass that
         finds their parts done."""
-        uploaded = busy = 0
+        uploaded = busy = kept_frames = 0
         partly = False
         try:
             for segment in segments:
@@ -653,11 +664,13 @@ class OnlineSink(Sink):
                             self._settling = min(self._settling or ready, ready)
                             kept = True
                             busy += 1
+                            kept_frames += 1
                             continue
                         except PartlyTaken as exc:  # kept, with its progress; later frames go
                             _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
                             partly = self._partly = True
                             kept = True
+                            kept_frames += 1
                             continue
                         except RetryLater as exc:
                             _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
@@ -669,6 +682,7 @@ class OnlineSink(Sink):
                             return None
                         if kept:  # delivered; acknowledged after the frame kept before it
                             busy += 1
+                            kept_frames += 1
                             continue
                         reader.ack(frame)
                         uploaded += 1
@@ -687,6 +701,9 @@ class OnlineSink(Sink):
                     self._unclaim(reader, segment)
         finally:
             self._tell_damage(reader)
+        if not ours:  # what this whole adoption pass keeps for a later one
+            with self._lock:
+                self._orphans_kept = kept_frames
         return None if partly else (uploaded, busy)
 
     def _tell_damage(self, reader: SpoolReader) -> None:
