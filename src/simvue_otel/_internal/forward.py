@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .config import setting
 from .pipeline import default_shutdown_timeout, deliver_at_child_exit
+from .threads import start_daemon
 
 __all__ = ["ForwardingLogProcessor", "ForwardingSpanProcessor", "otlp_exporters"]
 
@@ -58,8 +59,7 @@ class _Forwarder:
         self._deadline = float("inf")
         self._name = name
         self._child_pending = False  # forked, not yet started in this process
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._run, name)
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
 
@@ -82,8 +82,7 @@ class _Forwarder:
         with self._idle:
             if not self._child_pending:
                 return
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+            self._thread = start_daemon(self._run, self._name)
             self._child_pending = False
         ref = weakref.ref(self)
 

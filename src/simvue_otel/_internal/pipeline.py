@@ -34,6 +34,7 @@ from .mapping import Mapper
 from .mapping.records import Record
 from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
+from .threads import start_daemon
 
 __all__ = [
     "Pipeline",
@@ -86,8 +87,7 @@ class Pipeline:
         self.owned_runs: set[str] = set()
         """Keys of the runs the process that made this pipeline starts (a ``Run``'s): a forked
         child records into them but leaves their making and ending to that process."""
-        self._thread = threading.Thread(target=self._run, name="simvue-otel-pipeline", daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._run, "simvue-otel-pipeline")
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
 
@@ -222,10 +222,7 @@ class Pipeline:
             self.mapper = Mapper(span_events=self.mapper.span_events, max_runs=self.mapper.max_runs)
             self.finish_foreign = False
             self.sink = parent_sink.for_child(parent_runs)
-            self._thread = threading.Thread(
-                target=self._run, name="simvue-otel-pipeline", daemon=True
-            )
-            self._thread.start()
+            self._thread = start_daemon(self._run, "simvue-otel-pipeline")
             self._child_pending = False
         _close_at_child_exit(self)
 

@@ -34,6 +34,7 @@ from ..client import SimvueClient
 from ..conventions import FINAL_STATUSES
 from ..hints import command
 from ..mapping.records import MetricRecord, Record, RunRecord
+from ..threads import start_daemon
 from .base import Sink
 from .files import UnsafeSpoolFile, private_dir
 from .losses import DiskReserve, LossLedger, damage_events, split_states
@@ -161,8 +162,7 @@ class OnlineSink(Sink):
             self.uploader.waits_for = frozenset(child_of)
             self._next_adopt = math.inf  # what others left is the parent's (or send's) to adopt
             self._adopted_once = True
-        self._thread = threading.Thread(target=self._run, name="simvue-otel-sink", daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._run, "simvue-otel-sink")
 
     # -- producer side --------------------------------------------------------------------
 
