@@ -3,12 +3,13 @@
 Every read and write takes the caller's :class:`~..auth.Identity` and enforces run visibility
 here, so no endpoint can forget it.
 
-:class:`Store` is one class per resource, each in a module of its own (accounts, folders,
-tags, runs, metrics, events, statistics), all over one :class:`~.db.Database`: one SQLite file,
-one write connection and its lock, a pool of read connections, and one transaction helper.
-The tables are in :mod:`.schema`, the upgrades of older files in :mod:`.upgrades`. A resource
-added later (artifacts, alerts, grids) is one more module and one more base of :class:`Store`,
-with its tables in :mod:`.schema` (and in ``RUN_OWNED`` when a run owns its rows).
+:class:`Store` is one class per resource, each in a module of its own (accounts, folders and
+tags, runs, metrics, events, statistics), all over one :class:`~.db.Database`: one SQLite
+file, one write connection and its lock, a pool of read connections, and one transaction
+helper. The tables are in :mod:`.schema`, the upgrades of older files in :mod:`.upgrades`. A
+resource added later (artifacts, alerts, grids) is one more module and one more base of
+:class:`Store`, with its tables in :mod:`.schema` (and in ``RUN_OWNED`` when a run owns its
+rows).
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from .errors import (
     StoreError,
 )
 from .events import Events
-from .folders import Folders
+from .folders import Folders, Tags
 from .metrics import Metrics
 from .runs import Runs
 from .schema import SCHEMA
 from .stats import Statistics
-from .tags import Tags
 from .upgrades import Upgrades
 
 __all__ = [

@@ -114,6 +114,14 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
+def merged_metadata(doc: Mapping[str, Any], value: Any) -> dict[str, Any]:
+    """The metadata of ``doc`` with ``value`` merged into it (:func:`deep_merge`); 422 when
+    ``value`` is not an object."""
+    if not isinstance(value, Mapping):
+        raise invalid("metadata", "must be an object")
+    return deep_merge(doc.get("metadata", {}), value)
+
+
 def check_ttl(value: Any, field: str) -> int | None:
     if value is None:
         return None

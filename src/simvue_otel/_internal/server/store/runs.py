@@ -27,10 +27,10 @@ from .common import (
     check_folder,
     check_tags,
     check_ttl,
-    deep_merge,
     dig,
     format_time,
     formatted,
+    merged_metadata,
     new_id,
     order_key,
     paged,
@@ -38,10 +38,9 @@ from .common import (
     public_fields,
 )
 from .errors import invalid
-from .folders import ensure_folder
+from .folders import ensure_folder, ensure_tags
 from .lifecycle import Lifecycle
 from .schema import delete_runs
-from .tags import ensure_tags
 
 _NAME_RE = re.compile(rf"^{cv.NAME_PATTERN}$")
 
@@ -248,9 +247,7 @@ class Runs(RunAccess, Lifecycle):
             now = time.time()
             for key, value in changes.items():
                 if key == "metadata":
-                    if not isinstance(value, Mapping):
-                        raise invalid("metadata", "must be an object")
-                    doc["metadata"] = deep_merge(doc.get("metadata", {}), value)
+                    doc["metadata"] = merged_metadata(doc, value)
                 elif key == "tags":
                     doc["tags"] = check_tags(value)
                     ensure_tags(db, who, doc["tags"])
