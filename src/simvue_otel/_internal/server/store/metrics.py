@@ -1,5 +1,7 @@
 """Metric points: stored a batch at a time, all or nothing, read back per run and metric, and
-drawn (an envelope past a few thousand points)."""
+drawn (an envelope past a few thousand points). Every field of every entry is checked before
+any is kept: integers must fit SQLite's 64 bits and times must be ones that can be formatted
+back."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Runs: created, read and listed (with their metric summaries), updated, deleted with all
 they own; heartbeats, abort requests and stars.
 
-What is stored must stay readable by every later query: integers must fit SQLite's 64 bits and
-times must be ones that can be formatted back, so one bad value never fails a listing."""
+What is stored must stay readable by every later query: names, folders, tags and times are
+checked before they are kept, so one bad value never fails a listing."""
 
 from __future__ import annotations
 
