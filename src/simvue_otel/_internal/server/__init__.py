@@ -130,7 +130,7 @@ def serve(
     hint = command("server", "token", "--db", db, "--user", first or _default_user())
     print(f"Tokens (another --user for another user): {hint}", file=out)
     if first:
-        from .web import issue_login_code
+        from .auth import issue_login_code
 
         identity, _ = store.ensure_user(first)
         code = issue_login_code(store.secret(), identity)

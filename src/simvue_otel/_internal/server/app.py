@@ -33,8 +33,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import Identity, TokenError, verify_token
+from .bodies import LOGIN_MAX_BODY, TooLarge, read_body
 from .filters import FilterError, parse_filters
 from .store import RETRY_AFTER_FULL, DiskFull, Forbidden, Invalid, Store, StoreError
+from .web import web_routes
 
 __all__ = ["API_VERSION", "create_app"]
 
@@ -42,8 +44,6 @@ API_VERSION = "1.2.16"
 """The Simvue REST API version answered; the official client accepts [1.1.0, 2.0.0)."""
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-LOGIN_MAX_BODY = 16 * 1024
-"""Largest sign-in form: a token and a path fit many times over."""
 MAX_NESTING = 64
 """Deepest nesting of lists and objects accepted in a request body."""
 _LOG = logging.getLogger("simvue_otel.server")
@@ -477,31 +477,6 @@ class _API:
         return {"data": data, "count": total}
 
 
-class _TooLarge(StoreError):
-    status = 413
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body larger than the server's limit of {limit} bytes")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body of a request that may carry one (POST, PUT, PATCH), read up to ``limit``
-    bytes and no further (413 past it, whatever Content-Length said)."""
-    if request.method not in ("POST", "PUT", "PATCH"):
-        return b""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class BodyLimit:
     """Refuse with 413, before the application reads anything, a request whose declared
     Content-Length is over the limit of its path (the sign-in form's is small). Bodies sent
@@ -516,7 +491,7 @@ class BodyLimit:
             limit = LOGIN_MAX_BODY if scope["path"] == "/login" else self.max_body
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.isdigit() and int(value) > limit:
-                    reply = _error(413, _TooLarge(limit).detail)
+                    reply = _error(413, TooLarge(limit).detail)
                     reply.headers["connection"] = "close"
                     await reply(scope, receive, send)
                     return
@@ -699,8 +674,6 @@ def create_app(
         finally:
             stop.set()
             thread.join(timeout=5)
-
-    from .web import web_routes
 
     async def database_error(request: Request, exc: Exception) -> Response:
         """A database error outside the API's handlers (the web view's sign-in writes a

@@ -9,15 +9,28 @@ and created again does not bring its old tokens back.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import jwt
 
-__all__ = ["Identity", "TokenError", "issue_token", "issued_at", "verify_token"]
+__all__ = [
+    "LOGIN_USE",
+    "Identity",
+    "TokenError",
+    "issue_login_code",
+    "issue_token",
+    "issued_at",
+    "read_login_code",
+    "verify_token",
+]
 
 _ISSUER = "simvue-otel-server"
 _ALGORITHM = "HS256"
+LOGIN_USE = "web-login"
+"""The ``use`` claim of a web sign-in code (which :func:`verify_token` refuses as a token)."""
 
 
 class TokenError(Exception):
@@ -84,3 +97,40 @@ def issued_at(claims: dict[str, object]) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return 0.0
+
+
+def issue_login_code(secret: str, identity: Identity, *, minutes: float = 60.0) -> str:
+    """A short-lived, single-use sign-in code for the web view (refused as an API token)."""
+    now = time.time()
+    claims = {
+        "sub": identity.user,
+        "tenant": identity.tenant,
+        "iss": _ISSUER,
+        "use": LOGIN_USE,
+        "jti": secrets.token_urlsafe(16),
+        "iat": now,
+        "exp": int(now + minutes * 60),
+    }
+    return jwt.encode(claims, secret, algorithm=_ALGORITHM)
+
+
+def read_login_code(secret: str, code: str) -> tuple[Identity, dict[str, Any]]:
+    """Whose a web sign-in code is, and its claims (``jti`` and ``exp`` say which link it is
+    and until when); TokenError saying why it is refused. Whether the link was used already
+    is for the store to say."""
+    try:
+        claims = jwt.decode(code, secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
+        if claims.get("use") != LOGIN_USE or not isinstance(claims.get("jti"), str):
+            raise jwt.InvalidTokenError
+        who = Identity(
+            str(claims["sub"]),
+            str(claims.get("tenant") or "default"),
+            issued=issued_at(claims),
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError(
+            "this sign-in link has expired: restart the server or paste a token"
+        ) from None
+    except (jwt.InvalidTokenError, KeyError):
+        raise TokenError("this sign-in link is not valid for this server") from None
+    return who, claims

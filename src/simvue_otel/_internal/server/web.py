@@ -18,20 +18,18 @@ import html
 import json
 import math
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-import jwt
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .. import conventions as cv
-from .app import LOGIN_MAX_BODY, read_body
-from .auth import _ALGORITHM, _ISSUER, Identity, TokenError, issued_at, verify_token
+from .auth import Identity, TokenError, issue_login_code, read_login_code, verify_token
+from .bodies import LOGIN_MAX_BODY, read_body
 from .filters import FilterError, parse_filters
 from .store import NotFound, Store, StoreError
 
@@ -41,7 +39,6 @@ COOKIE = "simvue_otel_session"
 CSRF_COOKIE = "simvue_otel_csrf"
 SESSION_SECONDS = 7 * 86400
 """How long a web session lasts (signing out, or revoking the user's tokens, ends it sooner)."""
-_LOGIN_USE = "web-login"
 _STATUSES = cv.RUN_STATUSES
 
 _CSS = """
@@ -61,21 +58,6 @@ form.filters{display:flex;gap:.6rem;margin-bottom:1rem;flex-wrap:wrap}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem;background:#fff;padding:.8rem}
 dt{font-weight:600}dd{margin:0}.muted{color:#6c757d}
 """
-
-
-def issue_login_code(secret: str, identity: Identity, *, minutes: float = 60.0) -> str:
-    """A short-lived, single-use sign-in code for the web view (refused as an API token)."""
-    now = time.time()
-    claims = {
-        "sub": identity.user,
-        "tenant": identity.tenant,
-        "iss": _ISSUER,
-        "use": _LOGIN_USE,
-        "jti": secrets.token_urlsafe(16),
-        "iat": now,
-        "exp": int(now + minutes * 60),
-    }
-    return jwt.encode(claims, secret, algorithm=_ALGORITHM)
 
 
 def local_path(target: str) -> str:
@@ -211,76 +193,83 @@ def _envelope(points: Sequence[tuple[float, float]], buckets: int) -> list[tuple
     return out
 
 
-def web_routes(store: Store) -> list[Route]:
-    """The routes of the web view, reading through ``store`` with each user's visibility."""
-    secret = store.secret()
+class _Web:
+    """The handlers of the web view, each reading through ``store`` as the signed-in user (with
+    the same visibility rules as the API); :meth:`routes` lists them."""
 
-    def identity(request: Request) -> Identity | None:
+    USED_CODE = (
+        "this sign-in link has already been used (each works once): paste a token, "
+        "or restart the server for a new link"
+    )
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.secret = store.secret()
+
+    def routes(self) -> list[Route]:
+        """The routes of the web view."""
+        return [
+            Route("/", self.runs, methods=["GET"]),
+            Route("/runs/{run_id}", self.run_page, methods=["GET"]),
+            Route("/dashboard/runs/run/{run_id}", self.dashboard_run, methods=["GET"]),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["GET"]),
+        ]
+
+    def identity(self, request: Request) -> Identity | None:
         session_id = request.cookies.get(COOKIE)
-        return store.session_identity(session_id) if session_id else None
+        return self.store.session_identity(session_id) if session_id else None
 
+    @staticmethod
     def to_login(request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
-    def session(who: Identity, target: str) -> Response:
+    def session(self, who: Identity, target: str) -> Response:
         response = RedirectResponse(local_path(target), status_code=303)
         response.set_cookie(
             COOKIE,
-            store.create_session(who, SESSION_SECONDS),
+            self.store.create_session(who, SESSION_SECONDS),
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="strict",
         )
         return response
 
-    def with_token(token: str, target: str) -> Response | str:
+    def with_token(self, token: str, target: str) -> Response | str:
         """Sign in with a pasted API token: a session, or the reason it is refused."""
         try:
-            who = verify_token(secret, f"Bearer {token}")
+            who = verify_token(self.secret, f"Bearer {token}")
         except TokenError as exc:
             return str(exc)
-        problem = store.token_problem(who)
-        return problem if problem else session(who, target)
+        problem = self.store.token_problem(who)
+        return problem if problem else self.session(who, target)
 
-    used_code = (
-        "this sign-in link has already been used (each works once): paste a token, "
-        "or restart the server for a new link"
-    )
-
-    def read_code(code: str) -> tuple[Identity, dict[str, Any]] | str:
+    def read_code(self, code: str) -> tuple[Identity, dict[str, Any]] | str:
         """Whose a sign-in link's code is, and its claims; or why it is refused. Nothing is
         redeemed: the link is only shown, to be confirmed with a click."""
         try:
-            claims = jwt.decode(code, secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
-            if claims.get("use") != _LOGIN_USE or not isinstance(claims.get("jti"), str):
-                raise jwt.InvalidTokenError
-            who = Identity(
-                str(claims["sub"]),
-                str(claims.get("tenant") or "default"),
-                issued=issued_at(claims),
-            )
-        except jwt.ExpiredSignatureError:
-            return "this sign-in link has expired: restart the server or paste a token"
-        except (jwt.InvalidTokenError, KeyError):
-            return "this sign-in link is not valid for this server"
-        problem = store.token_problem(who)
+            who, claims = read_login_code(self.secret, code)
+        except TokenError as exc:
+            return str(exc)
+        problem = self.store.token_problem(who)
         if problem:
             return problem.replace("the token", "the sign-in link")
-        if store.code_used(claims["jti"]):
-            return used_code
+        if self.store.code_used(claims["jti"]):
+            return self.USED_CODE
         return who, claims
 
-    def with_code(code: str, target: str) -> Response | str:
+    def with_code(self, code: str, target: str) -> Response | str:
         """Sign in with a link's code, which works once: a session, or why it is refused."""
-        found = read_code(code)
+        found = self.read_code(code)
         if isinstance(found, str):
             return found
         who, claims = found
-        if not store.redeem_code(claims["jti"], float(claims["exp"])):
-            return used_code
-        return session(who, target)
+        if not self.store.redeem_code(claims["jti"], float(claims["exp"])):
+            return self.USED_CODE
+        return self.session(who, target)
 
+    @staticmethod
     def cross_site(request: Request) -> bool:
         """Whether a form POST comes from another origin. Browsers say so in Sec-Fetch-Site
         (which a reverse proxy leaves alone; another port of this host is "same-site", and
@@ -294,18 +283,20 @@ def web_routes(store: Store) -> list[Route]:
         hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
         return urlsplit(origin).netloc not in hosts
 
+    @staticmethod
     def form_csrf(request: Request) -> str:
         csrf = request.cookies.get(CSRF_COOKIE) or ""
         if not (20 <= len(csrf) <= 100 and csrf.isascii()):
             csrf = secrets.token_urlsafe(24)
         return csrf
 
+    @staticmethod
     def with_csrf(response: Response, csrf: str) -> Response:
         response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/login")
         return response
 
-    def form_page(request: Request, target: str, error: str, status: int) -> Response:
-        csrf = form_csrf(request)
+    def form_page(self, request: Request, target: str, error: str, status: int) -> Response:
+        csrf = self.form_csrf(request)
         body = (
             "<h2>Sign in</h2>"
             + (f'<p style="color:#c0392b">{_e(error)}</p>' if error else "")
@@ -316,12 +307,12 @@ def web_routes(store: Store) -> list[Route]:
             f'<input type="hidden" name="csrf" value="{_e(csrf)}"><p>'
             '<button type="submit">Sign in</button></p></form>'
         )
-        return with_csrf(_page("Sign in", body, status=status), csrf)
+        return self.with_csrf(_page("Sign in", body, status=status), csrf)
 
-    def confirm_page(request: Request, code: str, who: Identity, target: str) -> Response:
+    def confirm_page(self, request: Request, code: str, who: Identity, target: str) -> Response:
         """A sign-in link asks for a click before it signs in: opened from another site, it
         would otherwise sign the browser in as whoever made the link (login CSRF)."""
-        csrf = form_csrf(request)
+        csrf = self.form_csrf(request)
         body = (
             "<h2>Sign in</h2>"
             f"<p>This link signs this browser in to the simvue-otel server as "
@@ -333,9 +324,9 @@ def web_routes(store: Store) -> list[Route]:
             f'<input type="hidden" name="csrf" value="{_e(csrf)}"><p>'
             f'<button type="submit">Sign in as {_e(who.user)}</button></p></form>'
         )
-        return with_csrf(_page("Sign in", body), csrf)
+        return self.with_csrf(_page("Sign in", body), csrf)
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         target = request.query_params.get("next", "/")
         code = request.query_params.get("code")
         error, status = "", 200
@@ -351,39 +342,39 @@ def web_routes(store: Store) -> list[Route]:
             target = (form.get("next") or ["/"])[0]
             sent = (form.get("csrf") or [""])[0]
             expected = request.cookies.get(CSRF_COOKIE) or ""
-            if cross_site(request):
+            if self.cross_site(request):
                 error, status = "sign-in from another site is refused", 403
             elif not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
                 error = "the sign-in form has expired: paste the token again"
                 status = 403
             else:
                 if posted_code:
-                    outcome = await run_in_threadpool(with_code, posted_code, target)
+                    outcome = await run_in_threadpool(self.with_code, posted_code, target)
                 else:
-                    outcome = await run_in_threadpool(with_token, token, target)
+                    outcome = await run_in_threadpool(self.with_token, token, target)
                 if isinstance(outcome, Response):
                     return outcome
                 error, status = outcome, 401
         elif code:
             # A link signs in only once its page's button is clicked (a POST of the form).
-            found = await run_in_threadpool(read_code, code)
+            found = await run_in_threadpool(self.read_code, code)
             if not isinstance(found, str):
-                return confirm_page(request, code, found[0], target)
+                return self.confirm_page(request, code, found[0], target)
             error, status = found, 401
-        return form_page(request, target, error, status)
+        return self.form_page(request, target, error, status)
 
-    def logout(request: Request) -> Response:
+    def logout(self, request: Request) -> Response:
         session_id = request.cookies.get(COOKIE)
         if session_id:
-            store.end_session(session_id)
+            self.store.end_session(session_id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
 
-    def runs(request: Request) -> Response:
-        who = identity(request)
+    def runs(self, request: Request) -> Response:
+        who = self.identity(request)
         if who is None:
-            return to_login(request)
+            return self.to_login(request)
         folder = request.query_params.get("folder", "").strip()
         tag = request.query_params.get("tag", "").strip()
         status = request.query_params.get("status", "").strip()
@@ -398,7 +389,7 @@ def web_routes(store: Store) -> list[Route]:
             predicate = parse_filters(json.dumps(filters), None, {"folder.path": "folder"})
         except FilterError as exc:
             return _page("Runs", f"<p>{_e(exc)}</p>", who, status=400)
-        found, total = store.list_runs(
+        found, total = self.store.list_runs(
             who, predicate, sorting=[{"id": "started", "desc": True}], metrics=True
         )
         options = "".join(
@@ -427,22 +418,22 @@ def web_routes(store: Store) -> list[Route]:
         )
         return _page("Runs", body, who)
 
-    def run_page(request: Request) -> Response:
-        who = identity(request)
+    def run_page(self, request: Request) -> Response:
+        who = self.identity(request)
         if who is None:
-            return to_login(request)
+            return self.to_login(request)
         run_id = request.path_params["run_id"]
         try:
-            run = store.get_run(who, run_id)
+            run = self.store.get_run(who, run_id)
         except NotFound:
             message = "<h2>No such run</h2><p>It does not exist, or it is not visible to you.</p>"
             return _page("Not found", message, who, status=404)
         x_axis = request.query_params.get("x", "step")
         if x_axis not in ("step", "time"):
             x_axis = "step"
-        names = store.metric_names(who, [run_id])
-        series = store.plot_points(who, run_id, names, x_axis)
-        events, _ = store.get_events(who, run_id, lambda *_: True, 0, None)
+        names = self.store.metric_names(who, [run_id])
+        series = self.store.plot_points(who, run_id, names, x_axis)
+        events, _ = self.store.get_events(who, run_id, lambda *_: True, 0, None)
         vis = run.get("visibility") or {}
         shared = (
             "public" if vis.get("public") else "tenant" if vis.get("tenant") else "private"
@@ -489,18 +480,15 @@ def web_routes(store: Store) -> list[Route]:
         )
         return _page(str(run["name"]), body, who)
 
-    def dashboard_run(request: Request) -> Response:
+    def dashboard_run(self, request: Request) -> Response:
         """The address the official client prints for a run (``Monitor in the UI at
         <server>/dashboard/runs/run/<id>``), sent on to the run's page here."""
         return RedirectResponse(f"/runs/{quote(request.path_params['run_id'], safe='')}", 303)
 
-    return [
-        Route("/", runs, methods=["GET"]),
-        Route("/runs/{run_id}", run_page, methods=["GET"]),
-        Route("/dashboard/runs/run/{run_id}", dashboard_run, methods=["GET"]),
-        Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["GET"]),
-    ]
+
+def web_routes(store: Store) -> list[Route]:
+    """The routes of the web view, reading through ``store`` with each user's visibility."""
+    return _Web(store).routes()
 
 
 BOOKKEEPING_PREFIX = cv.BOOKKEEPING_PREFIX
