@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, poll, start_bridge, user_metadata
+from tests.helpers import Bridge, LocalServer, poll, start_bridge, user_metadata
 from tests.integration.test_zero_code import fresh_venv  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer
+from tests.helpers import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
