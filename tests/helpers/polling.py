@@ -19,20 +19,19 @@ def poll(
     """Call ``fetch`` every ``interval`` seconds until ``ok`` accepts its answer or ``timeout``
     passes; the last answer either way.
 
-    An exception of a type in ``ignoring`` (a run not there yet: ``NotFoundError``; a bridge
-    still starting: ``requests.RequestException``) counts as no answer: ``ok`` is not asked,
-    and the last answer stays the one before (None when ``fetch`` only ever raised). Any other
-    exception ends the wait at once."""
+    An exception of a type in ``ignoring``, from ``fetch`` or ``ok`` (a run not there yet:
+    ``NotFoundError``; a bridge still starting: ``requests.RequestException``), counts as no
+    answer: when ``fetch`` raised, the last answer stays the one before (None when it only ever
+    raised). Any other exception ends the wait at once."""
     deadline = time.monotonic() + timeout
     value = None
     while True:
         try:
             value = fetch()
-        except ignoring:
-            pass
-        else:
             if ok(value):
                 return value
+        except ignoring:
+            pass
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
