@@ -1,6 +1,6 @@
 """Helpers the tests share: servers and bridges started as subprocesses, free ports, an
-in-process OTel app, reading a run back, waiting for it. Tests import them from here;
-the conftest.py files hold only fixtures, built on these."""
+in-process OTel app, reading a run back, waiting for it, fresh virtual environments. Tests
+import them from here; the conftest.py files hold only fixtures, built on these."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.helpers.servers import (
     token_from_output,
     wait_healthy,
 )
+from tests.helpers.venvs import make_venv
 
 __all__ = [
     "ROOT_ATTRS",
@@ -30,6 +31,7 @@ __all__ = [
     "free_port",
     "in_foreground",
     "make_app",
+    "make_venv",
     "newest_run",
     "poll",
     "python_json",

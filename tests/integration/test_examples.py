@@ -16,7 +16,6 @@ import pytest
 
 from simvue_otel._internal.client import SimvueClient
 from tests.helpers import Bridge, LocalServer, poll, start_bridge, user_metadata
-from tests.integration.test_zero_code import fresh_venv  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -206,7 +205,7 @@ def test_offline_worker_then_send(
 
 
 def test_otel_app_with_opentelemetry_instrument(
-    fresh_venv: Path,  # noqa: F811
+    fresh_venv: Path,
     local_server: LocalServer,
     client: SimvueClient,
     folder: str,
