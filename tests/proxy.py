@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgpack
 import requests
 
-from tests.conftest import LocalServer
+from tests.helpers import LocalServer
 
 __all__ = ["Proxy", "Recorded", "Rule", "as_server", "serve"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import newest_run, python_json
+from tests.helpers import newest_run, python_json
 
 pytestmark = pytest.mark.compat
 

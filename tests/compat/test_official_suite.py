@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import LocalServer, start_server, stop_server
+from tests.helpers import LocalServer, start_server, stop_server
 
 pytestmark = pytest.mark.compat
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import python_json
+from tests.helpers import python_json
 
 pytestmark = pytest.mark.compat
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import gzip
 import json
 import os
@@ -69,7 +70,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
-from tests.conftest import (
+from tests import helpers
+from tests.helpers import (
     App,
     Bridge,
     LocalServer,
@@ -168,21 +170,11 @@ def comparable(state: dict[str, Any], key: str) -> dict[str, Any]:
     return state
 
 
-def poll(what: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> Any:
-    """Call `what` until `done(result)` or `timeout` seconds; the last result either way
-    (None when it only ever raised)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = what()
-            if done(last):
-                return last
-        except (AssertionError, requests.RequestException):
-            pass
-        if time.monotonic() > deadline:
-            return last
-        time.sleep(0.25)
+poll = functools.partial(
+    helpers.poll, interval=0.25, ignoring=(AssertionError, requests.RequestException)
+)
+"""The suite's `poll` as the bridge tests wait: a bridge that does not answer yet (a
+`requests` error) or a run not on the server yet (`run_state`'s assertion) is no answer."""
 
 
 def health(bridge: Bridge) -> dict[str, Any]:
@@ -260,12 +252,6 @@ def folder_for(what: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def shared_bridge(
     local_server: LocalServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bridge]:
@@ -277,14 +263,16 @@ def shared_bridge(
 
 @pytest.fixture(scope="module")
 def reference(
-    local_server: LocalServer, client: SimvueClient, tmp_path_factory: pytest.TempPathFactory
+    local_server: LocalServer,
+    module_client: SimvueClient,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, dict[str, Any]]:
     """The state `run_program` gives through the in-process exporters: (folder, state)."""
     folder = folder_for("same")
     app = make_app("online", tmp_path_factory.mktemp("ref"), local_server, "bridge-run", folder)
     run_program(app)
     assert app.close()
-    state = comparable(run_state(client, app.key), app.key)
+    state = comparable(run_state(module_client, app.key), app.key)
     assert state["status"] == "completed" and len(state["metrics"]["loss"]) == 50
     assert any(m == "span 'assemble'" for m, _ in state["events"])
     return folder, state

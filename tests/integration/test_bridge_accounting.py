@@ -40,7 +40,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, start_bridge
+from tests.helpers import Bridge, LocalServer, start_bridge
 from tests.integration.test_bridge import NO_PROXY, drained, poll
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -89,12 +89,6 @@ def _logs(key: str, name: str, records: list[LogRecord]) -> ExportLogsServiceReq
             ResourceLogs(resource=_resource(key, name), scope_logs=[ScopeLogs(log_records=records)])
         ]
     )
-
-
-@pytest.fixture(scope="module")
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +271,7 @@ def test_an_unsorted_batch_is_timed_from_its_earliest_point(
 
 
 def test_retry_after_is_what_the_docs_say(local_server: LocalServer, tmp_path: Path) -> None:
-    from tests.conftest import start_server, stop_server
+    from tests.helpers import start_server, stop_server
     from tests.integration.test_bridge import run_request
 
     mentioned = {

@@ -19,7 +19,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import (
+from tests.helpers import (
     Bridge,
     LocalServer,
     run_program,

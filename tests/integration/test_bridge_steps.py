@@ -20,7 +20,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
-from tests.conftest import Bridge, LocalServer, start_bridge, start_server, stop_server
+from tests.helpers import Bridge, LocalServer, start_bridge, start_server, stop_server
 from tests.integration.test_bridge import drained, poll
 
 

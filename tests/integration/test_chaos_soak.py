@@ -42,7 +42,7 @@ import pytest
 import requests
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import (
+from tests.helpers import (
     Bridge,
     LocalServer,
     free_port,

@@ -25,13 +25,7 @@ from simvue_otel._internal.client import (
     maybe_delivered,
     parse_timestamp,
 )
-from tests.conftest import LocalServer, free_port, newest_run
-
-
-@pytest.fixture
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=0) as c:
-        yield c
+from tests.helpers import LocalServer, free_port, newest_run
 
 
 def unique(prefix: str) -> str:

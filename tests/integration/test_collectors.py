@@ -52,7 +52,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from simvue_otel._internal.bridge import parse_listen
 from simvue_otel._internal.cli import build_parser
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import (
+from tests.helpers import (
     App,
     LocalServer,
     free_port,

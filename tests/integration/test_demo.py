@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import free_port, in_foreground, start_server, stop_server
+from tests.helpers import free_port, in_foreground, start_server, stop_server
 
 
 def test_demo_records_runs_three_ways_and_prints_their_pages(tmp_path: Path) -> None:

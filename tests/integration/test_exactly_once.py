@@ -19,22 +19,16 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer
-from tests.proxy import Proxy, serve
+from tests.helpers import LocalServer
+from tests.proxy import Proxy
 
 SEND = [sys.executable, "-m", "simvue_otel", "send", "--cache"]
-
-
-@pytest.fixture
-def proxy(local_server: LocalServer) -> Iterator[Proxy]:
-    yield from serve(local_server.url)
 
 
 def _env(url: str, token: str, offline: Path, **extra: str) -> dict[str, str]:
@@ -323,7 +317,7 @@ def test_a_bridge_killed_while_a_post_is_unanswered_resumes_without_duplicates(
     and sends the rest: one run, every step once."""
     import requests
 
-    from tests.conftest import start_bridge
+    from tests.helpers import start_bridge
     from tests.proxy import as_server
 
     key, name, folder = str(uuid.uuid4()), f"bridge-kill-{uuid.uuid4().hex[:8]}", "/exactly-once"

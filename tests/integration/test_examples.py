@@ -8,15 +8,13 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, poll, start_bridge, user_metadata
-from tests.integration.test_zero_code import fresh_venv  # noqa: F401
+from tests.helpers import Bridge, LocalServer, poll, user_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -206,7 +204,7 @@ def test_offline_worker_then_send(
 
 
 def test_otel_app_with_opentelemetry_instrument(
-    fresh_venv: Path,  # noqa: F811
+    fresh_venv: Path,
     local_server: LocalServer,
     client: SimvueClient,
     folder: str,
@@ -250,13 +248,6 @@ def test_otel_app_with_opentelemetry_instrument(
 
 
 # -- OTLP to simvue-otel bridge ----------------------------------------------------------
-
-
-@pytest.fixture
-def bridge(local_server: LocalServer, tmp_path: Path) -> Iterator[Bridge]:
-    b = start_bridge(tmp_path / "bridge", local_server)
-    yield b
-    b.stop()
 
 
 def finished_run(client: SimvueClient, name: str, folder: str, metric: str, n: int) -> Any:

@@ -19,7 +19,7 @@ from simvue_otel import (
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.config import resolve_config
 from simvue_otel._internal.sink import create_sink
-from tests.conftest import (
+from tests.helpers import (
     ROOT_ATTRS,
     SERVER_CMD,
     LocalServer,

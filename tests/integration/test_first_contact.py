@@ -26,7 +26,7 @@ import pytest
 
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.errors import ConfigurationError, ServerUnreachableError
-from tests.conftest import (
+from tests.helpers import (
     LocalServer,
     free_port,
     make_app,
@@ -35,7 +35,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
-from tests.proxy import Proxy, as_server, serve
+from tests.proxy import Proxy, as_server
 
 PROGRAM = """
     import sys, time
@@ -138,7 +138,7 @@ def test_an_address_that_is_not_simvue_is_one_clear_error(
     bridge: object, local_server: LocalServer, tmp_path: Path
 ) -> None:
     """The bridge's address is a web server, but not a Simvue API."""
-    from tests.conftest import Bridge
+    from tests.helpers import Bridge
 
     assert isinstance(bridge, Bridge)
     name = f"not-simvue-{uuid.uuid4().hex[:8]}"
@@ -186,11 +186,6 @@ def test_a_server_that_is_down_is_the_quiet_path_and_send_delivers_later(
             assert client.get_run(str(run["id"]))["status"] == "completed"
     finally:
         stop_server(server)
-
-
-@pytest.fixture
-def proxy(local_server: LocalServer) -> Iterator[Proxy]:
-    yield from serve(local_server.url)
 
 
 def test_a_token_refused_mid_run_is_said_once_and_the_data_kept(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from simvue_otel._internal.bridge import is_loopback, loopback_problem
-from tests.conftest import free_port, wait_healthy
+from tests.helpers import free_port, wait_healthy
 
 BRIDGE = [sys.executable, "-m", "simvue_otel", "bridge", "--no-grpc", "--mode", "offline"]
 

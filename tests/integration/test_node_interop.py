@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, run_program, run_state, start_bridge
+from tests.helpers import Bridge, LocalServer, run_program, run_state, start_bridge
 from tests.integration.test_bridge import comparable, drained, otlp_app, poll
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -78,13 +78,7 @@ def node_bridge(
 
 
 @pytest.fixture(scope="module")
-def client(local_server: LocalServer) -> Iterator[SimvueClient]:
-    with SimvueClient(local_server.url, local_server.token, retries=2) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def python_run(node_bridge: Bridge, client: SimvueClient) -> tuple[str, dict[str, Any]]:
+def python_run(node_bridge: Bridge, module_client: SimvueClient) -> tuple[str, dict[str, Any]]:
     """The Python SDK's run through the bridge: (folder, comparable state)."""
     folder = f"/bridge/node-{uuid.uuid4().hex[:12]}"
     app = otlp_app("proto", "interop", folder, node_bridge)
@@ -92,7 +86,7 @@ def python_run(node_bridge: Bridge, client: SimvueClient) -> tuple[str, dict[str
     app.close()
     drained(node_bridge)
     state = poll(
-        lambda: comparable(run_state(client, app.key), app.key),
+        lambda: comparable(run_state(module_client, app.key), app.key),
         lambda s: s["status"] == "completed" and len(s["metrics"].get("loss", [])) == 50,
         20,
     )

@@ -40,7 +40,7 @@ from simvue_otel._internal.mapping.records import (
     RunRef,
 )
 from simvue_otel._internal.sink.offline import OfflineSink
-from tests.conftest import Bridge, LocalServer, poll, start_bridge, user_metadata
+from tests.helpers import Bridge, LocalServer, poll, start_bridge, user_metadata
 from tests.proxy import Proxy, as_server, serve
 
 CAFE = os.fsdecode(b"caf\xe9")  # "caf\udce9": a Latin-1 file name on a UTF-8 file system

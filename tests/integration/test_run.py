@@ -4,6 +4,7 @@ against the real local server (or the offline spool, then ``simvue-otel send``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -22,7 +23,8 @@ import pytest
 
 from simvue_otel import ConfigurationError, NotFoundError, Run, SimvueValidationError
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
-from tests.conftest import (
+from tests import helpers
+from tests.helpers import (
     LocalServer,
     free_port,
     newest_run,
@@ -65,17 +67,8 @@ def no_server_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     monkeypatch.chdir(home)
 
 
-def poll(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 60.0) -> Any:
-    """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fetch()
-        except NotFoundError:
-            value = None
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
+poll = functools.partial(helpers.poll, interval=0.1, ignoring=(NotFoundError,))
+"""The suite's `poll` as these tests wait: a run not on the server yet is no answer."""
 
 
 def only_run(client: SimvueClient, name: str, folder: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import requests
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, newest_run
+from tests.helpers import LocalServer, newest_run
 
 
 def _request_abort(server: LocalServer, run_id: str) -> None:

@@ -3,25 +3,18 @@ live on the server within seconds, updates land while it goes, the final status 
 
 from __future__ import annotations
 
-import time
+import functools
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import Bridge, LocalServer, newest_run
+from tests.helpers import Bridge, LocalServer, newest_run, poll
 
-
-def _poll(check: Any, seconds: float = 60.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
+_poll = functools.partial(poll, ok=bool)
+"""The suite's `poll`, waiting for an answer that is true (a run found, a condition met)."""
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])

@@ -14,7 +14,7 @@ import pytest
 
 from simvue_otel import Run, SimvueValidationError
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, newest_run
+from tests.helpers import LocalServer, newest_run
 
 
 @pytest.fixture

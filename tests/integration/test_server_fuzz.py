@@ -30,7 +30,7 @@ import requests
 
 from simvue_otel._internal.server.app import create_app
 from simvue_otel._internal.server.store import Store
-from tests.conftest import LocalServer, start_server, stop_server
+from tests.helpers import LocalServer, start_server, stop_server
 
 SEED = int(os.environ.get("SIMVUE_OTEL_FUZZ_SEED", "20240611"))
 EXAMPLES = int(os.environ.get("SIMVUE_OTEL_FUZZ_EXAMPLES", "30"))

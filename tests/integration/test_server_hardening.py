@@ -30,7 +30,7 @@ import requests
 from simvue_otel._internal import conventions as cv
 from simvue_otel._internal.server.filters import FilterError, _binary
 from simvue_otel._internal.server.store import Store
-from tests.conftest import Bridge, LocalServer, cpu_seconds, start_server, stop_server
+from tests.helpers import Bridge, LocalServer, cpu_seconds, start_server, stop_server
 
 QUICK = 2.0
 """CPU seconds a refused request may cost (the server's, or this process's for the parser), with
@@ -204,7 +204,7 @@ def test_an_endless_chunked_body_is_cut_off(local_server: LocalServer, path: str
 
 
 def test_api_bodies_over_max_body_are_413_however_sent(tmp_path: Path) -> None:
-    from tests.conftest import start_server, stop_server
+    from tests.helpers import start_server, stop_server
 
     server = start_server(tmp_path, extra=["--max-body", "100000"])
     try:
@@ -275,7 +275,7 @@ def test_a_time_the_server_cannot_format_is_422_and_listings_stay_up(
 def test_a_damaged_row_never_breaks_anyone_elses_listing(tmp_path: Path) -> None:
     """A row holding times no check would let in now (written by hand, or by an older
     version): its owner and everyone who can see it still get their listings."""
-    from tests.conftest import start_server, stop_server
+    from tests.helpers import start_server, stop_server
 
     server = start_server(tmp_path)
     try:

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import requests
 
-from tests.conftest import LocalServer, start_server, stop_server
+from tests.helpers import LocalServer, start_server, stop_server
 
 
 def _unique(prefix: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from simvue_otel._internal.conventions import RUN_KEY_METADATA
-from tests.conftest import LocalServer, python_json
+from tests.helpers import LocalServer, python_json
 
 
 def _unique(prefix: str) -> str:

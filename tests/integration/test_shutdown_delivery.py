@@ -8,22 +8,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
 from simvue_otel._internal.sink.online import OnlineSink
-from tests.conftest import LocalServer
-from tests.proxy import Proxy, serve
-
-
-@pytest.fixture
-def proxy(local_server: LocalServer) -> Iterator[Proxy]:
-    yield from serve(local_server.url)
+from tests.helpers import LocalServer
+from tests.proxy import Proxy
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> None:

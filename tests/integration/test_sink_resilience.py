@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer, make_app, run_state, start_server, stop_server
+from tests.helpers import LocalServer, make_app, run_state, start_server, stop_server
 
 
 class Proxy:
@@ -84,7 +84,9 @@ class Proxy:
 
 
 @pytest.fixture
-def proxy(local_server: LocalServer) -> Iterator[Proxy]:
+def counting_proxy(local_server: LocalServer) -> Iterator[Proxy]:
+    """This file's own proxy in front of the session's server: it refuses or answers late on
+    cue, and counts both (``refused``, ``delayed``), where tests/proxy.py records requests."""
     p = Proxy(local_server.url)
     yield p
     p.close()
@@ -114,9 +116,9 @@ def _check(client: SimvueClient, key: str, n: int) -> None:
 
 
 def test_5xx_and_429_answers_cost_nothing(
-    proxy: Proxy, local_server: LocalServer, tmp_path: Path
+    counting_proxy: Proxy, local_server: LocalServer, tmp_path: Path
 ) -> None:
-    proxy.rules = [
+    counting_proxy.rules = [
         ("POST", "/api/metrics", 503),
         ("POST", "/api/metrics", 502),
         ("POST", "/api/events", 504),
@@ -124,33 +126,37 @@ def test_5xx_and_429_answers_cost_nothing(
         ("PUT", "/api/runs", 500),
         ("POST", "/api/metrics", 503),
     ]
-    app = make_app("online", tmp_path, _via(proxy, local_server), "flaky", "/resilience/5xx")
+    app = make_app(
+        "online", tmp_path, _via(counting_proxy, local_server), "flaky", "/resilience/5xx"
+    )
     _program(app, 2000)
     assert app.close(120)
-    assert proxy.refused == 6 and not proxy.rules
+    assert counting_proxy.refused == 6 and not counting_proxy.rules
     with SimvueClient(local_server.url, local_server.token) as client:
         _check(client, app.key, 2000)
 
 
 def test_answers_slower_than_the_timeout_are_not_stored_twice(
-    proxy: Proxy, local_server: LocalServer, tmp_path: Path
+    counting_proxy: Proxy, local_server: LocalServer, tmp_path: Path
 ) -> None:
     """The server stores the batch but the answer misses the client's timeout: the batch
     is reconciled against what the server holds before anything is sent again: stored once."""
-    proxy.rules = [("POST", "/api/metrics", "late"), ("POST", "/api/events", "late")]
+    counting_proxy.rules = [("POST", "/api/metrics", "late"), ("POST", "/api/events", "late")]
     from simvue_otel._internal.config import resolve_config
     from simvue_otel._internal.pipeline import Pipeline
     from simvue_otel._internal.sink import create_sink
 
-    app = make_app("online", tmp_path, _via(proxy, local_server), "slow", "/resilience/slow")
+    app = make_app(
+        "online", tmp_path, _via(counting_proxy, local_server), "slow", "/resilience/slow"
+    )
     config = resolve_config(
-        url=proxy.url, token=local_server.token, offline_directory=tmp_path, environ={}
+        url=counting_proxy.url, token=local_server.token, offline_directory=tmp_path, environ={}
     )
     app.pipeline.sink = create_sink("online", config, timeout=1.0, flush_interval=0.2)
     assert isinstance(app.pipeline, Pipeline)
     _program(app, 1500)
     assert app.close(120)
-    assert proxy.delayed == 2
+    assert counting_proxy.delayed == 2
     with SimvueClient(local_server.url, local_server.token) as client:
         _check(client, app.key, 1500)
 

@@ -25,15 +25,10 @@ from simvue_otel._internal.mapping.records import MetricRecord, Record, RunRecor
 from simvue_otel._internal.sink import create_sink, online, online_spool_directory
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SpoolReader, SpoolWriter
-from tests.conftest import LocalServer
-from tests.proxy import Proxy, serve
+from tests.helpers import LocalServer
+from tests.proxy import Proxy
 
 SEND = [sys.executable, "-m", "simvue_otel", "send", "--quiet", "--cache"]
-
-
-@pytest.fixture
-def proxy(local_server: LocalServer) -> Iterator[Proxy]:
-    yield from serve(local_server.url)
 
 
 class _SlowProxy(Proxy):

@@ -22,7 +22,7 @@ from simvue_otel._internal.mapping.records import MetricRecord, RunRecord, RunRe
 from simvue_otel._internal.sink import create_sink
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SpoolWriter
-from tests.conftest import LocalServer
+from tests.helpers import LocalServer
 
 SEND = [sys.executable, "-m", "simvue_otel", "send", "--quiet", "--cache"]
 SECRET = b"the victim's own bytes\n"

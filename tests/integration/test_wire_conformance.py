@@ -21,9 +21,8 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,20 @@ import pytest
 
 from simvue_otel import Run
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import (
+from tests.helpers import (
     ROOT_ATTRS,
     App,
     LocalServer,
     make_app,
     newest_run,
+    poll,
     python_json,
     run_state,
     start_bridge,
 )
 from tests.integration.test_bridge import drained, otlp_app
 from tests.integration.test_run import no_server_env, send
-from tests.proxy import Proxy, Recorded, as_server, serve
+from tests.proxy import Proxy, Recorded, as_server
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -519,12 +519,6 @@ def assert_conforms(proxy: Proxy) -> None:
 # -- fixtures and helpers -----------------------------------------------------------------
 
 
-@pytest.fixture
-def proxy(local_server: LocalServer) -> Iterator[Proxy]:
-    """A recording proxy in front of the session's server."""
-    yield from serve(local_server.url)
-
-
 def reader(proxy: Proxy, server: LocalServer) -> SimvueClient:
     """Our REST client, through the proxy: its reads are checked as well."""
     return SimvueClient(proxy.url, server.token, retries=2)
@@ -534,16 +528,6 @@ def unique(what: str) -> tuple[str, str]:
     """A new run name and folder for this scenario."""
     tag = uuid.uuid4().hex[:10]
     return f"wire-{what}-{tag}", f"/wire/{what}-{tag}"
-
-
-def wait_for(fetch: Callable[[], Any], ok: Callable[[Any], bool], timeout: float) -> Any:
-    """Call ``fetch`` until ``ok`` accepts its answer or ``timeout`` passes; the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.25)
 
 
 def steps(client: SimvueClient, run_id: str, metric: str) -> list[int]:
@@ -663,10 +647,11 @@ def _exporter_program(app: App, flush_every: int | None = None) -> None:
 
 
 def _check_exporter_program(client: SimvueClient, key: str) -> None:
-    state = wait_for(
+    state = poll(
         lambda: run_state(client, key),
         lambda s: s["status"] == "completed" and len(s["metrics"].get("x", [])) == N_POINTS,
         60,
+        interval=0.25,
     )
     assert state["status"] == "completed"
     assert sorted(step for step, _, _ in state["metrics"]["x"]) == list(range(N_POINTS))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -14,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from simvue_otel._internal.client import SimvueClient
-from tests.conftest import LocalServer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import LocalServer
 
 APP = textwrap.dedent(
     """
@@ -42,32 +39,6 @@ APP = textwrap.dedent(
             pass
     """
 )
-
-
-def _make_venv(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Path:
-    """A fresh virtual environment holding this project (from its files) and ``extra``."""
-    venv = tmp_path_factory.mktemp("zero-code") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    # With the requests instrumentation too, as an app that calls HTTP services has it: the
-    # exporters' own uploads (made with requests) must not be traced back into the run.
-    subprocess.run(
-        [*pip, f"{ROOT}[instrument]", "opentelemetry-instrumentation-requests", *extra],
-        check=True, timeout=600, capture_output=True, text=True,
-    )  # fmt: skip
-    return venv
-
-
-@pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _make_venv(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def distro_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The usual install (what `opentelemetry-bootstrap` sets up): `opentelemetry-distro`
-    beside this project, which brings a configurator and a distro of its own."""
-    return _make_venv(tmp_path_factory, "opentelemetry-distro")
 
 
 def _simvue_env(server: LocalServer, tmp: Path, **extra: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 could hold a request and pass it on later: a part whose answer was lost is reconciled at once
 (``SIMVUE_OTEL_SETTLE_SECONDS=0``). Tests of the settle time give their uploader its own.
 
-``fake`` is such a server, and ``client`` a client that talks to it without retries."""
+``fake`` is such a server, and ``fake_client`` our REST client, talking to it without retries."""
 
 from __future__ import annotations
 
@@ -25,6 +25,6 @@ def fake() -> FakeSimvue:
 
 
 @pytest.fixture
-def client(fake: FakeSimvue) -> Iterator[SimvueClient]:
+def fake_client(fake: FakeSimvue) -> Iterator[SimvueClient]:
     with SimvueClient(URL, "token", retries=0, session=fake.session()) as c:
         yield c

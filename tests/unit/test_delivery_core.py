@@ -36,9 +36,9 @@ def points(n: int, start: int = 0, run: RunRef = RUN) -> list[MetricRecord]:
 
 
 def test_a_run_is_created_once_and_its_points_go_in_parts_of_16000(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
-    uploader = Uploader(client)
+    uploader = Uploader(fake_client)
     uploader.upload(points(40_000), "b1")
     uploader.upload(points(10, 40_000), "b2")
     (run_id,) = fake.run_ids()
@@ -49,9 +49,9 @@ def test_a_run_is_created_once_and_its_points_go_in_parts_of_16000(
 
 
 def test_a_part_stored_but_unanswered_is_reconciled_not_sent_twice(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
-    uploader = Uploader(client)
+    uploader = Uploader(fake_client)
     progress = Progress()
     fake.fail("POST", "metrics", "stored-then-503")
     with pytest.raises(RetryLater):
@@ -64,27 +64,29 @@ def test_a_part_stored_but_unanswered_is_reconciled_not_sent_twice(
 
 
 def test_a_lost_run_creation_answer_makes_no_second_run(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
     fake.fail("POST", "runs", "stored-then-504")
-    uploader = Uploader(client)
+    uploader = Uploader(fake_client)
     with pytest.raises(RetryLater):
         uploader.upload(points(5), "b1")
-    Uploader(client).upload(points(5), "b1")  # even a new process: found by its key
+    Uploader(fake_client).upload(points(5), "b1")  # even a new process: found by its key
     assert len(fake.run_ids()) == 1
 
 
 def test_the_run_index_finds_the_run_without_asking_the_filter(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
-    Uploader(client, index=RunIndex(tmp_path)).upload(points(3), "b1")
+    Uploader(fake_client, index=RunIndex(tmp_path)).upload(points(3), "b1")
     fake.requests.clear()
-    Uploader(client, index=RunIndex(tmp_path)).upload(points(3, 3), "b2")
+    Uploader(fake_client, index=RunIndex(tmp_path)).upload(points(3, 3), "b2")
     assert ("GET", "runs") not in fake.requests  # the index's id, checked with one GET
     assert len(fake.run_ids()) == 1
 
 
-def test_instrument_counts_continue_the_runs_steps(fake: FakeSimvue, client: SimvueClient) -> None:
+def test_instrument_counts_continue_the_runs_steps(
+    fake: FakeSimvue, fake_client: SimvueClient
+) -> None:
     """A second process's count of instrument exports (counter "b") follows what the server
     holds from the first (counter "a")."""
 
@@ -94,16 +96,16 @@ def test_instrument_counts_continue_the_runs_steps(fake: FakeSimvue, client: Sim
             for s in steps
         ]
 
-    Uploader(client).upload(counted("a", range(0, 3)), "b1")
-    Uploader(client).upload(counted("b", range(3, 6)), "b2")  # its own count starts at 0
+    Uploader(fake_client).upload(counted("a", range(0, 3)), "b1")
+    Uploader(fake_client).upload(counted("b", range(3, 6)), "b2")  # its own count starts at 0
     (run_id,) = fake.run_ids()
     assert fake.points(run_id, "g") == [(s, float(s)) for s in range(6)]
 
 
 def test_only_changed_state_is_sent_and_a_final_status_sets_the_end(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
-    uploader = Uploader(client)
+    uploader = Uploader(fake_client)
     running = RunRecord(RUN, "running", 1.0, tags=("a",), metadata={"n": 1}, started=1.0)
     uploader.upload([running], "b1")
     fake.requests.clear()
@@ -115,9 +117,9 @@ def test_only_changed_state_is_sent_and_a_final_status_sets_the_end(
 
 
 def test_a_refused_record_is_set_aside_with_its_reason(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
-    uploader = Uploader(client, rejected_dir=tmp_path / "rejected")
+    uploader = Uploader(fake_client, rejected_dir=tmp_path / "rejected")
     fake.fail("POST", "events", 422)
     uploader.upload([EventRecord(RUN, "hello", 1.0)], "b1")
     assert uploader.stats.rejected == 1
@@ -129,10 +131,10 @@ def test_a_refused_record_is_set_aside_with_its_reason(
 
 
 def test_the_online_sink_keeps_everything_while_the_server_is_down(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     fake.down = True
-    sink = OnlineSink(client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10)
+    sink = OnlineSink(fake_client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10)
     try:
         sink.submit(points(50))
         assert not sink.flush(0.5)  # nothing can be delivered
@@ -148,12 +150,12 @@ def test_the_online_sink_keeps_everything_while_the_server_is_down(
 
 
 def test_a_full_buffer_waits_for_a_server_that_takes_data_instead_of_going_to_disk(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """While the server takes what comes, a producer that fills the memory buffer waits for
     the uploader to take it: nothing is written to the spool and read back."""
     sink = OnlineSink(
-        client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10, room_wait=60
+        fake_client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10, room_wait=60
     )
     try:
         for start in range(0, 200, 20):
@@ -167,14 +169,14 @@ def test_a_full_buffer_waits_for_a_server_that_takes_data_instead_of_going_to_di
 
 
 def test_a_slow_server_costs_the_producer_one_wait_then_full_buffers_go_to_disk(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """When the uploader does not take a full buffer within ``room_wait`` (each POST here
     takes 0.5 s), that buffer goes to the spool, and so do the next ones without waiting (for
     5 waits' time); everything still arrives once."""
     fake.slow = 0.5
     sink = OnlineSink(
-        client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10, room_wait=30
+        fake_client, tmp_path / "spool", flush_interval=0.05, max_memory_points=10, room_wait=30
     )
     try:
         sink.submit(points(20))  # full: the uploader takes it, and posts it for 0.5 s
@@ -202,14 +204,18 @@ def test_a_slow_server_costs_the_producer_one_wait_then_full_buffers_go_to_disk(
 
 
 def test_heartbeats_go_on_while_only_one_endpoint_refuses_data(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """The server answers (events refused with 503, again and again): its runs still get
     their heartbeats, so they do not turn lost meanwhile."""
     for _ in range(1000):
         fake.fail("POST", "events", 503)
     sink = OnlineSink(
-        client, tmp_path / "spool", flush_interval=0.05, heartbeat_interval=0.1, max_backoff=0.2
+        fake_client,
+        tmp_path / "spool",
+        flush_interval=0.05,
+        heartbeat_interval=0.1,
+        max_backoff=0.2,
     )
     try:
         sink.submit([RunRecord(RUN, "running", 1.0), EventRecord(RUN, "refused", 1.0)])
@@ -242,9 +248,9 @@ def _request(key: str, values: list[float]) -> ExportLogsServiceRequest:
 
 
 def test_the_bridge_core_stores_a_resent_request_once(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
-    sink = OnlineSink(client, tmp_path / "spool", flush_interval=0.05, max_memory_points=0)
+    sink = OnlineSink(fake_client, tmp_path / "spool", flush_interval=0.05, max_memory_points=0)
     core = BridgeCore(sink, token=None)
     try:
         request = _request("bridge-key", [1.0, 2.0, 3.0])
@@ -260,11 +266,11 @@ def test_the_bridge_core_stores_a_resent_request_once(
 
 
 def test_a_failing_endpoint_holds_back_neither_the_others_nor_the_runs_status(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
     """Events answered 503: the batch's metrics and its final status are delivered, the
     caller is told the batch was partly taken, and the events follow on the next try."""
-    uploader = Uploader(client)
+    uploader = Uploader(fake_client)
     progress = Progress()
     fake.fail("POST", "events", 503)
     batch = [
@@ -283,9 +289,9 @@ def test_a_failing_endpoint_holds_back_neither_the_others_nor_the_runs_status(
 
 
 def test_within_a_pass_a_failed_endpoint_is_not_tried_again_by_later_batches(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
-    uploader = Uploader(client)
+    uploader = Uploader(fake_client)
     uploader.upload(points(1), "b0")
     fake.fail("POST", "events", 503)
     uploader.begin_pass()
@@ -304,14 +310,14 @@ def test_within_a_pass_a_failed_endpoint_is_not_tried_again_by_later_batches(
 
 
 def test_a_spooled_frame_left_partly_taken_keeps_its_rest_when_later_frames_go(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """Two spooled frames in one segment; the first one's events meet a 503 while its points
     and the whole second frame are taken. Acknowledging the second frame must not move the
     segment's cursor past the first: its events follow on a later pass."""
     fake.down = True
     sink = OnlineSink(
-        client, tmp_path / "spool", flush_interval=0.05, max_memory_points=0, max_backoff=0.2
+        fake_client, tmp_path / "spool", flush_interval=0.05, max_memory_points=0, max_backoff=0.2
     )
     try:
         sink.submit([RunRecord(RUN, "running", 1.0), *points(10), EventRecord(RUN, "first", 1.0)])

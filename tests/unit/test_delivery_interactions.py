@@ -52,7 +52,7 @@ def _left_segment_with_damage(spool: Path) -> tuple[Path, int]:
 
 
 def test_damage_after_a_kept_frame_is_set_aside_and_told_once(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """The first frame's events meet a 503, so it is kept for a later pass, and the damage
     after it is found before it is acknowledged. When the kept frame goes, reading resumes at
@@ -60,7 +60,7 @@ def test_damage_after_a_kept_frame_is_set_aside_and_told_once(
     spool = tmp_path / "spool"
     segment, damaged = _left_segment_with_damage(spool)
     fake.fail("POST", "events", 503)
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
         _await_uploaded(spool)
         assert sink.flush(30)
@@ -74,7 +74,7 @@ def test_damage_after_a_kept_frame_is_set_aside_and_told_once(
 
 
 def test_a_frame_left_behind_that_one_endpoint_refuses_holds_back_nothing_else(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """A dead process left a frame with an event, and the events endpoint answers 503 again
     and again: adopting that frame is only partly possible, and meanwhile another run's
@@ -86,7 +86,7 @@ def test_a_frame_left_behind_that_one_endpoint_refuses_holds_back_nothing_else(
     for _ in range(5000):
         fake.fail("POST", "events", 503)
     other = RunRef("key-2", "live", "/unit")
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
         sink.submit([MetricRecord(other, {"y": float(i)}, i, 0.0, 1.7e9 + i) for i in range(3)])
         deadline = time.monotonic() + 60
@@ -167,14 +167,14 @@ def test_a_forked_child_holds_none_of_its_parents_spool_locks(tmp_path: Path) ->
 
 
 def test_close_past_a_post_still_in_flight_neither_loses_the_batch_nor_says_all_went(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """``close`` gives up on a worker held by a POST past its deadline (plus the grace it
     gives the worker). The batch in that POST is answered 503 afterwards: it must still be
     kept on disk (the sink's spool must not be closed under it), and ``close`` must not have
     reported everything delivered."""
     spool = tmp_path / "spool"
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2)
     fake.down = True  # a first outage: the sink has a spool open from then on
     sink.submit([RunRecord(RUN, "running", 1.0)])
     deadline = time.monotonic() + 30
@@ -208,13 +208,13 @@ def test_close_past_a_post_still_in_flight_neither_loses_the_batch_nor_says_all_
 
 
 def test_a_link_planted_beside_the_sinks_own_segment_blocks_no_other_data(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """The sink's own spooled segment gets a symlink planted as its cursor: that segment is
     left alone (never followed), and everything else still reaches the server."""
     spool = tmp_path / "spool"
     fake.down = True
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
         sink.submit(points(5))
         deadline = time.monotonic() + 30
@@ -240,14 +240,14 @@ def test_a_link_planted_beside_the_sinks_own_segment_blocks_no_other_data(
 
 
 def test_a_refused_runs_records_are_set_aside_once_though_their_frame_is_read_again(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """Frame 0 (run A's event) meets 503s, so it is kept for later passes and frame 1 after it
     is read again on each of them. Frame 1 holds run B, whose creation the server refuses:
     B's records must be set aside in ``rejected/`` once, not once per pass."""
     from simvue_otel._internal.sink.uploader import Uploader
 
-    Uploader(client).upload([RunRecord(RUN, "running", 1.0)], "make-a")  # run A exists
+    Uploader(fake_client).upload([RunRecord(RUN, "running", 1.0)], "make-a")  # run A exists
     spool = tmp_path / "spool"
     refused = RunRef("key-b", "refused", "/unit")
     with SpoolWriter(spool) as writer:
@@ -262,7 +262,7 @@ def test_a_refused_runs_records_are_set_aside_once_though_their_frame_is_read_ag
     fake.fail("POST", "runs", 422)
     for _ in range(3):
         fake.fail("POST", "events", 503)
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
         _await_uploaded(spool)
     finally:
@@ -273,14 +273,14 @@ def test_a_refused_runs_records_are_set_aside_once_though_their_frame_is_read_ag
 
 
 def test_a_refused_run_state_is_set_aside_once_though_its_frame_is_read_again(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """As above, with the run made and its state update refused (422) each time it is sent:
     the state goes to ``rejected/`` once."""
     from simvue_otel._internal.sink.uploader import Uploader
 
     other = RunRef("key-b", "other", "/unit")
-    Uploader(client).upload(
+    Uploader(fake_client).upload(
         [RunRecord(RUN, "running", 1.0), RunRecord(other, "running", 1.0)], "make"
     )
     spool = tmp_path / "spool"
@@ -290,7 +290,7 @@ def test_a_refused_run_state_is_set_aside_once_though_its_frame_is_read_again(
     for _ in range(3):
         fake.fail("POST", "events", 503)
         fake.fail("PUT", "runs", 422)
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2)
     try:
         _await_uploaded(spool)
     finally:
@@ -299,11 +299,11 @@ def test_a_refused_run_state_is_set_aside_once_though_its_frame_is_read_again(
 
 
 def test_a_forked_childs_sink_keeps_its_parents_settings(
-    client: SimvueClient, tmp_path: Path
+    fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """The child's sink is built with every setting of the parent's (the memory bound among
     them), not the defaults."""
-    sink = OnlineSink(client, tmp_path / "spool", hold_seconds=0.3, adopt_interval=7.0)
+    sink = OnlineSink(fake_client, tmp_path / "spool", hold_seconds=0.3, adopt_interval=7.0)
     child = sink.for_child(["key-1"])
     try:
         assert (child.hold_seconds, child.adopt_interval) == (0.3, 7.0)

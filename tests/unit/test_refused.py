@@ -55,13 +55,13 @@ def _reasons(folder: Path) -> list[dict[str, object]]:
 @pytest.mark.parametrize("status", [400, 409, 413, 422])
 def test_a_run_the_server_refuses_is_set_aside_and_the_other_runs_flow(
     fake: FakeSimvue,
-    client: SimvueClient,
+    fake_client: SimvueClient,
     tmp_path: Path,
     status: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rejected = tmp_path / "rejected"
-    uploader = Uploader(client, rejected_dir=rejected)
+    uploader = Uploader(fake_client, rejected_dir=rejected)
     fake.fail("POST", "runs", status)  # the first run created: the bad one
     with caplog.at_level(logging.ERROR, logger="simvue_otel.sink"):
         uploader.upload([*batch(BAD), *batch(GOOD)], "b1", Progress())
@@ -91,10 +91,10 @@ def test_a_run_the_server_refuses_is_set_aside_and_the_other_runs_flow(
 
 
 def test_a_run_refused_for_now_waits_and_holds_nothing_back_but_itself(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """403 (a permission to fix) is not a refusal of the data: the batch is kept and retried."""
-    uploader = Uploader(client, rejected_dir=tmp_path / "rejected")
+    uploader = Uploader(fake_client, rejected_dir=tmp_path / "rejected")
     fake.fail("POST", "runs", 403)
     with pytest.raises(RetryLater):
         uploader.upload(batch(BAD), "b1", Progress())
@@ -104,12 +104,12 @@ def test_a_run_refused_for_now_waits_and_holds_nothing_back_but_itself(
 
 
 def test_records_that_cannot_be_set_aside_stay_where_they_were(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     victim = tmp_path / "elsewhere"
     victim.mkdir()
     (tmp_path / "rejected").symlink_to(victim)
-    uploader = Uploader(client, rejected_dir=tmp_path / "rejected")
+    uploader = Uploader(fake_client, rejected_dir=tmp_path / "rejected")
     fake.fail("POST", "metrics", 422)  # the run is made; its points are refused
     with pytest.raises(RetryLater):
         uploader.upload(batch(BAD), "b1", Progress())

@@ -108,9 +108,9 @@ def test_each_post_of_a_part_records_its_own_start(tmp_path: Path) -> None:
 
 
 def test_an_unsettled_part_waits_and_the_rest_of_the_batch_goes(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
-    uploader = Uploader(client, settle=3600.0)
+    uploader = Uploader(fake_client, settle=3600.0)
     held_id = _run_id(uploader, RUN)
     other_id = _run_id(uploader, OTHER)
     batch = [*points(10), *points(5, run=OTHER)]
@@ -123,7 +123,7 @@ def test_an_unsettled_part_waits_and_the_rest_of_the_batch_goes(
     assert _steps(fake, held_id) == [] and _steps(fake, other_id) == [0, 1, 2, 3, 4]
     assert progress.states == {"0.m0": "sending", "1.m0": "done"}
     # The held POST lands; once settled, the part is read back and nothing is sent twice.
-    client.post_metrics(held_id, _metric_entries(points(10)))
+    fake_client.post_metrics(held_id, _metric_entries(points(10)))
     uploader.settle = 0.0
     uploader.upload(batch, "b1", progress)
     assert _steps(fake, held_id) == list(range(10)) and uploader.stats.reconciled == 1
@@ -131,9 +131,9 @@ def test_an_unsettled_part_waits_and_the_rest_of_the_batch_goes(
 
 
 def test_a_clock_stepped_back_makes_a_part_wait_no_longer_than_the_settle_time(
-    client: SimvueClient,
+    fake_client: SimvueClient,
 ) -> None:
-    uploader = Uploader(client, settle=0.3)
+    uploader = Uploader(fake_client, settle=0.3)
     _run_id(uploader, RUN)
     progress = Progress({"0.m0": "sending"}, {"0.m0": time.time() + 3600})  # "in the future"
     deadline = time.monotonic() + 60
@@ -152,16 +152,16 @@ def test_a_clock_stepped_back_makes_a_part_wait_no_longer_than_the_settle_time(
 
 
 def test_send_waits_for_a_post_that_may_still_land_before_judging_it(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A `send` killed with a POST held by a gateway: the next `send` waits the settle time
     (saying so), so the held POST, landing meanwhile, is found and not sent again."""
     monkeypatch.setenv("SIMVUE_OTEL_SETTLE_SECONDS", "3")
     spool = tmp_path / "otel-spool"
-    run_id = _run_id(Uploader(client), RUN)
+    run_id = _run_id(Uploader(fake_client), RUN)
     with SpoolWriter(spool) as writer:
         writer.append("b1", points(10), {"0.m0": "sending"}, {"0.m0": time.time()})
-    timer = _land_later(client, run_id, points(10), after=0.5)
+    timer = _land_later(fake_client, run_id, points(10), after=0.5)
     said = io.StringIO()
     waits: list[float] = []
 
@@ -169,7 +169,7 @@ def test_send_waits_for_a_post_that_may_still_land_before_judging_it(
         waits.append(seconds)
         time.sleep(seconds)
 
-    result = send_spool(spool, client, progress=said, attempts=3, sleep=sleep)
+    result = send_spool(spool, fake_client, progress=said, attempts=3, sleep=sleep)
     timer.join()
     assert result.complete and result.frames == 1
     assert waits and 0 < waits[0] <= 3.0
@@ -181,7 +181,7 @@ def test_send_waits_for_a_post_that_may_still_land_before_judging_it(
 
 
 def test_a_sink_keeps_an_unsettled_frame_and_delivers_the_rest_meanwhile(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A spool a dead bridge left: its first frame has a part whose POST may still be held,
     the frames after it and another segment do not. The sink delivers those at once, keeps
@@ -189,7 +189,7 @@ def test_a_sink_keeps_an_unsettled_frame_and_delivers_the_rest_meanwhile(
     each point once."""
     monkeypatch.setenv("SIMVUE_OTEL_SETTLE_SECONDS", "3600")
     spool = tmp_path / "spool"
-    maker = Uploader(client)
+    maker = Uploader(fake_client)
     held_id, other_id = _run_id(maker, RUN), _run_id(maker, OTHER)
     with SpoolWriter(spool) as writer:
         writer.append("b1", points(10), {"0.m0": "sending"}, {"0.m0": time.time()})
@@ -197,7 +197,7 @@ def test_a_sink_keeps_an_unsettled_frame_and_delivers_the_rest_meanwhile(
     with SpoolWriter(spool) as writer:
         writer.append("b3", points(5, run=OTHER))
     first = sorted(spool.glob("*.done"))[0]
-    sink = OnlineSink(client, spool, flush_interval=0.05, adopt_interval=0.05)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, adopt_interval=0.05)
     try:
         deadline = time.monotonic() + 60
         while _steps(fake, held_id) != list(range(10, 20)) or not _steps(fake, other_id):
@@ -208,7 +208,7 @@ def test_a_sink_keeps_an_unsettled_frame_and_delivers_the_rest_meanwhile(
         reader = SpoolReader(spool)
         assert [f.batch_key for f in reader.frames(first)] == ["b1", "b2"]  # cursor: at b1
         # The held POST lands; the sink, once the part has settled, finds it there.
-        client.post_metrics(held_id, _metric_entries(points(10)))
+        fake_client.post_metrics(held_id, _metric_entries(points(10)))
         sink.uploader.settle = 0.0
         while first.exists():
             assert time.monotonic() < deadline, "the kept frame was never delivered"
@@ -221,7 +221,7 @@ def test_a_sink_keeps_an_unsettled_frame_and_delivers_the_rest_meanwhile(
 
 
 def test_a_frame_partly_taken_is_not_passed_by_the_cursor_of_the_frames_after_it(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path
 ) -> None:
     """Events answered 503 once: the frame holding them is kept while the frame after it in
     the same segment is delivered; acknowledging that one must not move the segment's cursor
@@ -229,12 +229,12 @@ def test_a_frame_partly_taken_is_not_passed_by_the_cursor_of_the_frames_after_it
     from simvue_otel._internal.mapping.records import EventRecord
 
     spool = tmp_path / "spool"
-    run_id = _run_id(Uploader(client), RUN)
+    run_id = _run_id(Uploader(fake_client), RUN)
     with SpoolWriter(spool) as writer:
         writer.append("b1", [*points(3), EventRecord(RUN, "hello", 1_700_000_000.0)])
         writer.append("b2", points(3, 3))
     fake.fail("POST", "events", 503)
-    sink = OnlineSink(client, spool, flush_interval=0.05, max_backoff=0.2, adopt_interval=0.05)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, max_backoff=0.2, adopt_interval=0.05)
     try:
         deadline = time.monotonic() + 30
         while not fake.events.get(run_id) or list(spool.glob("*.done")):
@@ -247,11 +247,11 @@ def test_a_frame_partly_taken_is_not_passed_by_the_cursor_of_the_frames_after_it
 
 
 def test_a_part_answered_with_a_5xx_is_reconciled_without_waiting(
-    fake: FakeSimvue, client: SimvueClient
+    fake: FakeSimvue, fake_client: SimvueClient
 ) -> None:
     """An answer, even a 502 after the server stored the POST, means whoever answered holds
     it no more: the next try reads back at once, and sends nothing twice."""
-    uploader = Uploader(client, settle=3600.0)
+    uploader = Uploader(fake_client, settle=3600.0)
     run_id = _run_id(uploader, RUN)
     progress = Progress()
     fake.fail("POST", "metrics", "stored-then-502")

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_port, in_foreground
+from tests.helpers import free_port, in_foreground
 
 ROOT = Path(__file__).resolve().parents[2]
-_HANDS_OUT = "import json; from tests.conftest import free_port; " + (
+_HANDS_OUT = "import json; from tests.helpers import free_port; " + (
     "print(json.dumps([free_port() for _ in range({n})]), flush=True); input()"
 )
 

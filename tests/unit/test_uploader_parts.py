@@ -55,7 +55,7 @@ def test_records_after_a_final_status_never_restart_heartbeats(tmp_path: Path) -
     from simvue_otel._internal.client import SimvueClient
     from simvue_otel._internal.mapping.records import RunRecord
     from simvue_otel._internal.sink.online import OnlineSink
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     client = SimvueClient(f"http://127.0.0.1:{free_port()}", "t", retries=0)
     sink = OnlineSink(client, tmp_path / "spool", flush_interval=60.0)
@@ -76,7 +76,7 @@ def test_send_owns_its_retries_and_its_waits_can_be_injected(tmp_path: Path) -> 
     from simvue_otel._internal.client import SimvueClient
     from simvue_otel._internal.sink.offline import OfflineSink
     from simvue_otel._internal.sink.send import send_spool
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     spool = tmp_path / "otel-spool"
     sink = OfflineSink(spool)
