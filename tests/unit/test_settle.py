@@ -263,7 +263,7 @@ def test_a_part_answered_with_a_5xx_is_reconciled_without_waiting(
 
 
 def test_an_adopted_frame_waiting_to_settle_counts_in_the_backlog_and_close_waits_for_it(
-    fake: FakeSimvue, client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeSimvue, fake_client: SimvueClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bridge killed while its last POST was on the way: its successor adopts the frame,
     which waits to settle. Until it is delivered the successor's backlog says so (what
@@ -271,10 +271,10 @@ def test_an_adopted_frame_waiting_to_settle_counts_in_the_backlog_and_close_wait
     waits for it within its deadline instead of leaving it behind with a backlog of 0."""
     monkeypatch.setenv("SIMVUE_OTEL_SETTLE_SECONDS", "3")
     spool = tmp_path / "spool"
-    held_id = _run_id(Uploader(client), RUN)
+    held_id = _run_id(Uploader(fake_client), RUN)
     with SpoolWriter(spool) as writer:
         writer.append("b1", points(10), {"0.m0": "sending"}, {"0.m0": time.time()})
-    sink = OnlineSink(client, spool, flush_interval=0.05, adopt_interval=0.05)
+    sink = OnlineSink(fake_client, spool, flush_interval=0.05, adopt_interval=0.05)
     try:
         deadline = time.monotonic() + 30
         while sink.backlog() == 0 and _steps(fake, held_id) == []:
