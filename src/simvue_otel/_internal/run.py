@@ -26,13 +26,13 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeAlias
 
 from opentelemetry import context as otel_context
-from opentelemetry._logs import SeverityNumber
 
 from . import conventions as cv
 from .config import SimvueConfig, resolve_config
 from .errors import SimvueOtelError, SimvueValidationError
 from .names import generate_run_name
 from .pipeline import ROW, Pipeline, default_shutdown_timeout
+from .run_checks import check_notification, checked_shell_vars, checked_visibility
 from .run_registry import find_run, write_registry
 from .run_state import initial_state, state_attributes
 from .run_telemetry import RunTelemetry
@@ -51,20 +51,12 @@ from .validation import (
     validate_tags,
     validate_text,
     validate_timeout,
-    validate_visibility,
 )
 
 __all__ = ["Run"]
 
 _LOG = logging.getLogger("simvue_otel.run")
 
-_SEVERITY = {
-    "debug": SeverityNumber.DEBUG,
-    "info": SeverityNumber.INFO,
-    "warning": SeverityNumber.WARN,
-    "error": SeverityNumber.ERROR,
-    "critical": SeverityNumber.FATAL,
-}
 _RUN_MODES = ("online", "offline", "otlp", "disabled")
 
 
@@ -284,14 +276,9 @@ class Run:
     @property
     def id(self) -> str | None:
         """The server's id for the run, once the server has it (online mode); else None."""
-        if self._mode != "online" or self._key is None or self._pipeline is None:
+        if self._mode != "online" or self._key is None:
             return None
-        sink = self._pipeline.sink
-        found = sink.run_id(self._key)
-        if found is None and not self._closed:
-            self._pipeline.flush(10.0)
-            found = sink.run_id(self._key)
-        return str(found) if found is not None else None
+        return self._telemetry.run_id(self._key, wait=not self._closed)
 
     @property
     def _pipeline(self) -> Pipeline | None:
@@ -388,28 +375,13 @@ class Run:
                 description = validate_text(description, "description")
             state["description"] = description
             state["ttl"] = parse_retention(retention_period)
-            validate_visibility(visibility)
-            if isinstance(visibility, str) or visibility is None:
-                state["visibility"] = visibility
-            else:
-                state["visibility"] = list(visibility)
+            state["visibility"] = checked_visibility(visibility)
             if resources_metrics_interval != 60:  # else keep what config() set (default 60)
                 self._resources_interval = validate_interval(resources_metrics_interval)
             state["heartbeat_timeout"] = validate_timeout(timeout)
-            if notification not in ("none", "all", "error", "lost"):
-                raise SimvueValidationError(
-                    "notification", "must be one of none, all, error, lost", notification
-                )
+            check_notification(notification)
             if record_shell_vars is not None:
-                if isinstance(record_shell_vars, str) or not all(
-                    isinstance(p, str) and p for p in record_shell_vars
-                ):
-                    raise SimvueValidationError(
-                        "record_shell_vars",
-                        "must be a list or set of environment variable names or glob patterns",
-                        record_shell_vars,
-                    )
-                self._shell_vars = tuple(record_shell_vars)
+                self._shell_vars = checked_shell_vars(record_shell_vars)
         except SimvueValidationError as exc:
             return self._error(exc)
         self._key = str(uuid.uuid4())
@@ -611,14 +583,7 @@ class Run:
             stamp = _epoch_ns(timestamp) if timestamp is not None else None
         except SimvueValidationError as exc:
             return self._error(exc)
-        self._logger.emit(
-            body=message,
-            event_name=cv.EVENT_EVENT,
-            severity_number=_SEVERITY[level],
-            severity_text=level.upper(),
-            timestamp=stamp,
-            context=self._root_ctx,
-        )
+        self._telemetry.event(message, level, stamp)
         return True
 
     # -- internals ------------------------------------------------------------------------

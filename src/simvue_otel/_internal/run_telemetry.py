@@ -15,6 +15,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -40,6 +41,14 @@ from .sink import NullSink, create_sink
 from .version import VERSION
 
 __all__ = ["RunTelemetry"]
+
+_SEVERITY = {
+    "debug": SeverityNumber.DEBUG,
+    "info": SeverityNumber.INFO,
+    "warning": SeverityNumber.WARN,
+    "error": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+}
 
 
 class RunTelemetry:
@@ -162,6 +171,29 @@ class RunTelemetry:
             )
         except SimvueValidationError as exc:
             error(exc)
+
+    def event(self, message: str, level: str, stamp: int | None) -> None:
+        """Emit an event (``level``: a Simvue log level) in the root span's context."""
+        self.logger.emit(
+            body=message,
+            event_name=cv.EVENT_EVENT,
+            severity_number=_SEVERITY[level],
+            severity_text=level.upper(),
+            timestamp=stamp,
+            context=self.root_ctx,
+        )
+
+    def run_id(self, key: str, *, wait: bool) -> str | None:
+        """The server's id for run ``key``, once the sink knows it; with ``wait``, after
+        delivering what is queued (up to 10 s) when it does not know it yet."""
+        if self.pipeline is None:
+            return None
+        sink = self.pipeline.sink
+        found = sink.run_id(key)
+        if found is None and wait:
+            self.pipeline.flush(10.0)
+            found = sink.run_id(key)
+        return str(found) if found is not None else None
 
     def snapshot(self, attrs: Mapping[str, Any]) -> None:
         """Export the state ``attrs`` now (a span is exported only when it ends); the root
