@@ -123,7 +123,8 @@ class StateField:
     """How the uploader compares it with what the server has: the whole value (PUT when it
     differs), or key by key (``merge``: only changed keys are PUT, the rest kept)."""
     trailing: bool = False
-    """Stored after ``started`` and ``ended`` in the spool, and only when stated."""
+    """Stored after ``started`` and ``ended`` in the spool, only when it (or a trailing field
+    after it) is stated: a blob written before the field existed still decodes."""
     default: Any = None
     """A ``Run``'s value before ``init`` states it (through :attr:`from_json`)."""
     from_json: Callable[[Any], Any] = _same

@@ -12,6 +12,7 @@ A blob is one msgpack array ``[version, batch_key, runs, records]``:
   - ``["r", run, status, observed, description, tags, metadata, visibility, ttl,
     heartbeat_timeout, started, ended]``, and a thirteenth item, ``system``, when stated: the
     state fields are the rows of ``run_state.RUN_STATE`` in order, the trailing ones last
+    (written up to the last one stated, nil for one not stated before it)
   - ``["m", run, values, step, time, timestamp]``, or with a seventh item, the name of the
     process-local step count that numbered ``step`` (instrument exports)
   - ``["e", run, message, timestamp, level]``
@@ -118,12 +119,10 @@ def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
             item = ["r", run_index(record.run), record.status, record.observed]
             item += [plain(getattr(record, f.name)) for f in _FIXED]
             item += [record.started, record.ended]
-            for f in _TRAILING:  # each only when stated, and those after it with it
-                value = getattr(record, f.name)
-                if value is None:
-                    break
-                item.append(plain(value))
-            items.append(item)
+            tail = [plain(getattr(record, f.name)) for f in _TRAILING]
+            while tail and tail[-1] is None:  # up to the last one stated (nil: not stated)
+                tail.pop()
+            items.append(item + tail)
         else:
             raise CodecError(f"not a record: {type(record).__name__}")
     blob = [FORMAT_VERSION, batch_key, table, items]
@@ -280,7 +279,7 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
             f.name: _STATE_CHECKS[f.spool](v, f) for f, v in zip(_FIXED, item[4:], strict=False)
         }
         for f, v in zip(_TRAILING, item[fixed:], strict=False):
-            state[f.name] = _STATE_CHECKS[f.spool](v, f)
+            state[f.name] = None if v is None else _STATE_CHECKS[f.spool](v, f)
         return RunRecord(
             run=run,
             status=_str(item[2], "run status"),
