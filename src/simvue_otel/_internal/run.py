@@ -6,6 +6,12 @@ never mix. The run is a root span ``simvue.run`` whose attributes carry the run'
 change also exports a zero-length ``simvue.run.snapshot`` span so the server shows it within
 seconds. ``log_metrics`` and ``log_event`` become log records emitted in the root span's
 context; resource metrics are observable gauges. See ``docs/conventions.md``.
+
+``Run`` is the façade: it checks the user's calls and holds the run's identity and state
+(the fields of :mod:`.run_state`); its parts live in modules of their own: the OTel side
+(providers, pipeline, root span, resource metrics) in :mod:`.run_telemetry`, finding a run
+again for ``reconnect`` (the offline registry, the server through the sink layer) in
+:mod:`.run_registry`, and the checks of ``init``'s arguments in :mod:`.run_checks`.
 """
 
 from __future__ import annotations
