@@ -6,58 +6,43 @@ never mix. The run is a root span ``simvue.run`` whose attributes carry the run'
 change also exports a zero-length ``simvue.run.snapshot`` span so the server shows it within
 seconds. ``log_metrics`` and ``log_event`` become log records emitted in the root span's
 context; resource metrics are observable gauges. See ``docs/conventions.md``.
+
+``Run`` is the façade: it checks the user's calls and holds the run's identity and state
+(the fields of :mod:`.run_state`); its parts live in modules of their own: the OTel side
+(providers, pipeline, root span, resource metrics) in :mod:`.run_telemetry`, finding a run
+again for ``reconnect`` (the offline registry, the server through the sink layer) in
+:mod:`.run_registry`, and the checks of ``init``'s arguments in :mod:`.run_checks`.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime as _dt
-import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
-import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Literal, TypeAlias
-from urllib.parse import quote
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry._logs import SeverityNumber
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.trace import Status, StatusCode
 
 from . import conventions as cv
 from .config import SimvueConfig, resolve_config
-from .detect import detect
 from .errors import SimvueOtelError, SimvueValidationError
-from .exporters import (
-    SimvueLogExporter,
-    SimvueLogRecordProcessor,
-    SimvueMetricExporter,
-    SimvueSpanExporter,
-    SimvueSpanProcessor,
-)
-from .mapping.sdk import attributes_from_sdk
 from .names import generate_run_name
 from .pipeline import ROW, Pipeline, default_shutdown_timeout
-from .resources import cpu_count
-from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
-from .sink.files import private_dir, read_private, replace_private
-from .sink.online import run_index_for
+from .run_checks import check_notification, checked_shell_vars, checked_visibility
+from .run_registry import find_run, write_registry
+from .run_state import initial_state, state_attributes
+from .run_telemetry import RunTelemetry
+from .sink import resolve_mode
 from .validation import (
     check_metadata_size,
     parse_retention,
@@ -72,29 +57,11 @@ from .validation import (
     validate_tags,
     validate_text,
     validate_timeout,
-    validate_visibility,
 )
-from .version import VERSION
 
 __all__ = ["Run"]
 
 _LOG = logging.getLogger("simvue_otel.run")
-
-_SEVERITY = {
-    "debug": SeverityNumber.DEBUG,
-    "info": SeverityNumber.INFO,
-    "warning": SeverityNumber.WARN,
-    "error": SeverityNumber.ERROR,
-    "critical": SeverityNumber.FATAL,
-}
-_REGISTRY_DIR = "otel-runs"
-
-
-def _registry_file(name: str) -> str:
-    """A run's registry file: its name, with what a file name cannot hold (``/``, and ``%``
-    itself) percent-encoded, so ``step/1`` is ``step%2F1.json``."""
-    return quote(name, safe=" -_.:") + ".json"
-
 
 _RUN_MODES = ("online", "offline", "otlp", "disabled")
 
@@ -228,13 +195,12 @@ class Run:
         otlp_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._mode = resolve_mode(mode, allowed=_RUN_MODES)
-        self._otlp = (otlp_endpoint, otlp_headers)
-        self._metric_exporter: Any = None
         self._config: SimvueConfig | None = None
         if self._mode not in ("disabled", "otlp"):
             self._config = resolve_config(server_url, server_token, offline_directory)
             if self._mode == "online":
                 self._config.require_online()
+        self._telemetry = RunTelemetry(self._config, (otlp_endpoint, otlp_headers))
         self._abort_callback = abort_callback
         self._suppress_errors = False
         self._queue_blocking = True
@@ -245,20 +211,10 @@ class Run:
         self._name: str | None = None
         self._folder = "/"
         self._key: str | None = None
-        self._description: str | None = None
-        self._tags: tuple[str, ...] = ()
-        self._metadata: dict[str, Any] = {}
-        self._visibility: str | list[str] | None = None
-        self._ttl: int | None = None
-        self._heartbeat_timeout: int | None = 180
+        self._state = initial_state()  # the fields of run_state.RUN_STATE a Run holds
         self._step = 0
         self._t0 = time.monotonic()
-        self._pipeline: Pipeline | None = None
-        self._tracer_provider: TracerProvider | None = None
-        self._logger_provider: LoggerProvider | None = None
-        self._meter_provider: MeterProvider | None = None
-        self._monitor: Any = None
-        self._root: trace.Span | None = None
+        # The hot path's view of the telemetry (log_metrics, log_event), set as it starts.
         self._root_ctx: otel_context.Context | None = None
         self._logger: Any = None
         self._put: Callable[[str, Any], bool] | None = None  # the in-process fast path
@@ -267,8 +223,6 @@ class Run:
         self._in_context = False
         self._interrupted = False
         self._closed = False
-        self._stated = False
-        self._resource: Resource | None = None
         self._shell_vars: tuple[str, ...] = ()
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()  # the process that starts and ends the run
@@ -328,14 +282,13 @@ class Run:
     @property
     def id(self) -> str | None:
         """The server's id for the run, once the server has it (online mode); else None."""
-        if self._mode != "online" or self._key is None or self._pipeline is None:
+        if self._mode != "online" or self._key is None:
             return None
-        sink = self._pipeline.sink
-        found = sink.run_id(self._key)
-        if found is None and not self._closed:
-            self._pipeline.flush(10.0)
-            found = sink.run_id(self._key)
-        return str(found) if found is not None else None
+        return self._telemetry.run_id(self._key, wait=not self._closed)
+
+    @property
+    def _pipeline(self) -> Pipeline | None:
+        return self._telemetry.pipeline
 
     @property
     def duration(self) -> float:
@@ -421,34 +374,20 @@ class Run:
         try:
             self._name = validate_name(name) if name is not None else generate_run_name()
             self._folder = validate_folder(folder)
-            self._tags = validate_tags(tags) if tags is not None else ()
-            self._metadata = validate_metadata(metadata) if metadata is not None else {}
+            state = self._state
+            state["tags"] = validate_tags(tags) if tags is not None else ()
+            state["metadata"] = validate_metadata(metadata) if metadata is not None else {}
             if description is not None:
                 description = validate_text(description, "description")
-            self._description = description
-            self._ttl = parse_retention(retention_period)
-            validate_visibility(visibility)
-            if isinstance(visibility, str) or visibility is None:
-                self._visibility = visibility
-            else:
-                self._visibility = list(visibility)
+            state["description"] = description
+            state["ttl"] = parse_retention(retention_period)
+            state["visibility"] = checked_visibility(visibility)
             if resources_metrics_interval != 60:  # else keep what config() set (default 60)
                 self._resources_interval = validate_interval(resources_metrics_interval)
-            self._heartbeat_timeout = validate_timeout(timeout)
-            if notification not in ("none", "all", "error", "lost"):
-                raise SimvueValidationError(
-                    "notification", "must be one of none, all, error, lost", notification
-                )
+            state["heartbeat_timeout"] = validate_timeout(timeout)
+            check_notification(notification)
             if record_shell_vars is not None:
-                if isinstance(record_shell_vars, str) or not all(
-                    isinstance(p, str) and p for p in record_shell_vars
-                ):
-                    raise SimvueValidationError(
-                        "record_shell_vars",
-                        "must be a list or set of environment variable names or glob patterns",
-                        record_shell_vars,
-                    )
-                self._shell_vars = tuple(record_shell_vars)
+                self._shell_vars = checked_shell_vars(record_shell_vars)
         except SimvueValidationError as exc:
             return self._error(exc)
         self._key = str(uuid.uuid4())
@@ -479,16 +418,11 @@ class Run:
         if self._status is not None:
             return self._error(RuntimeError("reconnect() must be called before init()"))
         try:
-            found = self._find_run(run)
+            found = find_run(self._mode, self._config, run)
         except SimvueOtelError as exc:
             return self._error(exc)
         self._key, self._name, self._folder = found.key, found.name, found.folder
-        self._description = found.description
-        self._tags = found.tags
-        self._metadata = dict(found.metadata)
-        self._visibility = found.visibility
-        self._ttl = found.ttl
-        self._heartbeat_timeout = found.heartbeat_timeout
+        self._state = dict(found.state)
         try:
             self._start_pipeline()
         except SimvueOtelError as exc:
@@ -531,7 +465,8 @@ class Run:
             new = validate_tags(tags)
         except SimvueValidationError as exc:
             return self._error(exc)
-        self._tags = self._tags + tuple(t for t in new if t not in self._tags)
+        had = self._state["tags"]
+        self._state["tags"] = had + tuple(t for t in new if t not in had)
         self._snapshot()
         return True
 
@@ -540,7 +475,7 @@ class Run:
         if self._skip("set_tags"):
             return True
         try:
-            self._tags = validate_tags(tags)
+            self._state["tags"] = validate_tags(tags)
         except SimvueValidationError as exc:
             return self._error(exc)
         self._snapshot()
@@ -552,10 +487,10 @@ class Run:
             return True
         try:
             new = validate_metadata(metadata)
-            check_metadata_size({**self._metadata, **new})  # what the run would hold
+            check_metadata_size({**self._state["metadata"], **new})  # what the run would hold
         except SimvueValidationError as exc:
             return self._error(exc)
-        self._metadata.update(new)
+        self._state["metadata"].update(new)
         self._snapshot(metadata=new)
         return True
 
@@ -654,14 +589,7 @@ class Run:
             stamp = _epoch_ns(timestamp) if timestamp is not None else None
         except SimvueValidationError as exc:
             return self._error(exc)
-        self._logger.emit(
-            body=message,
-            event_name=cv.EVENT_EVENT,
-            severity_number=_SEVERITY[level],
-            severity_text=level.upper(),
-            timestamp=stamp,
-            context=self._root_ctx,
-        )
+        self._telemetry.event(message, level, stamp)
         return True
 
     # -- internals ------------------------------------------------------------------------
@@ -703,15 +631,8 @@ class Run:
         what this process logged so far, and leave the run as it is: its status, end and
         final state belong to the process that started it, and the child may go on logging
         (a pool worker runs many tasks). The child's exit delivers the rest."""
-        if self._closed:
-            return
-        if self._pipeline is not None:
-            self._pipeline.flush(default_shutdown_timeout())
-        elif self._logger_provider is not None and self._tracer_provider is not None:
-            # otlp: the forwarders (restarted in this process at its first record) send it
-            timeout_ms = int(default_shutdown_timeout() * 1000)
-            self._logger_provider.force_flush(timeout_ms)
-            self._tracer_provider.force_flush(timeout_ms)
+        if not self._closed:
+            self._telemetry.deliver()
 
     def _error(self, exc: BaseException) -> bool:
         """Raise, or with ``suppress_errors`` log and disable the run (Simvue's behaviour)."""
@@ -725,127 +646,38 @@ class Run:
     def _start_pipeline(self) -> None:
         assert self._key is not None and self._name is not None
         self._owner_pid = os.getpid()
-        pipeline: Pipeline | None = None
-        if self._mode != "otlp":
-            sink = create_sink(self._mode, self._config) if self._mode != "disabled" else NullSink()
-            self._pipeline = pipeline = Pipeline(sink, finish_foreign=False)
-            pipeline.owned_runs.add(self._key)
-            ref = weakref.ref(self)
-            sink.abort_listener = lambda key: _abort(ref, key)
-        # What the official client records at init (system, git, Python packages, chosen
-        # environment variables), as Resource attributes the mapping turns into Simvue's.
-        detected = Resource(detect(shell_vars=self._shell_vars))
-        base = detected.merge(Resource.create({cv.SERVICE_NAME: f"simvue-run:{self._name}"}))
-        resource = base.merge(
-            Resource(
-                {
-                    cv.RUN_KEY: self._key,
-                    cv.RUN_NAME: self._name,
-                    cv.RUN_FOLDER: self._folder,
-                    cv.CPU_COUNT: cpu_count(),  # what process.cpu.utilization is a fraction of
-                    "telemetry.distro.name": "simvue-otel",
-                    "telemetry.distro.version": VERSION,
-                }
-            )
+        ref = weakref.ref(self)
+        telemetry = self._telemetry
+        telemetry.start(
+            self._mode,
+            self._key,
+            self._name,
+            self._folder,
+            self._shell_vars,
+            lambda key: _abort(ref, key),
         )
-        # Metadata travels as root-span attributes: lift the SDK's 128-attribute cap.
-        limits = SpanLimits(max_span_attributes=100_000, max_attribute_length=None)
-        tp = TracerProvider(resource=resource, span_limits=limits, shutdown_on_exit=False)
-        lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        if pipeline is not None:
-            tp.add_span_processor(SimvueSpanProcessor(SimvueSpanExporter(pipeline=pipeline)))
-            lp.add_log_record_processor(
-                SimvueLogRecordProcessor(SimvueLogExporter(pipeline=pipeline))
-            )
-        else:
-            from .forward import ForwardingLogProcessor, ForwardingSpanProcessor, otlp_exporters
+        self._put, self._row_resource = telemetry.put, telemetry.row_resource
 
-            spans, logs, self._metric_exporter = otlp_exporters(*self._otlp)
-            tp.add_span_processor(ForwardingSpanProcessor(spans, interval=0.2))
-            lp.add_log_record_processor(ForwardingLogProcessor(logs))
-        self._tracer_provider, self._logger_provider = tp, lp
-        self._resource = resource
-        if pipeline is not None:
-            self._put = pipeline.put
-            self._row_resource = attributes_from_sdk(resource.attributes)
-
-    def _start_resources(self) -> None:
-        interval = self._resources_interval
-        if self._resources_disabled or interval is None:
-            return
-        from .resources import ResourceMonitor
-
-        if self._pipeline is not None:
-            exporter: Any = SimvueMetricExporter(pipeline=self._pipeline)
-        elif self._metric_exporter is not None:
-            exporter = self._metric_exporter
-        else:
-            return
-        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000.0)
-        assert self._resource is not None
-        self._meter_provider = MeterProvider(
-            resource=self._resource, metric_readers=[reader], shutdown_on_exit=False
-        )
-        try:
-            self._monitor = ResourceMonitor(
-                self._meter_provider.get_meter("simvue_otel.resources", VERSION), self._pid
-            )
-        except SimvueValidationError as exc:
-            self._error(exc)
-
-    def _state_attributes(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        attrs: dict[str, Any] = {cv.RUN_TAGS: list(self._tags)}
-        if self._description is not None:
-            attrs[cv.RUN_DESCRIPTION] = self._description
-        for key, value in (self._metadata if metadata is None else metadata).items():
-            attrs[cv.RUN_METADATA_PREFIX + key] = value
-        if isinstance(self._visibility, list):
-            attrs[cv.RUN_VISIBILITY] = "private"
-            attrs[cv.RUN_VISIBILITY_USERS] = self._visibility
-        else:
-            attrs[cv.RUN_VISIBILITY] = self._visibility or "private"
-        if self._ttl is not None:
-            attrs[cv.RUN_RETENTION] = self._ttl
-        if self._heartbeat_timeout is not None:
-            attrs[cv.RUN_HEARTBEAT_TIMEOUT] = self._heartbeat_timeout
-        return attrs
-
-    def _begin(self, status: str, *, stated: bool = True) -> None:
+    def _begin(self, status: str) -> None:
         """Open the root span: the run is live from here."""
-        assert self._tracer_provider is not None and self._logger_provider is not None
-        attrs = self._state_attributes() if stated else {}
+        attrs = state_attributes(self._state)
         attrs[cv.RUN_STATUS] = status
-        tracer = self._tracer_provider.get_tracer("simvue_otel", VERSION)
-        self._root = tracer.start_span(
-            cv.ROOT_SPAN, attributes=attrs, context=otel_context.Context()
-        )
-        self._root_ctx = trace.set_span_in_context(self._root)
-        self._stated = stated
+        telemetry = self._telemetry
+        telemetry.begin(attrs)
+        self._root_ctx, self._logger = telemetry.root_ctx, telemetry.logger
         self._status = status
         self._t0 = time.monotonic()
         self._step = 0
-        self._logger = self._logger_provider.get_logger("simvue_otel", VERSION)
-        # The state at start, exported now: through OTLP (no span processor of ours in the
-        # path) this is what shows the run live before its root span ends.
-        tracer.start_span(cv.SNAPSHOT_SPAN, attributes=attrs, context=self._root_ctx).end()
-        self._start_resources()
-        if self._meter_provider is not None:
-            self._meter_provider.force_flush(5_000)  # a first sample at start, as Simvue does
+        interval = None if self._resources_disabled else self._resources_interval
+        telemetry.start_resources(interval, self._pid, self._error)
 
     def _snapshot(self, metadata: Mapping[str, Any] | None = None) -> None:
         """Export the current state now (a span is exported only when it ends)."""
-        if self._tracer_provider is None:
+        if self._telemetry.tracer_provider is None:
             return
-        attrs = self._state_attributes(metadata)
+        attrs = state_attributes(self._state, metadata)
         attrs[cv.RUN_STATUS] = self._status or "running"
-        if self._root is not None:
-            self._root.set_attributes(attrs)  # the final state carries it too
-            self._stated = True
-            ctx = self._root_ctx
-        else:
-            ctx = otel_context.Context()
-        tracer = self._tracer_provider.get_tracer("simvue_otel", VERSION)
-        tracer.start_span(cv.SNAPSHOT_SPAN, attributes=attrs, context=ctx).end()
+        self._telemetry.snapshot(attrs)
         self._write_registry()
 
     def _finish(self, status: str, exc: BaseException | None) -> None:
@@ -864,27 +696,13 @@ class Run:
             return max(0.0, deadline - time.monotonic())
 
         try:
-            if self._root is not None:
-                if exc is not None:
-                    self._record_exception(exc)
-                    self._root.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                self._root.set_attribute(cv.RUN_STATUS, status)
-                self._root.end()
+            if self._telemetry.end_root(status, exc):
                 self._status = status
                 self._write_registry()
-            if self._monitor is not None:
-                self._monitor.close()
-            if self._meter_provider is not None:
-                self._meter_provider.shutdown(timeout_millis=left() * 1000)
-            if self._logger_provider is not None:
-                self._logger_provider.shutdown()
-            if self._tracer_provider is not None:
-                self._tracer_provider.shutdown()
+            self._telemetry.shutdown(left)
         finally:
             _Signals.runs.discard(self)
-            if self._pipeline is not None:
-                # The sink says once what it could not deliver, where it is, and how to send it.
-                self._pipeline.close(left())
+            self._telemetry.close(left())
 
     def _abandon(self) -> None:
         """At exit, for a run never closed: deliver what it logged but state no final
@@ -896,230 +714,29 @@ class Run:
             if self._closed or self._mode == "disabled" or self._status is None:
                 return
             self._closed = True
+        timeout = self._state["heartbeat_timeout"]
         if self._status == "running":
             _LOG.warning(
                 "run %s was not closed (use `with Run() as run:` or call run.close()); what it "
                 "logged is delivered, and the server will mark it lost %s",
                 self._name,
-                f"after its heartbeat timeout ({self._heartbeat_timeout} s)"
-                if self._heartbeat_timeout
+                f"after its heartbeat timeout ({timeout} s)"
+                if timeout
                 else "never (it has no heartbeat timeout)",
             )
         deadline = time.monotonic() + default_shutdown_timeout()
         try:
-            if self._monitor is not None:
-                self._monitor.close()
-            if self._meter_provider is not None:
-                self._meter_provider.shutdown(timeout_millis=5_000)
-            if self._logger_provider is not None:
-                self._logger_provider.shutdown()
-            # The tracer provider is left alone: shutting it down would not end the root span,
-            # and the run's state snapshots were exported when they were taken.
+            self._telemetry.abandon()
         finally:
             _Signals.runs.discard(self)
-            if self._pipeline is not None:
-                self._pipeline.close(max(0.0, deadline - time.monotonic()))
-
-    def _record_exception(self, exc: BaseException) -> None:
-        """The exception as an event: type, message and traceback."""
-        assert self._root is not None
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self._root.add_event(
-            cv.EXCEPTION_EVENT,
-            {
-                "exception.type": type(exc).__name__,
-                "exception.message": str(exc),
-                "exception.stacktrace": text,
-            },
-        )
-
-    # -- queued runs: finding them again --------------------------------------------------
-
-    def _registry(self) -> Path | None:
-        if self._config is None:
-            return None
-        return self._config.offline_directory / _REGISTRY_DIR
+            self._telemetry.close(max(0.0, deadline - time.monotonic()))
 
     def _write_registry(self) -> None:
-        """Offline runs are found again by name from a small file holding their state (no
-        server to ask), rewritten at each change."""
-        directory = self._registry()
-        if self._mode != "offline" or directory is None or self._name is None:
+        """Offline runs are found again by name (``reconnect``) from a small file holding
+        their state (no server to ask), rewritten at each change."""
+        if self._mode != "offline" or self._config is None or self._name is None:
             return
-        try:
-            private_dir(directory)
-        except OSError as exc:
-            _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
-            return
-        entry = {
-            "key": self._key,
-            "name": self._name,
-            "folder": self._folder,
-            "status": self._status,
-            "description": self._description,
-            "tags": list(self._tags),
-            "metadata": self._metadata,
-            "visibility": self._visibility,
-            "ttl": self._ttl,
-            "heartbeat_timeout": self._heartbeat_timeout,
-        }
-        try:  # under the encoded name: no run name leads out of the directory
-            replace_private(directory / _registry_file(self._name), json.dumps(entry).encode())
-        except OSError as exc:  # a full disk: the run goes on; only reconnect-by-name suffers
-            _LOG.warning("cannot record offline run %s in %s: %s", self._name, directory, exc)
-
-    def _find_run(self, run: str) -> _FoundRun:
-        if not isinstance(run, str) or not run:
-            raise SimvueValidationError("run", "must be a run name or id", run)
-        if self._mode == "otlp":
-            raise SimvueValidationError(
-                "mode", "reconnect() needs online or offline mode (it asks the server)", "otlp"
-            )
-        if self._mode == "offline":
-            directory = self._registry()
-            path = directory / _registry_file(run) if directory else None
-            if path is None or not path.exists():
-                raise SimvueValidationError(
-                    "run", f"no offline run of that name in {directory}", run
-                )
-            try:
-                entry = json.loads(read_private(path))
-            except (OSError, ValueError) as exc:
-                raise SimvueValidationError(
-                    "run", f"the record of this offline run in {directory} is unusable: {exc}", run
-                ) from None
-            found = _FoundRun.from_registry(entry)
-        else:
-            found = self._find_online(run)
-        if found.status in cv.FINAL_STATUSES:
-            raise SimvueValidationError(
-                "run",
-                f"run {found.name!r} has ended ({found.status}); reconnect() resumes a queued or "
-                "lost run: start a new run instead",
-                run,
-            )
-        return found
-
-    def _find_online(self, run: str) -> _FoundRun:
-        """The run with this id (one GET), else the one run with this name (a filter)."""
-        from .client import SimvueClient
-        from .errors import NotFoundError
-
-        assert self._config is not None
-        with SimvueClient.from_config(self._config) as client:
-            doc: dict[str, Any] | None = None
-            if _ID_SHAPE.match(run):
-                try:
-                    doc = client.get_run(run)
-                except NotFoundError:
-                    doc = None
-            if doc is None:
-                named = client.find_runs_by_name(run)
-                if not named:
-                    raise SimvueValidationError(
-                        "run", "no run with this name or id on the server", run
-                    )
-                if len(named) > 1:
-                    # Several runs share the name: the one still queued is the one to resume.
-                    queued = [r for r in named if r.get("status") == "created"]
-                    if len(queued) != 1:
-                        ids = ", ".join(f"{r.get('id')} ({r.get('status')})" for r in named[:20])
-                        more = f" and {len(named) - 20} more" if len(named) > 20 else ""
-                        raise SimvueValidationError(
-                            "run",
-                            f"{len(named)} runs have this name and {len(queued)} of them is "
-                            f"queued (created); reconnect by id: {ids}{more}",
-                            run,
-                        )
-                    named = queued
-                doc = client.get_run(str(named[0]["id"]))
-            run_id = str(doc.get("id") or run)
-            metadata = doc.get("metadata") or {}
-            key = metadata.get(cv.RUN_KEY_METADATA) if isinstance(metadata, dict) else None
-            if not isinstance(key, str) or not key:
-                # A run made by another client: give it a key so our records find it.
-                key = str(uuid.uuid4())
-                client.update_metadata(run_id, {cv.RUN_KEY_METADATA: key})
-            if self._mode == "online":
-                # Tell this process's uploader which run the key is (no second run made).
-                run_index_for(online_spool_directory(self._config)).put(key, run_id)
-            return _FoundRun.from_server(key, doc)
-
-
-_ID_SHAPE = re.compile(r"^[A-Za-z0-9]{22}$")
-"""The shape of a Simvue run id (``OBJECT_ID`` of the official client)."""
-
-
-@dataclass(frozen=True)
-class _FoundRun:
-    """A run found for ``reconnect``: its identity and the state it already has."""
-
-    key: str
-    name: str
-    folder: str
-    status: str | None
-    description: str | None
-    tags: tuple[str, ...]
-    metadata: dict[str, Any]
-    visibility: str | list[str] | None
-    ttl: int | None
-    heartbeat_timeout: int | None
-
-    @classmethod
-    def from_registry(cls, entry: Mapping[str, Any]) -> _FoundRun:
-        return cls(
-            key=str(entry["key"]),
-            name=str(entry["name"]),
-            folder=str(entry.get("folder") or "/"),
-            status=entry.get("status"),
-            description=entry.get("description"),
-            tags=tuple(entry.get("tags") or ()),
-            metadata=dict(entry.get("metadata") or {}),
-            visibility=entry.get("visibility"),
-            ttl=entry.get("ttl"),
-            heartbeat_timeout=entry.get("heartbeat_timeout", 180),
-        )
-
-    @classmethod
-    def from_server(cls, key: str, doc: Mapping[str, Any]) -> _FoundRun:
-        """The server's run as this object's state: metadata leaves that a run can state
-        (numbers, strings, booleans) are kept; others stay on the server untouched."""
-        flat: dict[str, Any] = {}
-
-        def walk(node: Mapping[str, Any], prefix: str) -> None:
-            for k, v in node.items():
-                if isinstance(v, Mapping):
-                    walk(v, f"{prefix}{k}.")
-                elif isinstance(v, bool | int | float | str) and f"{prefix}{k}" != (
-                    cv.RUN_KEY_METADATA
-                ):
-                    flat[f"{prefix}{k}"] = v
-
-        metadata = doc.get("metadata")
-        if isinstance(metadata, Mapping):
-            walk(metadata, "")
-        shared = doc.get("visibility") or {}
-        visibility: str | list[str] | None = None
-        if shared.get("public"):
-            visibility = "public"
-        elif shared.get("tenant"):
-            visibility = "tenant"
-        elif shared.get("users"):
-            visibility = [str(u) for u in shared["users"]]
-        timeout = doc.get("heartbeat_timeout")
-        ttl = doc.get("ttl")
-        return cls(
-            key=key,
-            name=str(doc.get("name") or ""),
-            folder=str(doc.get("folder") or "/"),
-            status=doc.get("status"),
-            description=doc.get("description"),
-            tags=tuple(str(t) for t in doc.get("tags") or ()),
-            metadata=flat,
-            visibility=visibility,
-            ttl=int(ttl) if isinstance(ttl, int | float) else None,
-            heartbeat_timeout=int(timeout) if isinstance(timeout, int | float) else None,
-        )
+        write_registry(self._config, self._key, self._name, self._folder, self._status, self._state)
 
 
 def _abort(ref: weakref.ReferenceType[Run], key: str) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..run_state import check_record_fields
+
 __all__ = ["EventRecord", "MetricRecord", "Record", "RunRecord", "RunRef"]
 
 
@@ -49,6 +51,16 @@ class RunRecord:
     ended: float | None = None
     system: Mapping[str, Any] | None = None
     """Simvue's ``system`` field (host, platform, CPU...), from the Resource; None = not stated."""
+
+
+# The state fields (all but the run, status and times) are the rows of ``RUN_STATE``, in order.
+check_record_fields(
+    tuple(
+        f
+        for f in RunRecord.__dataclass_fields__
+        if f not in ("run", "status", "observed", "started", "ended")
+    )
+)
 
 
 @dataclass(slots=True)

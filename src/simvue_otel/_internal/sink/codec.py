@@ -10,7 +10,9 @@ A blob is one msgpack array ``[version, batch_key, runs, records]``:
   is its run's index in ``runs``:
 
   - ``["r", run, status, observed, description, tags, metadata, visibility, ttl,
-    heartbeat_timeout, started, ended]``, and a thirteenth item, ``system``, when stated
+    heartbeat_timeout, started, ended]``, and a thirteenth item, ``system``, when stated: the
+    state fields are the rows of ``run_state.RUN_STATE`` in order, the trailing ones last
+    (written up to the last one stated, nil for one not stated before it)
   - ``["m", run, values, step, time, timestamp]``, or with a seventh item, the name of the
     process-local step count that numbered ``step`` (instrument exports)
   - ``["e", run, message, timestamp, level]``
@@ -26,12 +28,13 @@ conventions "Text" states, rather than the whole blob failing and its records be
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
 
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunRef
+from ..run_state import RUN_STATE, StateField, plain
 from ..validation import clean_text
 
 __all__ = [
@@ -47,6 +50,11 @@ FORMAT_VERSION = 1
 """Version written into every blob; bump it when the layout changes."""
 
 _EXT_BIGINT = 1  # msgpack extension code: an int outside 64 bits, as ASCII decimal
+
+# A run record's state fields, in the table's order: those always stored (after ``observed``)
+# and those stored only when stated (after ``ended``).
+_FIXED = tuple(f for f in RUN_STATE if not f.trailing)
+_TRAILING = tuple(f for f in RUN_STATE if f.trailing)
 
 
 class CodecError(ValueError):
@@ -108,23 +116,13 @@ def _encode(batch_key: str | None, records: Sequence[Record]) -> bytes:
                 ["e", run_index(record.run), record.message, record.timestamp, record.level]
             )
         elif isinstance(record, RunRecord):
-            items.append(
-                [
-                    "r",
-                    run_index(record.run),
-                    record.status,
-                    record.observed,
-                    record.description,
-                    None if record.tags is None else list(record.tags),
-                    dict(record.metadata),
-                    None if record.visibility is None else dict(record.visibility),
-                    record.ttl,
-                    record.heartbeat_timeout,
-                    record.started,
-                    record.ended,
-                    *(() if record.system is None else (dict(record.system),)),
-                ]
-            )
+            item = ["r", run_index(record.run), record.status, record.observed]
+            item += [plain(getattr(record, f.name)) for f in _FIXED]
+            item += [record.started, record.ended]
+            tail = [plain(getattr(record, f.name)) for f in _TRAILING]
+            while tail and tail[-1] is None:  # up to the last one stated (nil: not stated)
+                tail.pop()
+            items.append(item + tail)
         else:
             raise CodecError(f"not a record: {type(record).__name__}")
     blob = [FORMAT_VERSION, batch_key, table, items]
@@ -211,6 +209,30 @@ def _dict(value: object, what: str) -> dict[str, Any]:
     return value
 
 
+def _what(f: StateField) -> str:
+    """A state field as a malformed-value message names it."""
+    return f.name if f.name in ("tags", "visibility") else "run " + f.name.replace("_", " ")
+
+
+def _opt_strs(value: object, f: StateField) -> tuple[str, ...] | None:
+    _check(
+        value is None or (isinstance(value, list) and all(isinstance(t, str) for t in value)),
+        _what(f),
+        value,
+    )
+    return None if value is None else tuple(value)  # type: ignore[arg-type]
+
+
+_STATE_CHECKS: dict[str, Callable[[object, StateField], Any]] = {
+    "str?": lambda v, f: _opt_str(v, _what(f)),
+    "strs?": _opt_strs,
+    "map": lambda v, f: _dict(v, _what(f)),
+    "map?": lambda v, f: None if v is None else _dict(v, _what(f)),
+    "int?": lambda v, f: _opt_int(v, _what(f)),
+}
+"""How a stored run-state value is checked, by its field's ``spool`` kind."""
+
+
 def _decode_run(item: object) -> RunRef:
     _check(isinstance(item, list) and len(item) == 3, "run reference", item)
     assert isinstance(item, list)
@@ -251,29 +273,20 @@ def _decode_record(item: object, runs: list[RunRef]) -> Record:
             level=_str(item[4], "event level"),
         )
     if tag == "r":
-        _check(len(item) in (12, 13), "run record", item)
-        tags = item[5]
-        _check(
-            tags is None or (isinstance(tags, list) and all(isinstance(t, str) for t in tags)),
-            "tags",
-            tags,
-        )
-        visibility = item[7]
-        if visibility is not None:
-            visibility = _dict(visibility, "visibility")
+        fixed = 6 + len(_FIXED)  # tag, run, status, observed, the fields, started, ended
+        _check(fixed <= len(item) <= fixed + len(_TRAILING), "run record", item)
+        state = {
+            f.name: _STATE_CHECKS[f.spool](v, f) for f, v in zip(_FIXED, item[4:], strict=False)
+        }
+        for f, v in zip(_TRAILING, item[fixed:], strict=False):
+            state[f.name] = None if v is None else _STATE_CHECKS[f.spool](v, f)
         return RunRecord(
             run=run,
             status=_str(item[2], "run status"),
             observed=_num(item[3], "run observed time"),
-            description=_opt_str(item[4], "run description"),
-            tags=None if tags is None else tuple(tags),
-            metadata=_dict(item[6], "run metadata"),
-            visibility=visibility,
-            ttl=_opt_int(item[8], "run ttl"),
-            heartbeat_timeout=_opt_int(item[9], "run heartbeat timeout"),
-            started=_opt_num(item[10], "run start time"),
-            ended=_opt_num(item[11], "run end time"),
-            system=_dict(item[12], "run system") if len(item) == 13 else None,
+            started=_opt_num(item[fixed - 2], "run start time"),
+            ended=_opt_num(item[fixed - 1], "run end time"),
+            **state,
         )
     raise CodecError(f"unknown record type tag {tag!r}")
 

@@ -52,6 +52,7 @@ from ..errors import (
 )
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunRef
 from ..names import name_for_key
+from ..run_state import RUN_STATE_NAMES, created_fields, stated_fields
 from .run_index import RunIndex
 
 __all__ = [
@@ -70,15 +71,7 @@ _LOG = logging.getLogger("simvue_otel.sink")
 # busy one (a batch is up to 16,000 points per part, several parts per run).
 UPLOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-_STATE_FIELDS = (
-    "description",
-    "tags",
-    "metadata",
-    "visibility",
-    "ttl",
-    "heartbeat_timeout",
-    "system",
-)
+_STATE_FIELDS = RUN_STATE_NAMES
 
 
 # Seconds between two heartbeats of a run past which it may have been marked lost meanwhile
@@ -261,12 +254,6 @@ def _top_values(merged: Mapping[str, Any], changed: Mapping[str, Any]) -> dict[s
         for top, value in nested.items()
         if any(k in changed for k in _flatten({top: value}))
     }
-
-
-def _visibility(state: RunRecord | None) -> dict[str, Any]:
-    if state is None or state.visibility is None:
-        return {"public": False, "tenant": False, "users": []}
-    return dict(state.visibility)
 
 
 def _stamp(text: Any) -> Any:
@@ -853,12 +840,7 @@ class Uploader:
         metadata = _unflatten(state.metadata) if state is not None else {}
         metadata[RUN_KEY_METADATA] = ref.key
         sent: dict[str, Any] = {
-            "description": state.description if state else None,
-            "tags": list(state.tags) if state and state.tags is not None else [],
-            "visibility": _visibility(state),
-            "ttl": state.ttl if state else None,
-            "heartbeat_timeout": state.heartbeat_timeout if state else None,
-            "system": dict(state.system) if state is not None and state.system else None,
+            **created_fields(state),
             # A run is created live or queued; a final status is applied once data is in.
             "status": "created" if status == "created" else "running",
         }
@@ -897,16 +879,7 @@ class Uploader:
     @staticmethod
     def _state_fields(state: RunRecord) -> dict[str, Any]:
         """The fields this state states (None = not stated, left as the run has it)."""
-        fields: dict[str, Any] = {
-            "description": state.description,
-            "tags": None if state.tags is None else list(state.tags),
-            "metadata": dict(state.metadata) if state.metadata else None,
-            "visibility": None if state.visibility is None else dict(state.visibility),
-            "ttl": state.ttl,
-            "heartbeat_timeout": state.heartbeat_timeout,
-            "system": None if state.system is None else dict(state.system),
-        }
-        return {k: v for k, v in fields.items() if v is not None}
+        return stated_fields(state)
 
     def _apply_state(self, key: str, run_id: str, state: RunRecord) -> None:
         if state.observed < self._observed.get(key, float("-inf")):
