@@ -53,7 +53,7 @@ from .exporters import (
 )
 from .mapping.sdk import attributes_from_sdk
 from .names import generate_run_name
-from .pipeline import ROW, Pipeline, default_shutdown_timeout
+from .pipeline import ROW, Kind, MetricRow, Pipeline, default_shutdown_timeout
 from .resources import cpu_count
 from .sink import NullSink, create_sink, online_spool_directory, resolve_mode
 from .sink.files import private_dir, read_private, replace_private
@@ -261,7 +261,7 @@ class Run:
         self._root: trace.Span | None = None
         self._root_ctx: otel_context.Context | None = None
         self._logger: Any = None
-        self._put: Callable[[str, Any], bool] | None = None  # the in-process fast path
+        self._put: Callable[[Kind[MetricRow], MetricRow], bool] | None = None  # fast path
         self._row_resource: dict[str, Any] = {}
         self._valid_names: set[str] = set()
         self._in_context = False
