@@ -51,6 +51,7 @@ from .exporters import (
     SimvueSpanExporter,
     SimvueSpanProcessor,
 )
+from .flatten import leaves
 from .mapping.sdk import attributes_from_sdk
 from .names import generate_run_name
 from .pipeline import ROW, Kind, MetricRow, Pipeline, default_shutdown_timeout
@@ -1084,20 +1085,12 @@ class _FoundRun:
     def from_server(cls, key: str, doc: Mapping[str, Any]) -> _FoundRun:
         """The server's run as this object's state: metadata leaves that a run can state
         (numbers, strings, booleans) are kept; others stay on the server untouched."""
-        flat: dict[str, Any] = {}
-
-        def walk(node: Mapping[str, Any], prefix: str) -> None:
-            for k, v in node.items():
-                if isinstance(v, Mapping):
-                    walk(v, f"{prefix}{k}.")
-                elif isinstance(v, bool | int | float | str) and f"{prefix}{k}" != (
-                    cv.RUN_KEY_METADATA
-                ):
-                    flat[f"{prefix}{k}"] = v
-
         metadata = doc.get("metadata")
-        if isinstance(metadata, Mapping):
-            walk(metadata, "")
+        flat = {
+            k: v
+            for _keys, k, v in (leaves(metadata) if isinstance(metadata, Mapping) else ())
+            if isinstance(v, bool | int | float | str) and k != cv.RUN_KEY_METADATA
+        }
         shared = doc.get("visibility") or {}
         visibility: str | list[str] | None = None
         if shared.get("public"):
