@@ -38,15 +38,7 @@ from typing import Any
 from .. import conventions as cv
 from ..errors import SimvueValidationError
 from ..validation import clean_text, validate_folder
-from .attributes import (
-    clean_state,
-    metadata_attrs,
-    metadata_value,
-    seconds_attr,
-    str_attr,
-    tags_attr,
-    visibility_attr,
-)
+from . import state_attributes
 from .model import STATUS_ERROR, HistogramValue, MetricRow, OtelLog, OtelMetric, OtelSpan
 from .records import EventRecord, MetricRecord, Record, RunRecord, RunRef
 from .system import CONSUMED, RESOURCE_METRICS, resource_metric, run_facts
@@ -234,9 +226,9 @@ class Mapper:
         metadata = dict(metadata)
         for k, v in resource.items():
             if k not in CONSUMED and isinstance(v, str | int | float | bool | list | tuple):
-                metadata[f"resource.{k}"] = metadata_value(v)
+                metadata[f"resource.{k}"] = state_attributes.metadata_value(v)
         service = resource.get(cv.SERVICE_NAME, "an OpenTelemetry service")
-        return clean_state(
+        return state_attributes.clean_state(
             RunRecord(
                 run=state.ref,
                 status="running",
@@ -288,9 +280,9 @@ class Mapper:
         state.origin = min(state.origin, span.start)
         state.has_state = True
         key = state.ref.key
-        description = str_attr(attrs, cv.RUN_DESCRIPTION)
-        tags = tags_attr(key, attrs, self._warn_once)
-        metadata = metadata_attrs(attrs)
+        description = state_attributes.str_attr(attrs, cv.RUN_DESCRIPTION)
+        tags = state_attributes.tags_attr(key, attrs, self._warn_once)
+        metadata = state_attributes.metadata_attrs(attrs)
         system, facts = state.extra["facts"]
         announced = state.extra.get("record")
         if isinstance(announced, RunRecord):  # a foreign run: keep what its Resource said
@@ -299,7 +291,7 @@ class Mapper:
             metadata = {**announced.metadata, **metadata}
         elif facts:
             metadata = {**facts, **metadata}  # the user's own keys win
-        return clean_state(
+        return state_attributes.clean_state(
             RunRecord(
                 run=state.ref,
                 status=str(status),
@@ -307,9 +299,9 @@ class Mapper:
                 description=description,
                 tags=tags,
                 metadata=metadata,
-                visibility=visibility_attr(key, attrs, self._warn_once),
-                ttl=seconds_attr(key, attrs, cv.RUN_RETENTION, self._warn_once),
-                heartbeat_timeout=seconds_attr(
+                visibility=state_attributes.visibility_attr(key, attrs, self._warn_once),
+                ttl=state_attributes.seconds_attr(key, attrs, cv.RUN_RETENTION, self._warn_once),
+                heartbeat_timeout=state_attributes.seconds_attr(
                     key, attrs, cv.RUN_HEARTBEAT_TIMEOUT, self._warn_once
                 ),
                 started=span.start if status != "created" else None,
