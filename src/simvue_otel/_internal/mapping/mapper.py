@@ -397,7 +397,7 @@ class Mapper:
         if not values:
             self._skip(f"{cv.METRICS_EVENT} record with no numeric value")
             return None
-        return self._metric_point(
+        return _metric_point(
             state,
             values,
             attributes.get(cv.METRICS_STEP),
@@ -410,10 +410,10 @@ class Mapper:
         :data:`~.model.MetricRow`), the form in which a ``Run`` hands its records to an
         in-process pipeline (one tuple per call, no SDK object). The body is a dict of int
         and float values (validated by the ``Run``); the step and time rules are those of
-        ``metric_record``, in :meth:`_metric_point`."""
+        ``metric_record``, in :func:`_metric_point`."""
         out: list[Record] = []
         state_for = self._state
-        point = self._metric_point
+        point = _metric_point
         last: Mapping[str, Any] | None = None
         state: RunState | None = None
         append = out.append
@@ -427,29 +427,6 @@ class Mapper:
                     state.origin = stamp
             append(point(state, body, step, elapsed, stamp))
         return out
-
-    def _metric_point(
-        self,
-        state: RunState,
-        values: Mapping[str, float],
-        step_attr: Any,
-        time_attr: Any,
-        timestamp: float,
-    ) -> MetricRecord:
-        """A point of validated ``values`` at the ``simvue.metrics.step`` and ``.time``
-        attributes given (or the run's next step, and time since its origin): the one step
-        and time rule of every way a metric point comes in."""
-        if step_attr.__class__ is int and step_attr >= 0:
-            step = step_attr
-            if step >= state.metric_step:
-                state.metric_step = step + 1
-        else:
-            step = state.metric_step
-            state.metric_step += 1
-        if time_attr.__class__ is not float:
-            time_attr = _number(time_attr)
-        elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)
-        return MetricRecord(state.ref, values, step, elapsed, timestamp)
 
     def _named(self, state: RunState, values: Mapping[Any, float]) -> dict[str, float]:
         """Values under names a server takes (the official client's rule, conventions §5):
@@ -574,6 +551,29 @@ class Mapper:
                     RunRecord(run=s.ref, status=status, observed=now, started=s.origin, ended=now)
                 )
         return out
+
+
+def _metric_point(
+    state: RunState,
+    values: Mapping[str, float],
+    step_attr: Any,
+    time_attr: Any,
+    timestamp: float,
+) -> MetricRecord:
+    """A point of validated ``values`` at the ``simvue.metrics.step`` and ``.time``
+    attributes given (or the run's next step, and time since its origin): the one step
+    and time rule of every way a metric point comes in."""
+    if step_attr.__class__ is int and step_attr >= 0:
+        step = step_attr
+        if step >= state.metric_step:
+            state.metric_step = step + 1
+    else:
+        step = state.metric_step
+        state.metric_step += 1
+    if time_attr.__class__ is not float:
+        time_attr = _number(time_attr)
+    elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)
+    return MetricRecord(state.ref, values, step, elapsed, timestamp)
 
 
 def _histogram_values(name: str, value: HistogramValue, out: dict[str, float]) -> None:
