@@ -60,7 +60,7 @@ def test_every_thread_of_a_run_leaves_sigterm_to_the_main_thread(
     monkeypatch.setenv("SIMVUE_OFFLINE_DIRECTORY", str(tmp_path))
     before = {t.ident for t in threading.enumerate()}
     with Run(mode="offline") as run:
-        run.init(name="signals", folder="/unit", resources_metrics_interval=None)
+        run.init(name="signals", folder="/unit", resources_metrics_interval=1)
         run.log_metrics({"x": 1.0})
         ours = [t for t in threading.enumerate() if t.ident not in before]
         assert ours, "the run started no thread"

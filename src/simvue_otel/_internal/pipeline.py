@@ -26,17 +26,31 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .config import SimvueConfig, shutdown_timeout, span_events
 from .mapping import Mapper
+from .mapping.model import MetricRow, OtelSpan
 from .mapping.records import Record
 from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
 from .threads import start_daemon
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import ReadableLogRecord, ReadWriteLogRecord
+    from opentelemetry.sdk.metrics.export import MetricsData
+    from opentelemetry.sdk.trace import ReadableSpan
+
 __all__ = [
+    "LOG",
+    "METRICS",
+    "PENDING",
+    "ROW",
+    "SPAN",
+    "Kind",
+    "MetricRow",
     "Pipeline",
     "acquire_shared",
     "deliver_at_child_exit",
@@ -46,13 +60,61 @@ __all__ = [
 
 _LOG = logging.getLogger("simvue_otel.pipeline")
 
-SPAN = "span"
-PENDING = "pending"
-LOG = "log"
-METRICS = "metrics"
-ROW = "row"
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Kind(Generic[T_contra]):
+    """One kind of queued item: how the worker maps a run of them in order, and the
+    Resources an item names (the attributes, or SDK Resources when ``sdk``), by which a
+    forked child knows its parent's runs. ``Pipeline.put(kind, item)`` takes only an item of
+    the kind's type; a new kind of telemetry is one more of these."""
+
+    name: str
+    map: Callable[[Mapper, Sequence[T_contra]], list[Record]]
+    resources: Callable[[T_contra], Iterable[Any]]
+    sdk: bool = True
+
+
+def _map_pending(mapper: Mapper, spans: Sequence[OtelSpan]) -> list[Record]:
+    records: list[Record] = []
+    for span in spans:
+        records.extend(mapper.pending_span(span))
+    return records
+
+
+def _map_metrics(mapper: Mapper, items: Sequence[MetricsData]) -> list[Record]:
+    records: list[Record] = []
+    for data in items:
+        records.extend(mapper.metrics(metrics_from_sdk(data)))
+    return records
+
+
+def _flushed(_mapper: Mapper, events: Sequence[threading.Event]) -> list[Record]:
+    for done in events:
+        done.set()
+    return []
+
+
+SPAN: Kind[ReadableSpan] = Kind(
+    "span", lambda mapper, spans: mapper.spans(spans_from_sdk(spans)), lambda s: [s.resource]
+)
+PENDING: Kind[OtelSpan] = Kind("pending", _map_pending, lambda s: [s.resource], sdk=False)
+"""A root span seen at its start (already in the neutral model)."""
+LOG: Kind[ReadableLogRecord | ReadWriteLogRecord] = Kind(
+    "log", map_sdk_logs, lambda r: [r.resource]
+)
+METRICS: Kind[MetricsData] = Kind(
+    "metrics", _map_metrics, lambda m: [rm.resource for rm in m.resource_metrics]
+)
+ROW: Kind[MetricRow] = Kind("row", Mapper.metric_rows, lambda row: [row[0]], sdk=False)
 """A ``Run``'s ``simvue.metrics`` log record as its fields (see ``Mapper.metric_rows``)."""
-_FLUSH = "flush"
+_FLUSH: Kind[threading.Event] = Kind("flush", _flushed, lambda _: ())
+"""Everything queued before it is mapped and handed to the sink: set the event."""
+
+_Item = tuple[Kind[Any], Any]
+"""A queued item and its kind (``put`` checks that they agree)."""
 
 default_shutdown_timeout = shutdown_timeout
 """Seconds to wait for delivery at shutdown (``SIMVUE_OTEL_SHUTDOWN_TIMEOUT``, 30)."""
@@ -75,7 +137,7 @@ class Pipeline:
         self.max_queue = max_queue
         self.interval = interval
         self.finish_foreign = finish_foreign
-        self._queue: deque[tuple[str, Any]] = deque()
+        self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
         self._room = threading.Event()
         self._room.set()
@@ -83,7 +145,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._child_pending = False  # forked, not yet started in this process
         self._inherited: list[Sink] = []  # sinks a parent left: kept, never used
-        self._inherited_queue: deque[tuple[str, Any]] = deque()
+        self._inherited_queue: deque[_Item] = deque()
         self.owned_runs: set[str] = set()
         """Keys of the runs the process that made this pipeline starts (a ``Run``'s): a forked
         child records into them but leaves their making and ending to that process."""
@@ -104,7 +166,7 @@ class Pipeline:
 
     # -- producers (application threads) --------------------------------------------------
 
-    def put(self, kind: str, item: Any) -> bool:
+    def put(self, kind: Kind[T], item: T) -> bool:
         """Queue one item; False once the pipeline is closed."""
         if self._closed:
             return False
@@ -116,7 +178,7 @@ class Pipeline:
             self._backpressure()
         return True
 
-    def put_many(self, kind: str, items: Iterable[Any]) -> bool:
+    def put_many(self, kind: Kind[T], items: Iterable[T]) -> bool:
         """Queue several items of one kind."""
         if self._closed:
             return False
@@ -242,47 +304,31 @@ class Pipeline:
                 return
 
     def _process_some(self, limit: int = 20_000) -> None:
+        """Map up to ``limit`` queued items, each run of one kind at once, in order."""
         queue = self._queue
-        kind: str | None = None
+        kind: Kind[Any] | None = None
         group: list[Any] = []
         for _ in range(limit):
             try:
                 item_kind, item = queue.popleft()
             except IndexError:
                 break
-            if item_kind != kind and group:
-                self._map(kind, group)
-                group = []
-            kind = item_kind
-            if item_kind == _FLUSH:
-                item.set()
-                kind = None
-                continue
+            if item_kind is not kind:
+                if group:
+                    self._map(kind, group)
+                    group = []
+                kind = item_kind
             group.append(item)
         if group:
             self._map(kind, group)
 
-    def _map(self, kind: str | None, items: list[Any]) -> None:
+    def _map(self, kind: Kind[Any] | None, items: list[Any]) -> None:
+        if kind is None:
+            return
         try:
-            records: list[Record]
-            if kind == SPAN:
-                records = self.mapper.spans(spans_from_sdk(items))
-            elif kind == PENDING:
-                records = []
-                for span in items:
-                    records.extend(self.mapper.pending_span(span))
-            elif kind == ROW:
-                records = self.mapper.metric_rows(items)
-            elif kind == LOG:
-                records = map_sdk_logs(self.mapper, items)
-            elif kind == METRICS:
-                records = []
-                for data in items:
-                    records.extend(self.mapper.metrics(metrics_from_sdk(data)))
-            else:
-                return
+            records = kind.map(self.mapper, items)
         except Exception:  # a mapping bug must never stop the pipeline
-            _LOG.exception("could not map %d %s item(s) to Simvue records", len(items), kind)
+            _LOG.exception("could not map %d %s item(s) to Simvue records", len(items), kind.name)
             return
         self._submit(records)
 
@@ -295,32 +341,24 @@ class Pipeline:
             _LOG.exception("the sink refused %d record(s)", len(records))
 
 
-def _run_keys(items: Iterable[tuple[str, Any]]) -> set[str]:
+def _run_keys(items: Iterable[_Item]) -> set[str]:
     """The run keys the queued items' Resources name (as the mapper derives them)."""
     keys: set[str] = set()
     resources: dict[int, Any] = {}
     for kind, item in items:
         try:
-            if kind == ROW:
-                found = [item[0]]
-            elif kind in (PENDING, SPAN, LOG):
-                found = [item.resource]
-            elif kind == METRICS:
-                found = [rm.resource for rm in item.resource_metrics]
-            else:
-                continue
-            for resource in found:
+            for resource in kind.resources(item):
                 if id(resource) in resources:
                     continue
                 resources[id(resource)] = resource
-                attrs = (
-                    resource
-                    if kind in (ROW, PENDING)
-                    else attributes_from_sdk(resource.attributes if resource is not None else None)
+                attrs: Mapping[str, Any] = (
+                    attributes_from_sdk(resource.attributes if resource is not None else None)
+                    if kind.sdk
+                    else resource
                 )
                 keys.add(Mapper._run_key(attrs)[0])
         except Exception:  # an item of unexpected shape names no run
-            _LOG.debug("no run key in a queued %s item", kind, exc_info=True)
+            _LOG.debug("no run key in a queued %s item", kind.name, exc_info=True)
     return keys
 
 

@@ -37,7 +37,7 @@ from . import conventions as cv
 from .config import SimvueConfig, resolve_config
 from .errors import SimvueOtelError, SimvueValidationError
 from .names import generate_run_name
-from .pipeline import ROW, Pipeline, default_shutdown_timeout
+from .pipeline import ROW, Kind, MetricRow, Pipeline, default_shutdown_timeout
 from .run_checks import check_notification, checked_shell_vars, checked_visibility
 from .run_registry import find_run, write_registry
 from .run_state import initial_state, state_attributes
@@ -217,7 +217,7 @@ class Run:
         # The hot path's view of the telemetry (log_metrics, log_event), set as it starts.
         self._root_ctx: otel_context.Context | None = None
         self._logger: Any = None
-        self._put: Callable[[str, Any], bool] | None = None  # the in-process fast path
+        self._put: Callable[[Kind[MetricRow], MetricRow], bool] | None = None  # fast path
         self._row_resource: dict[str, Any] = {}
         self._valid_names: set[str] = set()
         self._in_context = False

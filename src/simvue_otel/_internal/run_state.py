@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import conventions as cv
+from .flatten import leaves
 
 __all__ = [
     "RUN_STATE",
@@ -87,21 +88,12 @@ def _seconds_from_server(name: str) -> Callable[[Mapping[str, Any]], int | None]
 def _metadata_from_server(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The server's run metadata as a Run's state: metadata leaves that a run can state
     (numbers, strings, booleans) are kept; others stay on the server untouched."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Mapping[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, bool | int | float | str) and f"{prefix}{k}" != (
-                cv.RUN_KEY_METADATA
-            ):
-                flat[f"{prefix}{k}"] = v
-
     metadata = doc.get("metadata")
-    if isinstance(metadata, Mapping):
-        walk(metadata, "")
-    return flat
+    return {
+        k: v
+        for _keys, k, v in (leaves(metadata) if isinstance(metadata, Mapping) else ())
+        if isinstance(v, bool | int | float | str) and k != cv.RUN_KEY_METADATA
+    }
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,10 @@ from .exporters import (
     SimvueSpanProcessor,
 )
 from .mapping.sdk import attributes_from_sdk
-from .pipeline import Pipeline, default_shutdown_timeout
+from .pipeline import Kind, MetricRow, Pipeline, default_shutdown_timeout
 from .resources import cpu_count
 from .sink import NullSink, create_sink
+from .threads import signals_blocked
 from .version import VERSION
 
 __all__ = ["RunTelemetry"]
@@ -68,7 +69,7 @@ class RunTelemetry:
         self.root: trace.Span | None = None
         self.root_ctx: otel_context.Context | None = None
         self.logger: Any = None
-        self.put: Callable[[str, Any], bool] | None = None  # the in-process fast path
+        self.put: Callable[[Kind[MetricRow], MetricRow], bool] | None = None  # the fast path
         self.row_resource: dict[str, Any] = {}
         self.resource: Resource | None = None
 
@@ -160,7 +161,10 @@ class RunTelemetry:
             exporter = self.metric_exporter
         else:
             return
-        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000.0)
+        with signals_blocked():  # its thread leaves SIGTERM to the main thread (see threads)
+            reader = PeriodicExportingMetricReader(
+                exporter, export_interval_millis=interval * 1000.0
+            )
         assert self.resource is not None
         self.meter_provider = MeterProvider(
             resource=self.resource, metric_readers=[reader], shutdown_on_exit=False

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import conventions as cv
 from .errors import SimvueValidationError
+from .flatten import leaves
 
 __all__ = [
     "LOG_LEVELS",
@@ -182,7 +183,7 @@ def validate_metadata(metadata: Any, field: str = "metadata") -> dict[str, Metad
     if not isinstance(metadata, Mapping):
         raise SimvueValidationError(field, "must be a mapping of string keys to values", metadata)
     flat: dict[str, MetadataValue] = {}
-    _flatten_metadata(metadata, (), 0, field, flat)
+    _flatten_metadata(metadata, field, flat)
     check_metadata_size(flat, field)
     return flat
 
@@ -212,30 +213,36 @@ def check_metadata_size(flat: Mapping[str, Any], field: str = "metadata") -> Non
 
 
 def _flatten_metadata(
-    mapping: Mapping[Any, Any],
-    prefix: tuple[str, ...],
-    depth: int,
-    field: str,
-    out: dict[str, MetadataValue],
+    mapping: Mapping[Any, Any], field: str, out: dict[str, MetadataValue]
 ) -> None:
-    """Add ``mapping``'s entries to ``out`` under dotted keys starting with ``prefix``
-    (``depth``: the levels the prefix stands for, its keys' dots counted)."""
-    parent_field = ".".join((field, *prefix))
-    for key, value in mapping.items():
-        if not isinstance(key, str) or not key or key != key.strip() or ".." in key:
-            raise SimvueValidationError(parent_field, _METADATA_KEY_RULE, key)
-        key = clean_text(key, f"{parent_field} (a key)")
-        path = (*prefix, key)
-        dotted = ".".join(path)
-        item_field = f"{field}.{dotted}"
-        if ".." in dotted:
-            raise SimvueValidationError(item_field, _METADATA_KEY_RULE, dotted)
-        levels = depth + key.count(".") + 1
-        if levels > cv.MAX_METADATA_DEPTH:
-            raise SimvueValidationError(field, _METADATA_DEPTH_RULE, dotted)
+    """Add ``mapping``'s leaves to ``out`` under their dotted keys, refusing a bad key, a
+    key nested too deep, a bad value or a collision (each key is checked once, before any
+    leaf below it, as a walk that checks keys on its way down would)."""
+    checked: dict[tuple[Any, ...], tuple[tuple[str, ...], int]] = {(): ((), 0)}
+    for keys, _raw, value in leaves(mapping, empty_is_leaf=True, cut_at=cv.MAX_METADATA_DEPTH):
+        depth = len(keys) - 1
+        while keys[:depth] not in checked:
+            depth -= 1
+        prefix, levels = checked[keys[:depth]]
+        for index in range(depth, len(keys)):
+            key = keys[index]
+            parent_field = ".".join((field, *prefix))
+            if not isinstance(key, str) or not key or key != key.strip() or ".." in key:
+                raise SimvueValidationError(parent_field, _METADATA_KEY_RULE, key)
+            key = clean_text(key, f"{parent_field} (a key)")
+            prefix = (*prefix, key)
+            dotted = ".".join(prefix)
+            if ".." in dotted:
+                raise SimvueValidationError(f"{field}.{dotted}", _METADATA_KEY_RULE, dotted)
+            levels += key.count(".") + 1
+            if levels > cv.MAX_METADATA_DEPTH:
+                raise SimvueValidationError(field, _METADATA_DEPTH_RULE, dotted)
+            checked[keys[: index + 1]] = (prefix, levels)
         if isinstance(value, Mapping):
-            _flatten_metadata(value, path, levels, field, out)
-        elif isinstance(value, (bool, int, float, str)):
+            continue  # an empty mapping: no leaf
+        dotted = ".".join(prefix)
+        item_field = f"{field}.{dotted}"
+        if isinstance(value, (bool, int, float, str)):
             if dotted in out:
                 raise SimvueValidationError(
                     item_field,

@@ -37,18 +37,13 @@ from typing import Any
 
 from .. import conventions as cv
 from ..errors import SimvueValidationError
-from ..validation import (
-    clean_text,
-    metadata_size,
-    validate_folder,
-    validate_tags,
-    validate_visibility,
-)
-from .model import STATUS_ERROR, HistogramValue, OtelLog, OtelMetric, OtelSpan
+from ..validation import clean_text, validate_folder
+from . import state_attributes
+from .model import STATUS_ERROR, HistogramValue, MetricRow, OtelLog, OtelMetric, OtelSpan
 from .records import EventRecord, MetricRecord, Record, RunRecord, RunRef
 from .system import CONSUMED, RESOURCE_METRICS, resource_metric, run_facts
 
-__all__ = ["SPAN_EVENT_POLICIES", "Mapper"]
+__all__ = ["SPAN_EVENT_POLICIES", "Mapper", "RunState"]
 
 _LOG = logging.getLogger("simvue_otel.mapping")
 
@@ -62,7 +57,9 @@ _FOREIGN_NAMESPACE = uuid.UUID("6f1c3c8e-4d0b-5d8a-9a53-2b6f4c1e9a10")
 
 
 @dataclass
-class _RunState:
+class RunState:
+    """What a Mapper holds of one run: its identity, time origin and step counters."""
+
     ref: RunRef
     origin: float
     foreign: bool
@@ -124,8 +121,8 @@ class Mapper:
         ``terminated`` once the process is being stopped by a signal (SIGTERM leaves spans
         UNSET, as a clean end does)."""
         self._clock = clock
-        self._runs: OrderedDict[str, _RunState] = OrderedDict()
-        self._refs: dict[int, tuple[Mapping[str, Any], _RunState]] = {}
+        self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._refs: dict[int, tuple[Mapping[str, Any], RunState]] = {}
         self._warned: set[str] = set()
         self._metric_names: set[str] = set()  # names known to pass the metric-name rule
         self._skipped: Counter[str] = Counter()
@@ -160,7 +157,7 @@ class Mapper:
             self._warned.add(key)
             _LOG.warning(message, *args)
 
-    def _state(self, resource: Mapping[str, Any], when: float, out: list[Record]) -> _RunState:
+    def _state(self, resource: Mapping[str, Any], when: float, out: list[Record]) -> RunState:
         """The run a Resource names (registering it, and announcing foreign runs, on first
         sight). Resources are compared by identity first: adapters share one dict per batch."""
         cached = self._refs.get(id(resource))
@@ -174,7 +171,7 @@ class Mapper:
         key, foreign = self._run_key(resource)
         state_or_none = self._runs.get(key)
         if state_or_none is None:
-            state = _RunState(self._run_ref(key, resource, foreign), when, foreign, last_seen=when)
+            state = RunState(self._run_ref(key, resource, foreign), when, foreign, last_seen=when)
             state.counter = f"{self._epoch}.{self.runs_seen}"
             state.extra["facts"] = run_facts(resource)
             self._runs[key] = state
@@ -223,15 +220,15 @@ class Mapper:
         return RunRef(key=key, name=name, folder=folder)
 
     def _foreign_state(
-        self, state: _RunState, resource: Mapping[str, Any], when: float
+        self, state: RunState, resource: Mapping[str, Any], when: float
     ) -> RunRecord:
         system, metadata = state.extra["facts"]
         metadata = dict(metadata)
         for k, v in resource.items():
             if k not in CONSUMED and isinstance(v, str | int | float | bool | list | tuple):
-                metadata[f"resource.{k}"] = _metadata_value(v)
+                metadata[f"resource.{k}"] = state_attributes.metadata_value(v)
         service = resource.get(cv.SERVICE_NAME, "an OpenTelemetry service")
-        return self._clean_state(
+        return state_attributes.clean_state(
             RunRecord(
                 run=state.ref,
                 status="running",
@@ -241,7 +238,8 @@ class Mapper:
                 metadata=metadata,
                 started=when,
                 system=system,
-            )
+            ),
+            self._warn_once,
         )
 
     # -- spans ----------------------------------------------------------------------------
@@ -270,7 +268,7 @@ class Mapper:
         return out
 
     def _run_record(
-        self, state: _RunState, span: OtelSpan, *, final: bool, observed: float | None = None
+        self, state: RunState, span: OtelSpan, *, final: bool, observed: float | None = None
     ) -> RunRecord:
         attrs = span.attributes
         status = attrs.get(cv.RUN_STATUS)
@@ -281,9 +279,10 @@ class Mapper:
             status = "running"
         state.origin = min(state.origin, span.start)
         state.has_state = True
-        description = self._str_attr(attrs, cv.RUN_DESCRIPTION)
-        tags = self._tags(state, attrs)
-        metadata = self._metadata(attrs)
+        key = state.ref.key
+        description = state_attributes.str_attr(attrs, cv.RUN_DESCRIPTION)
+        tags = state_attributes.tags_attr(key, attrs, self._warn_once)
+        metadata = state_attributes.metadata_attrs(attrs)
         system, facts = state.extra["facts"]
         announced = state.extra.get("record")
         if isinstance(announced, RunRecord):  # a foreign run: keep what its Resource said
@@ -292,7 +291,7 @@ class Mapper:
             metadata = {**announced.metadata, **metadata}
         elif facts:
             metadata = {**facts, **metadata}  # the user's own keys win
-        return self._clean_state(
+        return state_attributes.clean_state(
             RunRecord(
                 run=state.ref,
                 status=str(status),
@@ -300,141 +299,19 @@ class Mapper:
                 description=description,
                 tags=tags,
                 metadata=metadata,
-                visibility=self._visibility(state, attrs),
-                ttl=self._seconds_attr(state, attrs, cv.RUN_RETENTION),
-                heartbeat_timeout=self._seconds_attr(state, attrs, cv.RUN_HEARTBEAT_TIMEOUT),
+                visibility=state_attributes.visibility_attr(key, attrs, self._warn_once),
+                ttl=state_attributes.seconds_attr(key, attrs, cv.RUN_RETENTION, self._warn_once),
+                heartbeat_timeout=state_attributes.seconds_attr(
+                    key, attrs, cv.RUN_HEARTBEAT_TIMEOUT, self._warn_once
+                ),
                 started=span.start if status != "created" else None,
                 ended=span.end if final else None,
                 system=system,
-            )
+            ),
+            self._warn_once,
         )
 
-    def _clean_state(self, record: RunRecord) -> RunRecord:
-        """A run state the server takes: text with lone surrogates replaced (conventions,
-        "Text"), and metadata too deep or too large for a run left out, logged once (a server
-        refuses the whole run for them; the Run refuses them at the call)."""
-        where = f"run {record.run.key}"
-        record.description = _clean(record.description, f"{cv.RUN_DESCRIPTION} of {where}")
-        record.tags = _clean(record.tags, f"{cv.RUN_TAGS} of {where}")
-        record.visibility = _clean(record.visibility, f"{cv.RUN_VISIBILITY} of {where}")
-        record.system = _clean(record.system, f"the system facts of {where}")
-        metadata = _clean(dict(record.metadata), f"{cv.RUN_METADATA_PREFIX[:-1]} of {where}")
-        deep = [k for k in metadata if k.count(".") >= cv.MAX_METADATA_DEPTH]
-        for k in deep:
-            del metadata[k]
-        if deep:
-            self._warn_once(
-                f"deep:{record.run.key}",
-                "metadata of run %s nested deeper than %d levels left out (%d key(s), the "
-                "first %r): a server refuses the run for it",
-                record.run.key,
-                cv.MAX_METADATA_DEPTH,
-                len(deep),
-                deep[0][:200],
-            )
-        if metadata_size(metadata) > cv.MAX_METADATA_BYTES:
-            kept: dict[str, Any] = {}
-            total = 2  # the braces; each item's size is metadata_size of it alone, less them
-            for k, v in metadata.items():
-                size = metadata_size({k: v}) - 2
-                if total + size <= cv.MAX_METADATA_BYTES:
-                    kept[k] = v
-                    total += size
-            self._warn_once(
-                f"big:{record.run.key}",
-                "metadata of run %s is larger than %d bytes: %d key(s) left out",
-                record.run.key,
-                cv.MAX_METADATA_BYTES,
-                len(metadata) - len(kept),
-            )
-            metadata = kept
-        record.metadata = metadata
-        return record
-
-    @staticmethod
-    def _str_attr(attrs: Mapping[str, Any], key: str) -> str | None:
-        value = attrs.get(key)
-        return value if isinstance(value, str) else None
-
-    def _seconds_attr(self, state: _RunState, attrs: Mapping[str, Any], key: str) -> int | None:
-        """A retention or heartbeat timeout in seconds: None unless a number from 1 to
-        :data:`~..conventions.MAX_RETENTION_SECONDS` (past it, logged once: a server may
-        refuse the whole run for it)."""
-        value = attrs.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        if not math.isfinite(value) or value <= 0:  # NaN and inf are "not a usable number"
-            return None
-        if value > cv.MAX_RETENTION_SECONDS:
-            self._warn_once(
-                f"{key}:{state.ref.key}",
-                "%s of run %s is %r, more than %d seconds: ignored",
-                key,
-                state.ref.key,
-                value,
-                cv.MAX_RETENTION_SECONDS,
-            )
-            return None
-        return int(value)
-
-    def _tags(self, state: _RunState, attrs: Mapping[str, Any]) -> tuple[str, ...] | None:
-        value = attrs.get(cv.RUN_TAGS)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = [value]
-        try:
-            return validate_tags(value, field=cv.RUN_TAGS)
-        except SimvueValidationError as exc:
-            self._warn_once(f"tags:{state.ref.key}", "%s; invalid tags left out", exc)
-        kept: list[str] = []
-        for tag in value if isinstance(value, list | tuple) else ():
-            try:
-                kept.extend(t for t in validate_tags([tag], field=cv.RUN_TAGS) if t not in kept)
-            except SimvueValidationError:
-                continue
-        return tuple(kept)
-
-    @staticmethod
-    def _metadata(attrs: Mapping[str, Any]) -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        whole = attrs.get(cv.RUN_METADATA_PREFIX.rstrip("."))
-        if isinstance(whole, str):
-            try:
-                whole = json.loads(whole)
-            except (ValueError, RecursionError):  # not JSON, or nested thousands deep
-                whole = None
-        if isinstance(whole, Mapping):
-            _flatten(whole, "", flat)
-        prefix = cv.RUN_METADATA_PREFIX
-        for key, value in attrs.items():
-            if key.startswith(prefix) and len(key) > len(prefix):
-                flat[key[len(prefix) :]] = _metadata_value(value)
-        return flat
-
-    def _visibility(self, state: _RunState, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-        """``simvue.run.visibility`` (private/tenant/public) and ``.users`` combine: a tenant
-        run may also be shared with named users of other tenants."""
-        users = attrs.get(cv.RUN_VISIBILITY_USERS)
-        if isinstance(users, str):
-            users = [users]
-        if cv.RUN_VISIBILITY not in attrs and users is None:
-            return None  # not stated
-        try:
-            base = validate_visibility(attrs.get(cv.RUN_VISIBILITY), field=cv.RUN_VISIBILITY)
-            named = (
-                validate_visibility(list(users), field=cv.RUN_VISIBILITY_USERS) if users else None
-            )
-        except SimvueValidationError as exc:
-            self._warn_once(f"vis:{state.ref.key}", "%s; the run stays private", exc)
-            return None
-        if base is None:
-            base = {"public": False, "tenant": False, "users": []}  # private
-        if named is None:
-            return base
-        return {**base, "users": named["users"]}
-
-    def _span_events(self, state: _RunState, span: OtelSpan) -> list[EventRecord]:
+    def _span_events(self, state: RunState, span: OtelSpan) -> list[EventRecord]:
         out = []
         for event in span.events:
             if event.name == cv.EXCEPTION_EVENT:
@@ -446,7 +323,7 @@ class Mapper:
                 out.append(EventRecord(state.ref, message, event.timestamp, "info"))
         return out
 
-    def _foreign_span(self, state: _RunState, span: OtelSpan) -> list[Record]:
+    def _foreign_span(self, state: RunState, span: OtelSpan) -> list[Record]:
         """A span that is not the run's own: an event (by policy), plus its span events."""
         failed = span.status == STATUS_ERROR
         if self.span_events == "none" or (self.span_events == "errors" and not failed):
@@ -491,12 +368,12 @@ class Mapper:
             out.append(EventRecord(state.ref, message, log.timestamp, level))
         return out
 
-    def run_state(self, resource: Mapping[str, Any], when: float, out: list[Record]) -> Any:
+    def run_state(self, resource: Mapping[str, Any], when: float, out: list[Record]) -> RunState:
         """The run a Resource names (for adapters with a fast path; see ``logs``)."""
         return self._state(resource, when, out)
 
     def metric_record(
-        self, state: Any, body: Any, attributes: Mapping[str, Any], timestamp: float
+        self, state: RunState, body: Any, attributes: Mapping[str, Any], timestamp: float
     ) -> MetricRecord | None:
         """One ``simvue.metrics`` log record's point (the rules of section 5 of the
         conventions); ``logs`` uses it, and so does the SDK adapter's fast path."""
@@ -520,7 +397,7 @@ class Mapper:
         if not values:
             self._skip(f"{cv.METRICS_EVENT} record with no numeric value")
             return None
-        return self._metric_point(
+        return _metric_point(
             state,
             values,
             attributes.get(cv.METRICS_STEP),
@@ -528,60 +405,30 @@ class Mapper:
             timestamp,
         )
 
-    def metric_rows(
-        self, rows: Iterable[tuple[Mapping[str, Any], Mapping[str, float], int, float, float]]
-    ) -> list[Record]:
-        """Records for ``simvue.metrics`` log records given by their fields: ``(Resource
-        attributes, body, step, time, timestamp)``, the form in which a ``Run`` hands its
-        records to an in-process pipeline (one tuple per call, no SDK object). The body is
-        a dict of int and float values (validated by the ``Run``); the rules are those of
-        ``metric_record``."""
+    def metric_rows(self, rows: Iterable[MetricRow]) -> list[Record]:
+        """Records for ``simvue.metrics`` log records given by their fields (a
+        :data:`~.model.MetricRow`), the form in which a ``Run`` hands its records to an
+        in-process pipeline (one tuple per call, no SDK object). The body is a dict of int
+        and float values (validated by the ``Run``); the step and time rules are those of
+        ``metric_record``, in :func:`_metric_point`."""
         out: list[Record] = []
         state_for = self._state
-        point = self._metric_point
-        last: Any = None
-        state: Any = None
+        point = _metric_point
+        last: Mapping[str, Any] | None = None
+        state: RunState | None = None
         append = out.append
         for resource, body, step, elapsed, stamp in rows:
-            if resource is not last:
+            if resource is not last or state is None:
                 state = state_for(resource, stamp, out)
                 last = resource
             else:
                 state.last_seen = stamp
                 if stamp < state.origin:
                     state.origin = stamp
-            if step.__class__ is int and elapsed.__class__ is float and step >= 0:
-                # the Run's case, inline: its own step and time (the body is the row's own)
-                if step >= state.metric_step:
-                    state.metric_step = step + 1
-                append(MetricRecord(state.ref, body, step, elapsed, stamp))
-            else:
-                append(point(state, body, step, elapsed, stamp))
+            append(point(state, body, step, elapsed, stamp))
         return out
 
-    def _metric_point(
-        self,
-        state: Any,
-        values: Mapping[str, float],
-        step_attr: Any,
-        time_attr: Any,
-        timestamp: float,
-    ) -> MetricRecord:
-        """A point of validated ``values`` at the ``simvue.metrics.step`` and ``.time``
-        attributes given (or the run's next step, and time since its origin)."""
-        if step_attr.__class__ is int and step_attr >= 0:
-            step = step_attr
-            if step >= state.metric_step:
-                state.metric_step = step + 1
-        else:
-            step = state.metric_step
-            state.metric_step += 1
-        if time_attr.__class__ is not float:
-            time_attr = _number(time_attr)
-        elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)
-        return MetricRecord(state.ref, values, step, elapsed, timestamp)
-
-    def _named(self, state: _RunState, values: Mapping[Any, float]) -> dict[str, float]:
+    def _named(self, state: RunState, values: Mapping[Any, float]) -> dict[str, float]:
         """Values under names a server takes (the official client's rule, conventions §5):
         a name that breaks it has each run of refused characters (a lone surrogate too)
         replaced with ``_`` and is cut to 255 characters, logged once; a name that is left
@@ -611,7 +458,7 @@ class Mapper:
             out[text] = value
         return out
 
-    def _numeric_values(self, state: _RunState, body: Mapping[str, Any]) -> dict[str, float]:
+    def _numeric_values(self, state: RunState, body: Mapping[str, Any]) -> dict[str, float]:
         values: dict[str, float] = {}
         for name, raw in body.items():
             number = _number(raw)
@@ -637,7 +484,7 @@ class Mapper:
         at each point would, before any point's ``time`` is measured from it.
         """
         out: list[Record] = []
-        grouped: dict[tuple[str, int], tuple[_RunState, float, dict[str, float]]] = {}
+        grouped: dict[tuple[str, int], tuple[RunState, float, dict[str, float]]] = {}
         for metric in metrics:
             points = metric.points
             if not points:
@@ -706,42 +553,27 @@ class Mapper:
         return out
 
 
-def _clean(value: Any, field: str) -> Any:
-    """``value`` with lone surrogates replaced in every string it holds (keys of mappings
-    too); the same object when there were none."""
-    if isinstance(value, str):
-        return clean_text(value, field)
-    if isinstance(value, Mapping):
-        items = [(_clean(k, field), _clean(v, field)) for k, v in value.items()]
-        if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items(), strict=True)):
-            return value
-        return dict(items)
-    if isinstance(value, list | tuple):
-        cleaned = [_clean(v, field) for v in value]
-        if all(a is b for a, b in zip(cleaned, value, strict=True)):
-            return value
-        return type(value)(cleaned)
-    return value
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            if dotted.count(".") >= cv.MAX_METADATA_DEPTH:
-                out[dotted] = None  # too deep for any server: left out (see _clean_state)
-                continue
-            _flatten(value, dotted + ".", out)
-        else:
-            out[dotted] = _metadata_value(value)
-
-
-def _metadata_value(value: Any) -> Any:
-    """A metadata leaf as Simvue stores it: OTel arrays (and JSON lists) become their JSON
-    text, so every metadata value is a scalar (conventions, "Metadata values")."""
-    if isinstance(value, list | tuple):
-        return json.dumps(list(value), default=str)
-    return value
+def _metric_point(
+    state: RunState,
+    values: Mapping[str, float],
+    step_attr: Any,
+    time_attr: Any,
+    timestamp: float,
+) -> MetricRecord:
+    """A point of validated ``values`` at the ``simvue.metrics.step`` and ``.time``
+    attributes given (or the run's next step, and time since its origin): the one step
+    and time rule of every way a metric point comes in."""
+    if step_attr.__class__ is int and step_attr >= 0:
+        step = step_attr
+        if step >= state.metric_step:
+            state.metric_step = step + 1
+    else:
+        step = state.metric_step
+        state.metric_step += 1
+    if time_attr.__class__ is not float:
+        time_attr = _number(time_attr)
+    elapsed = time_attr if time_attr is not None else max(0.0, timestamp - state.origin)
+    return MetricRecord(state.ref, values, step, elapsed, timestamp)
 
 
 def _histogram_values(name: str, value: HistogramValue, out: dict[str, float]) -> None:

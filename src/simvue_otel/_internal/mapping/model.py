@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "Attributes",
     "HistogramValue",
+    "MetricRow",
     "OtelEvent",
     "OtelLog",
     "OtelMetric",
@@ -23,6 +24,11 @@ __all__ = [
 ]
 
 Attributes = Mapping[str, Any]
+
+MetricRow = tuple[Attributes, dict[str, float], int, float, float]
+"""A ``simvue.metrics`` log record given by its fields: ``(Resource attributes, body, step,
+time, timestamp)``, as a ``Run`` hands it to an in-process pipeline (a plain tuple: it is
+made once per call on the caller's thread). The mapping reads it as it reads the record."""
 
 STATUS_UNSET = "unset"
 STATUS_OK = "ok"

@@ -11,6 +11,8 @@ from typing import Any
 
 from ..conventions import METRICS_EVENT
 from . import model
+from .mapper import Mapper
+from .records import Record
 
 __all__ = [
     "attributes_from_sdk",
@@ -110,12 +112,12 @@ def logs_from_sdk(records: Iterable[Any]) -> list[model.OtelLog]:
     return out
 
 
-def map_sdk_logs(mapper: Any, records: Sequence[Any]) -> list[Any]:
+def map_sdk_logs(mapper: Mapper, records: Sequence[Any]) -> list[Record]:
     """``mapper.logs(logs_from_sdk(records))``, with a fast path for ``simvue.metrics``
     records (the bulk of a run's data): their fields go straight to the mapping's
     ``metric_record``, without the intermediate neutral object. Same records, same order."""
     cache: dict[int, dict[str, Any]] = {}
-    out: list[Any] = []
+    out: list[Record] = []
     for item in records:
         record = item.log_record
         if record.event_name != METRICS_EVENT or record.body.__class__ is not dict:

@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .. import conventions as cv
+from ..flatten import flatten
 from .auth import Identity, TokenError, issue_login_code, read_login_code, verify_token
 from .bodies import LOGIN_MAX_BODY, read_body
 from .filters import FilterError, parse_filters
@@ -440,7 +441,9 @@ class _Web:
         ) + (f"; users: {', '.join(vis.get('users') or [])}" if vis.get("users") else "")
         metadata = "".join(
             f"<tr><td>{_e(k)}</td><td>{_e(json.dumps(v))}</td></tr>"
-            for k, v in sorted(_flat(user_metadata(run.get("metadata"))).items())
+            for k, v in sorted(
+                flatten(user_metadata(run.get("metadata")), empty_is_leaf=True).items()
+            )
         )
 
         def plots(group: list[str]) -> str:
@@ -499,13 +502,3 @@ def user_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         return {}
     return {k: v for k, v in metadata.items() if not str(k).startswith(BOOKKEEPING_PREFIX)}
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -50,6 +50,7 @@ from ..errors import (
     SimvueHTTPError,
     TransportError,
 )
+from ..flatten import flatten
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunRef
 from ..names import name_for_key
 from ..run_state import RUN_STATE_NAMES, created_fields, stated_fields
@@ -231,16 +232,10 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The server's nested metadata as dotted keys (the shape run states carry)."""
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
+def _flatten(nested: Mapping[str, Any]) -> dict[str, Any]:
+    """The server's nested metadata as dotted keys (the shape run states carry); an empty
+    mapping the server holds is a leaf of its own, so it compares as a value."""
+    return flatten(nested, empty_is_leaf=True)
 
 
 def _top_values(merged: Mapping[str, Any], changed: Mapping[str, Any]) -> dict[str, Any]:
