@@ -202,6 +202,54 @@ def test_fork_pool_over_otlp_to_the_bridge(
             time.sleep(0.5)
 
 
+EXIT_RACE_APP = textwrap.dedent(
+    """
+    import json, multiprocessing as mp, multiprocessing.util as mp_util, os, signal, sys
+    from simvue_otel import Run
+
+    NAME, FOLDER = sys.argv[1:3]
+    RUN = None
+
+    def work():
+        # Pool.terminate's SIGTERM reaching a worker that got its sentinel and is leaving:
+        # it arrives while multiprocessing runs the worker's exit finalizers.
+        mp_util.Finalize(None, os.kill, (os.getpid(), signal.SIGTERM), exitpriority=1000)
+        for step in range(100):
+            RUN.log_metrics({"child.x": float(step)})
+        RUN.log_event("child done")
+
+    if __name__ == "__main__":
+        with Run(mode="online") as run:
+            run.init(name=NAME, folder=FOLDER, resources_metrics_interval=None)
+            RUN = run
+            child = mp.get_context("fork").Process(target=work)
+            child.start()
+            child.join()
+            print(json.dumps({"exitcode": child.exitcode}))
+    """
+)
+
+
+def test_a_sigterm_while_a_child_runs_its_exit_finalizers_does_not_skip_its_delivery(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """The SIGTERM handler raised inside multiprocessing's exit finalizers, which catch only
+    ``Exception``: the finalizer that delivers what the child recorded was skipped, and its
+    points and events were lost (seen as a pool worker's missing event under load)."""
+    name, folder = f"exit-race-{uuid.uuid4().hex[:8]}", f"/fork-tests/{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "exit_race_app.py"
+    script.write_text(EXIT_RACE_APP)
+    env = environment(local_server, tmp_path / "offline")
+    out = bounded([sys.executable, str(script), name, folder], env, tmp_path)
+    assert out.returncode == 0, f"the app failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    found = client.find_runs([f"name == {name}", f"folder.path == {folder}"])
+    assert len(found) == 1
+    run_id = found[0]["id"]
+    points = client.get_metrics(run_id, ["child.x"]).get("child.x", [])
+    assert sorted(p["step"] for p in points) == list(range(100)), out.stderr
+    assert [e["message"] for e in client.get_events(run_id)].count("child done") == 1
+
+
 def test_spawn_refuses_to_send_a_run_clearly(local_server: LocalServer, tmp_path: Path) -> None:
     """A Run cannot cross into a spawned process: the error says so, in the parent, before
     any child runs, and names the way that works."""

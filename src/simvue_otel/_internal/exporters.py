@@ -50,6 +50,7 @@ from .pipeline import (
     release_shared,
     shared_terminating,
 )
+from .threads import process_exiting
 
 __all__ = [
     "SimvueLogExporter",
@@ -72,6 +73,8 @@ def _is_loader_record(record: Any) -> bool:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     shared_terminating()
+    if process_exiting():  # leaving already: raising would skip the delivery at exit
+        return
     raise SystemExit(128 + signum)
 
 

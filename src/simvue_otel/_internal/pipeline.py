@@ -36,7 +36,7 @@ from .mapping.model import MetricRow, OtelSpan
 from .mapping.records import Record
 from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
-from .threads import start_daemon
+from .threads import mark_exiting, start_daemon
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import ReadableLogRecord, ReadWriteLogRecord
@@ -370,6 +370,7 @@ def deliver_at_child_exit(deliver: Callable[[], None]) -> None:
     own code (its first use), after ``multiprocessing`` cleared the finalizers it inherited."""
 
     def at_exit() -> None:
+        mark_exiting()
         if threading.current_thread() is threading.main_thread():
             # The process is ending already: a SIGTERM now (``Pool.terminate`` sends one to
             # workers that are still delivering as they exit) would cut the delivery short.

@@ -43,6 +43,7 @@ from .run_registry import find_run, write_registry
 from .run_state import initial_state, state_attributes
 from .run_telemetry import RunTelemetry
 from .sink import resolve_mode
+from .threads import process_exiting
 from .validation import (
     check_metadata_size,
     parse_retention,
@@ -118,6 +119,8 @@ class _Signals:
         previous = cls.previous
         if callable(previous):
             previous(signum, frame)
+        if process_exiting():  # leaving already: raising would skip the delivery at exit
+            return
         raise _Terminated(128 + signum)
 
 

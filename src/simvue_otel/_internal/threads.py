@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -46,3 +47,23 @@ def start_daemon(target: Callable[[], object], name: str) -> threading.Thread:
     with signals_blocked():
         thread.start()
     return thread
+
+
+_exiting = False
+
+
+def mark_exiting() -> None:
+    """This process has begun delivering at its exit (see ``pipeline.deliver_at_child_exit``)."""
+    global _exiting
+    _exiting = True
+
+
+def process_exiting() -> bool:
+    """True once this process is on its way out: its delivery at exit has begun, or
+    ``multiprocessing`` is running its exit finalizers (a pool worker that got its sentinel).
+    A SIGTERM handler then must not raise: the exception would escape the finalizers (they
+    catch ``Exception`` only) and skip the one that delivers what the process recorded."""
+    if _exiting:
+        return True
+    util = sys.modules.get("multiprocessing.util")
+    return bool(getattr(util, "_exiting", False))
