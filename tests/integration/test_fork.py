@@ -250,6 +250,70 @@ def test_a_sigterm_while_a_child_runs_its_exit_finalizers_does_not_skip_its_deli
     assert [e["message"] for e in client.get_events(run_id)].count("child done") == 1
 
 
+STRAY_SIGTERM_APP = textwrap.dedent(
+    """
+    import json, multiprocessing as mp, signal, sys, threading, time
+    from simvue_otel import Run
+
+    NAME, FOLDER = sys.argv[1:3]
+    RUN = None
+
+    def work(lock):
+        for step in range(100):
+            RUN.log_metrics({"child.x": float(step)})
+        RUN.log_event("child done")
+
+        def stray():
+            # SIGTERM taken by a thread other than the main one while the main thread waits
+            # in a semaphore (as when it reaches a pool worker just before its wait): the
+            # main thread's Python handler never runs.
+            time.sleep(0.5)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        threading.Thread(target=stray, daemon=True).start()
+        lock.acquire()  # held by the parent: the main thread waits in sem_wait
+
+    if __name__ == "__main__":
+        with Run(mode="online") as run:
+            run.init(name=NAME, folder=FOLDER, resources_metrics_interval=None)
+            RUN = run
+            ctx = mp.get_context("fork")
+            lock = ctx.Lock()
+            lock.acquire()
+            child = ctx.Process(target=work, args=(lock,))
+            child.start()
+            child.join(60)
+            hung = child.is_alive()
+            if hung:
+                child.kill()
+                child.join()
+            print(json.dumps({"exitcode": child.exitcode, "hung": hung}))
+    """
+)
+
+
+def test_a_sigterm_the_childs_main_thread_never_takes_still_delivers_and_ends_it(
+    local_server: LocalServer, client: SimvueClient, tmp_path: Path
+) -> None:
+    """``Pool.terminate`` hung forever (one run in about thirty under load): its SIGTERM was
+    tripped while the worker's main thread was about to wait for its next task, so the Python
+    handler never ran. The child's watcher delivers what it recorded and ends it (143)."""
+    name, folder = f"stray-{uuid.uuid4().hex[:8]}", f"/fork-tests/{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "stray_app.py"
+    script.write_text(STRAY_SIGTERM_APP)
+    env = environment(local_server, tmp_path / "offline")
+    out = bounded([sys.executable, str(script), name, folder], env, tmp_path)
+    assert out.returncode == 0, f"the app failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"exitcode": 143, "hung": False}, out.stderr
+    found = client.find_runs([f"name == {name}", f"folder.path == {folder}"])
+    assert len(found) == 1
+    run_id = found[0]["id"]
+    points = client.get_metrics(run_id, ["child.x"]).get("child.x", [])
+    assert sorted(p["step"] for p in points) == list(range(100)), out.stderr
+    assert [e["message"] for e in client.get_events(run_id)].count("child done") == 1
+
+
 def test_spawn_refuses_to_send_a_run_clearly(local_server: LocalServer, tmp_path: Path) -> None:
     """A Run cannot cross into a spawned process: the error says so, in the parent, before
     any child runs, and names the way that works."""

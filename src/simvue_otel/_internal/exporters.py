@@ -50,7 +50,7 @@ from .pipeline import (
     release_shared,
     shared_terminating,
 )
-from .threads import process_exiting
+from .threads import note_sigterm, own_sigterm_handler, process_exiting
 
 __all__ = [
     "SimvueLogExporter",
@@ -72,10 +72,14 @@ def _is_loader_record(record: Any) -> bool:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    note_sigterm()
     shared_terminating()
     if process_exiting():  # leaving already: raising would skip the delivery at exit
         return
     raise SystemExit(128 + signum)
+
+
+own_sigterm_handler(_on_sigterm)
 
 
 def install_sigterm_handler() -> bool:

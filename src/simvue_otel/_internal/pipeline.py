@@ -36,7 +36,7 @@ from .mapping.model import MetricRow, OtelSpan
 from .mapping.records import Record
 from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
-from .threads import mark_exiting, start_daemon
+from .threads import mark_exiting, start_daemon, watch_sigterm_in_child
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import ReadableLogRecord, ReadWriteLogRecord
@@ -383,6 +383,7 @@ def deliver_at_child_exit(deliver: Callable[[], None]) -> None:
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
         mp_util.Finalize(None, at_exit, exitpriority=100)
+    watch_sigterm_in_child(at_exit)  # a SIGTERM the main thread cannot take still delivers
 
 
 def _close_at_child_exit(pipeline: Pipeline) -> None:

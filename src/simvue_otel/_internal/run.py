@@ -43,7 +43,7 @@ from .run_registry import find_run, write_registry
 from .run_state import initial_state, state_attributes
 from .run_telemetry import RunTelemetry
 from .sink import resolve_mode
-from .threads import process_exiting
+from .threads import note_sigterm, own_sigterm_handler, process_exiting
 from .validation import (
     check_metadata_size,
     parse_retention,
@@ -114,6 +114,7 @@ class _Signals:
 
     @classmethod
     def _on_sigterm(cls, signum: int, frame: FrameType | None) -> None:
+        note_sigterm()
         for run in list(cls.runs):
             run._interrupted = True
         previous = cls.previous
@@ -139,6 +140,7 @@ def _close_open_runs() -> None:
 
 
 atexit.register(_close_open_runs)
+own_sigterm_handler(_Signals._on_sigterm)
 
 
 RunMode: TypeAlias = Literal["online", "offline", "disabled", "otlp"]
