@@ -7,7 +7,8 @@ Regenerate the page's block after moving, adding or documenting a module::
     python tests/helpers/architecture.py --write
 
 ``python tests/helpers/architecture.py`` alone prints the block; ``--check`` exits 1 when the
-page differs from it (``tests/unit/test_architecture_doc.py`` checks the same).
+page differs from it (``tests/unit/test_architecture_doc.py`` checks the same, and that the
+page's threads section names every thread the package names).
 """
 
 from __future__ import annotations
@@ -185,6 +186,33 @@ def circles(modules: dict[str, Module]) -> list[list[str]]:
     for start in sorted(modules):
         visit(start, start, [start])
     return sorted(found, key=len)
+
+
+_THREAD_KEYWORDS = ("name", "thread_name_prefix")
+
+
+def thread_names(package: Path = PACKAGE) -> set[str]:
+    """The names the package gives the threads it starts (all begin ``simvue-otel-``): the
+    name passed to ``threads.start_daemon``, and any ``name=`` or ``thread_name_prefix=``
+    given in a call (``threading.Thread``, ``ThreadPoolExecutor``, a forwarder)."""
+    names: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            given = [k.value for k in node.keywords if k.arg in _THREAD_KEYWORDS]
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called == "start_daemon" and len(node.args) > 1:
+                given.append(node.args[1])
+            names.update(
+                v.value
+                for v in given
+                if isinstance(v, ast.Constant)
+                and isinstance(v.value, str)
+                and v.value.startswith("simvue-otel-")
+            )
+    return names
 
 
 def _wrapped(label: str, names: list[str], width: int = 96) -> list[str]:

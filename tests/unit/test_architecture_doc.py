@@ -25,6 +25,15 @@ def test_every_module_is_on_the_map() -> None:
     assert {"run", "pipeline", "mapping.records", "server.store"} <= set(modules)
 
 
+def test_the_page_names_every_thread_the_package_starts() -> None:
+    page = architecture.PAGE.read_text(encoding="utf-8")
+    handwritten = page.replace(architecture.committed(page), "")
+    names = architecture.thread_names()
+    assert {"simvue-otel-pipeline", "simvue-otel-sink", "simvue-otel-prepare"} <= names
+    missing = sorted(n for n in names if f"`{n}`" not in handwritten)
+    assert not missing, f"docs/architecture.md's threads section does not name {missing}"
+
+
 def _package(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         path = root / "simvue_otel" / name
