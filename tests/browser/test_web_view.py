@@ -18,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from simvue_otel._internal.client import SimvueClient, format_timestamp
-from tests.helpers import LocalServer
+from tests.helpers import LocalServer, poll
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -71,10 +71,7 @@ def sign_in(driver: Any, server: LocalServer, token: str) -> None:
 
 def wait_for(condition: Any, message: str = "condition not met in 10 s") -> None:
     """Wait for a page navigation to show (a click returns before the next page loads)."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
+    assert poll(condition, bool, 10, interval=0.05), message
 
 
 def make_run(client: SimvueClient, folder: str, name: str, tags: list[str], points: int) -> str:

@@ -1,6 +1,9 @@
 """Helpers the tests share: servers and bridges started as subprocesses, free ports, an
 in-process OTel app, reading a run back, waiting for it, fresh virtual environments. Tests
-import them from here; the conftest.py files hold only fixtures, built on these."""
+import them from here; the conftest.py files hold only fixtures, built on these. The helpers of
+one family of tests live in a module of their own, imported from it: ``bridges`` (a bridge's
+backlog drained, a run's state compared), ``otlp`` (the official exporters, raw OTLP requests)
+and ``cli`` (`simvue-otel send`, a program's environment)."""
 
 from __future__ import annotations
 

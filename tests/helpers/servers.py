@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
+from tests.helpers.polling import poll
 from tests.helpers.ports import free_port
 
 
@@ -76,31 +76,34 @@ def start_server(
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
     """Wait until a started server or bridge answers ``/health`` (its log on failure)."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def health() -> int:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited early:\n{log.read_text()}")
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{what} did not start:\n{log.read_text()}")
-        time.sleep(0.1)
+        return requests.get(url + "/health", timeout=1).status_code
+
+    answer = poll(
+        health, lambda code: code == 200, 60, interval=0.1, ignoring=(requests.ConnectionError,)
+    )
+    if answer != 200:
+        proc.kill()
+        raise RuntimeError(f"{what} did not start:\n{log.read_text()}")
 
 
 def token_from_output(log: Path) -> str:
     """The token the server prints on its first start (`export SIMVUE_TOKEN=...`)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def printed() -> str | None:
         for line in log.read_text().splitlines():
             text = line.strip().removeprefix("export ").strip()
             if text.startswith("SIMVUE_TOKEN="):
                 return text.split("=", 1)[1]
-        time.sleep(0.05)
-    raise RuntimeError(f"server printed no token:\n{log.read_text()}")
+        return None
+
+    token: str | None = poll(printed, lambda found: found is not None, 60, interval=0.05)
+    if token is None:
+        raise RuntimeError(f"server printed no token:\n{log.read_text()}")
+    return token
 
 
 def stop_server(server: LocalServer) -> None:

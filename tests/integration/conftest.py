@@ -1,8 +1,11 @@
 """Fixtures of the integration tests: our REST client on the session's server, a recording
-proxy in front of that server (tests/proxy.py), and fresh virtual environments."""
+proxy in front of that server (tests/proxy.py), a test's own folder on that server, a program's
+environment tracking against it, and fresh virtual environments."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +35,28 @@ def module_client(local_server: LocalServer) -> Iterator[SimvueClient]:
 def proxy(local_server: LocalServer) -> Iterator[Proxy]:
     """A recording proxy in front of the session's server."""
     yield from serve(local_server.url)
+
+
+@pytest.fixture
+def folder(request: pytest.FixtureRequest) -> str:
+    """A folder of this test's own, new on the server, under one root per test file
+    (``/run-tests/`` for test_run.py; given to the examples as EXAMPLE_FOLDER)."""
+    stem = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name).strip("-")
+    return f"/{stem}-tests/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def online(
+    local_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> LocalServer:
+    """The environment of a program tracking against the local server, its offline directory
+    ``tmp_path / "offline"``."""
+    monkeypatch.setenv("SIMVUE_URL", local_server.url)
+    monkeypatch.setenv("SIMVUE_TOKEN", local_server.token)
+    monkeypatch.setenv("SIMVUE_OFFLINE_DIRECTORY", str(tmp_path / "offline"))
+    monkeypatch.delenv("SIMVUE_OTEL_MODE", raising=False)
+    return local_server
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ raw requests → a real bridge subprocess → the real local server, asserting t
 from __future__ import annotations
 
 import base64
-import copy
-import functools
 import gzip
 import json
 import os
@@ -26,28 +24,6 @@ import pytest
 import requests
 from google.protobuf import json_format
 from google.rpc import status_pb2
-from opentelemetry.exporter.otlp.common.http import Compression as JsonCompression
-from opentelemetry.exporter.otlp.json.http._log_exporter import (
-    OTLPLogExporter as JsonLogExporter,
-)
-from opentelemetry.exporter.otlp.json.http.metric_exporter import (
-    OTLPMetricExporter as JsonMetricExporter,
-)
-from opentelemetry.exporter.otlp.json.http.trace_exporter import (
-    OTLPSpanExporter as JsonSpanExporter,
-)
-from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
-    OTLPLogExporter as GrpcLogExporter,
-)
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-    OTLPMetricExporter as GrpcMetricExporter,
-)
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-    OTLPSpanExporter as GrpcSpanExporter,
-)
-from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -56,23 +32,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
     SimpleSpanProcessor,
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
-from tests import helpers
 from tests.helpers import (
-    App,
     Bridge,
     LocalServer,
     cpu_seconds,
@@ -84,164 +53,14 @@ from tests.helpers import (
     start_server,
     stop_server,
 )
+from tests.helpers.bridges import bridge_poll, comparable, drained, health, state_of
+from tests.helpers.otlp import NO_PROXY, T0, add_run, otlp_app, run_request
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
-NO_PROXY = (("grpc.enable_http_proxy", 0),)  # loopback only, whatever the environment says
-T0 = 1_700_000_000_000_000_000  # a fixed span clock, in ns
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-class OtlpApp(App):
-    """`make_app`'s providers, but exporting over OTLP through the SDK's own processors."""
-
-    def close(self, timeout: float = 60.0) -> bool:
-        self.meter_provider.shutdown()
-        self.logger_provider.shutdown()
-        self.tracer_provider.shutdown()
-        return True
-
-
-def _exporters(kind: str, traces: Bridge, logs: Bridge, metrics: Bridge) -> tuple[Any, Any, Any]:
-    """The three official exporters of one transport, each pointed at its own bridge."""
-    if kind.startswith("proto"):
-        proto = {"proto-gzip": Compression.Gzip, "proto-deflate": Compression.Deflate}
-        c = proto.get(kind, Compression.NoCompression)
-        return (
-            OTLPSpanExporter(endpoint=f"{traces.url}/v1/traces", compression=c, timeout=10),
-            OTLPLogExporter(endpoint=f"{logs.url}/v1/logs", compression=c, timeout=10),
-            OTLPMetricExporter(endpoint=f"{metrics.url}/v1/metrics", compression=c, timeout=10),
-        )
-    if kind.startswith("json"):
-        j = JsonCompression.GZIP if kind == "json-gzip" else JsonCompression.NONE
-        return (
-            JsonSpanExporter(endpoint=f"{traces.url}/v1/traces", compression=j, timeout=10),
-            JsonLogExporter(endpoint=f"{logs.url}/v1/logs", compression=j, timeout=10),
-            JsonMetricExporter(endpoint=f"{metrics.url}/v1/metrics", compression=j, timeout=10),
-        )
-    assert kind.startswith("grpc"), kind
-    g = grpc.Compression.Gzip if kind == "grpc-gzip" else grpc.Compression.NoCompression
-    common: dict[str, Any] = {
-        "insecure": True, "compression": g, "timeout": 10, "channel_options": NO_PROXY,
-    }  # fmt: skip
-    return (
-        GrpcSpanExporter(endpoint=traces.grpc, **common),
-        GrpcLogExporter(endpoint=logs.grpc, **common),
-        GrpcMetricExporter(endpoint=metrics.grpc, **common),
-    )
-
-
-def otlp_app(
-    kind: str,
-    name: str,
-    folder: str,
-    traces: Bridge,
-    logs: Bridge | None = None,
-    metrics: Bridge | None = None,
-) -> OtlpApp:
-    key = str(uuid.uuid4())
-    resource = Resource.create(
-        {"simvue.run.key": key, "simvue.run.name": name, "simvue.run.folder": folder}
-    )
-    span_exporter, log_exporter, metric_exporter = _exporters(
-        kind, traces, logs or traces, metrics or traces
-    )
-    tp = TracerProvider(resource=resource)
-    tp.add_span_processor(BatchSpanProcessor(span_exporter))
-    lp = LoggerProvider(resource=resource)
-    lp.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
-    reader = PeriodicExportingMetricReader(metric_exporter, export_interval_millis=3_600_000)
-    mp = MeterProvider(resource=resource, metric_readers=[reader])
-    return OtlpApp(key, None, tp, lp, mp)  # type: ignore[arg-type]
-
-
-def comparable(state: dict[str, Any], key: str) -> dict[str, Any]:
-    """A run's state minus what differs between two runs of the same program (as in
-    `test_offline_spool_then_send_gives_the_online_state`): the run key, span durations in
-    event text, and the clock times of instrument points. The key must be there, though."""
-    state = copy.deepcopy(state)
-    assert state["metadata"].pop("simvue_otel_run_key", None) == key
-    state["events"] = sorted((m.split(" ended after")[0], lvl) for m, lvl in state["events"])
-    for name, points in state["metrics"].items():
-        if name.startswith("iterations"):
-            state["metrics"][name] = [(step, value) for step, value, _ in points]
-    return state
-
-
-poll = functools.partial(
-    helpers.poll, interval=0.25, ignoring=(AssertionError, requests.RequestException)
-)
-"""The suite's `poll` as the bridge tests wait: a bridge that does not answer yet (a
-`requests` error) or a run not on the server yet (`run_state`'s assertion) is no answer."""
-
-
-def health(bridge: Bridge) -> dict[str, Any]:
-    reply = requests.get(bridge.url + "/health", timeout=5)
-    assert reply.status_code == 200
-    return dict(reply.json())
-
-
-def drained(*bridges: Bridge, timeout: float = 60.0) -> None:
-    """Wait until no bridge holds anything for the server (every accepted batch uploaded)."""
-    result = poll(
-        lambda: [health(b)["backlog"] for b in bridges],
-        lambda backlogs: not any(backlogs),
-        timeout,
-    )
-    assert result is not None and not any(result), f"bridges still backed up: {result}"
-
-
-def state_of(client: SimvueClient, key: str, expected: dict[str, Any], timeout: float = 20) -> Any:
-    """The comparable state of run `key` once it equals `expected` (or the last one seen)."""
-    return poll(lambda: comparable(run_state(client, key), key), lambda s: s == expected, timeout)
-
-
-def attr(key: str, value: Any) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
-
-
-def run_request(
-    key: str, folder: str, name: str = "raw", root_attrs: dict[str, Any] | None = None
-) -> ExportTraceServiceRequest:
-    """A protobuf trace request: one Resource naming run `key`, its ended root span and a
-    child span of 2 ms."""
-    request = ExportTraceServiceRequest()
-    add_run(request, key, folder, name, root_attrs)
-    return request
-
-
-def add_run(
-    request: ExportTraceServiceRequest,
-    key: str,
-    folder: str,
-    name: str,
-    root_attrs: dict[str, Any] | None = None,
-) -> None:
-    resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend(
-        [attr("simvue.run.key", key), attr("simvue.run.name", name),
-         attr("simvue.run.folder", folder)]
-    )  # fmt: skip
-    spans = resource_spans.scope_spans.add().spans
-    trace_id = uuid.uuid4().bytes
-    root = spans.add(
-        trace_id=trace_id, span_id=b"\x01" * 8, name="simvue.run",
-        start_time_unix_nano=T0, end_time_unix_nano=T0 + 10_000_000,
-    )  # fmt: skip
-    root.attributes.extend(attr(k, v) for k, v in (root_attrs or {}).items())
-    spans.add(
-        trace_id=trace_id, span_id=b"\x02" * 8, parent_span_id=b"\x01" * 8, name="solve",
-        start_time_unix_nano=T0 + 1_000_000, end_time_unix_nano=T0 + 3_000_000,
-        kind=Span.SPAN_KIND_INTERNAL,
-    )  # fmt: skip
 
 
 def folder_for(what: str) -> str:
@@ -342,7 +161,7 @@ def test_http_with_the_token_is_accepted(token_bridge: Bridge, client: SimvueCli
     reply = requests.post(token_bridge.url + "/v1/traces", data=body, headers=headers, timeout=10)
     assert reply.status_code == 200
     assert not ExportTraceServiceResponse.FromString(reply.content).HasField("partial_success")
-    found = poll(
+    found = bridge_poll(
         lambda: client.find_run_by_key(key), lambda r: r and r["status"] == "completed", 20
     )
     assert found is not None and found["status"] == "completed"
@@ -364,7 +183,7 @@ def test_http_with_the_token_is_accepted(token_bridge: Bridge, client: SimvueCli
     )
     assert with_token.export(spans) is SpanExportResult.SUCCESS
     tp.shutdown()
-    found = poll(
+    found = bridge_poll(
         lambda: client.find_run_by_key(official), lambda r: r and r["status"] == "completed", 20
     )
     assert found is not None and found["status"] == "completed"
@@ -479,7 +298,7 @@ def test_bad_input_is_refused_and_the_bridge_keeps_serving(
         timeout=10,
     )  # fmt: skip
     assert reply.status_code == 200
-    state = poll(lambda: run_state(client, key), lambda s: s["status"] == "completed", 20)
+    state = bridge_poll(lambda: run_state(client, key), lambda s: s["status"] == "completed", 20)
     assert state is not None
     assert (state["name"], state["folder"], state["description"]) == (
         "after-bad", folder, "still here"
@@ -518,7 +337,9 @@ def test_a_multi_member_gzip_body_is_read_whole(small_bridge: Bridge, client: Si
                           headers={**PROTOBUF, "Content-Encoding": "gzip"})  # fmt: skip
     assert reply.status_code == 200, reply.content
     drained(small_bridge)
-    runs = poll(lambda: client.find_runs([f"folder.path == {folder}"]), lambda r: len(r) >= 2, 60)
+    runs = bridge_poll(
+        lambda: client.find_runs([f"folder.path == {folder}"]), lambda r: len(r) >= 2, 60
+    )
     assert sorted(r["name"] for r in runs or []) == ["first", "second"]
 
 
@@ -569,7 +390,7 @@ def test_otlp_json_hex_ids(small_bridge: Bridge, client: SimvueClient) -> None:
     )  # fmt: skip
     assert reply.status_code == 200, reply.text
     assert reply.json() == {}
-    state = poll(lambda: run_state(client, key), lambda s: s["status"] == "completed", 20)
+    state = bridge_poll(lambda: run_state(client, key), lambda s: s["status"] == "completed", 20)
     assert state is not None
     assert state["name"] == "hex-ids" and state["folder"] == folder
     assert state["status"] == "completed"
@@ -616,7 +437,9 @@ def test_an_unmappable_resource_is_refused_alone_with_partial_success(
 
     drained(shared_bridge)
     for key in (good, good_too):
-        state = poll(lambda k=key: run_state(client, k), lambda s: s["status"] == "completed", 20)
+        state = bridge_poll(
+            lambda k=key: run_state(client, k), lambda s: s["status"] == "completed", 20
+        )
         assert state is not None and state["description"] == "kept"
         assert state["events"] == [("span 'solve' ended after 2.0 ms", "info")]
     assert len(client.find_runs([f"folder.path == {folder}"])) == 2  # none for the refused
@@ -648,7 +471,7 @@ def test_a_nan_retention_is_ignored_not_refused(
     assert reply.status_code == 200
     partial = ExportTraceServiceResponse.FromString(reply.content).partial_success
     assert partial.rejected_spans == 0, partial.error_message
-    state = poll(lambda: run_state(client, key), lambda s: s["status"] == "completed", 20)
+    state = bridge_poll(lambda: run_state(client, key), lambda s: s["status"] == "completed", 20)
     assert state is not None and state["description"] == "nan ttl"
 
 
@@ -688,7 +511,7 @@ def test_three_replicas_twenty_runs_nothing_lost_nothing_doubled(
         drained(*replicas)
 
         filters = [f"folder.path == {folder}"]
-        runs = poll(
+        runs = bridge_poll(
             lambda: client.find_runs(filters),
             lambda rs: len(rs) >= 20 and all(r["status"] == "completed" for r in rs),
             30,
@@ -731,7 +554,7 @@ def test_server_down_while_the_bridge_receives(tmp_path: Path) -> None:
         assert health(bridge)["backlog"] >= 1, "the data should wait in the bridge"
         server = start_server(tmp_path / "srv", port=port, db=server.db, first_token=server.token)
         with SimvueClient(server.url, server.token, retries=2) as c:
-            state = poll(
+            state = bridge_poll(
                 lambda: run_state(c, app.key),
                 lambda s: s["status"] == "completed" and len(s["metrics"].get("x", [])) >= 200
                 and len(s["events"]) >= 10,
@@ -899,7 +722,7 @@ def test_a_run_starts_when_its_root_span_started_not_when_the_bridge_first_heard
     )
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
     key = str(uuid.uuid4())
     resource = Resource(
@@ -935,7 +758,7 @@ def test_a_run_starts_when_its_root_span_started_not_when_the_bridge_first_heard
         bridge.url + "/v1/logs", data=logs.SerializeToString(), headers=headers, timeout=30
     )
     assert reply.status_code == 200
-    found = poll(lambda: client.find_run_by_key(key), lambda r: r is not None, 20)
+    found = bridge_poll(lambda: client.find_run_by_key(key), lambda r: r is not None, 20)
     assert found is not None
     root = Span(
         trace_id=uuid.uuid4().bytes,
@@ -951,6 +774,6 @@ def test_a_run_starts_when_its_root_span_started_not_when_the_bridge_first_heard
         bridge.url + "/v1/traces", data=spans.SerializeToString(), headers=headers, timeout=30
     )
     assert reply.status_code == 200
-    run = poll(lambda: client.get_run(found["id"]), lambda r: r["status"] == "completed", 20)
+    run = bridge_poll(lambda: client.get_run(found["id"]), lambda r: r["status"] == "completed", 20)
     assert parse_timestamp(run["started"]) == pytest.approx(start / 1e9, abs=1e-3)
     assert parse_timestamp(run["endtime"]) == pytest.approx(end / 1e9, abs=1e-3)

@@ -41,7 +41,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from simvue_otel._internal.client import SimvueClient
 from tests.helpers import Bridge, LocalServer, start_bridge
-from tests.integration.test_bridge import NO_PROXY, drained, poll
+from tests.helpers.bridges import bridge_poll, drained
+from tests.helpers.otlp import NO_PROXY, run_request
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
@@ -108,7 +109,7 @@ def _points(client: SimvueClient, key: str, names: list[str], count: int) -> dic
         assert found is not None
         return client.get_metrics(found["id"], names)
 
-    result = poll(fetch, lambda m: all(len(m.get(n, [])) >= count for n in names), 20)
+    result = bridge_poll(fetch, lambda m: all(len(m.get(n, [])) >= count for n in names), 20)
     assert result is not None, f"no run {key}"
     return dict(result)
 
@@ -272,7 +273,6 @@ def test_an_unsorted_batch_is_timed_from_its_earliest_point(
 
 def test_retry_after_is_what_the_docs_say(local_server: LocalServer, tmp_path: Path) -> None:
     from tests.helpers import start_server, stop_server
-    from tests.integration.test_bridge import run_request
 
     mentioned = {
         int(n)
@@ -332,7 +332,7 @@ def test_a_resource_with_host_name_fills_the_run_system_through_the_bridge(
         timeout=30,
     )
     assert reply.status_code == 200
-    found = poll(lambda: client.find_runs_by_name(service), lambda r: len(r) == 1, 20)
+    found = bridge_poll(lambda: client.find_runs_by_name(service), lambda r: len(r) == 1, 20)
     assert found, f"no run named {service}"
     run = client.get_run(str(found[0]["id"]))
     assert run["system"] == {

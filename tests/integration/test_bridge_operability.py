@@ -28,7 +28,8 @@ from tests.helpers import (
     start_server,
     stop_server,
 )
-from tests.integration.test_bridge import drained, otlp_app, poll, run_request
+from tests.helpers.bridges import bridge_poll, drained
+from tests.helpers.otlp import otlp_app, run_request
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -83,10 +84,12 @@ def test_metrics_count_exactly_what_senders_sent(
     assert refused.status_code == 415
     drained(debug_bridge)
     for key in keys:
-        state = poll(lambda k=key: run_state(client, k), lambda s: s["status"] == "completed", 20)
+        state = bridge_poll(
+            lambda k=key: run_state(client, k), lambda s: s["status"] == "completed", 20
+        )
         assert state is not None and len(state["metrics"]["loss"]) == 50
 
-    after = poll(
+    after = bridge_poll(
         lambda: scrape(debug_bridge),
         lambda s: value(s, "uploaded_total", kind="points") >= 200,
         20,
@@ -212,7 +215,7 @@ def test_a_restarted_bridge_says_it_adopts_what_a_killed_one_left(tmp_path: Path
     def unreachable(samples: Samples) -> bool:
         return value(samples, "upload_failures_total", reason="unreachable") >= 1
 
-    failed = poll(lambda: scrape(first), unreachable, 20)
+    failed = bridge_poll(lambda: scrape(first), unreachable, 20)
     assert failed is not None and unreachable(failed)
     assert value(failed, "upload_failures_total", reason="token") == 0
     assert value(failed, "upload_duration_seconds_count") == 0  # nothing got there
@@ -226,7 +229,7 @@ def test_a_restarted_bridge_says_it_adopts_what_a_killed_one_left(tmp_path: Path
         assert f":{second.process.pid} " in adopt
         assert re.search(r"segments=[1-9]\d* bytes=[1-9]\d*", adopt), adopt
         with SimvueClient(server.url, server.token, retries=2) as c:
-            state = poll(lambda: run_state(c, app.key),
+            state = bridge_poll(lambda: run_state(c, app.key),
                          lambda s: len(s["metrics"].get("loss", [])) == 20, 30)  # fmt: skip
             assert state is not None and state["status"] == "completed"
         drained(second)

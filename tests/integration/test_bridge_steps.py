@@ -21,7 +21,7 @@ from opentelemetry.sdk.resources import Resource
 
 from simvue_otel._internal.client import SimvueClient, parse_timestamp
 from tests.helpers import Bridge, LocalServer, start_bridge, start_server, stop_server
-from tests.integration.test_bridge import drained, poll
+from tests.helpers.bridges import bridge_poll, drained
 
 
 class Exports:
@@ -60,7 +60,7 @@ def points(client: SimvueClient, key: str, count: int) -> list[dict[str, Any]]:
         assert found is not None
         return client.get_metrics(str(found["id"]), ["temperature"]).get("temperature", [])
 
-    held = poll(fetch, lambda p: len(p) >= count, 30) or []
+    held = bridge_poll(fetch, lambda p: len(p) >= count, 30) or []
     return sorted(held, key=lambda p: p["step"])
 
 

@@ -57,6 +57,7 @@ from tests.helpers import (
     LocalServer,
     free_port,
     make_app,
+    poll,
     run_program,
     run_state,
     start_bridge,
@@ -445,21 +446,25 @@ def comparable(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+class _NotThereYet(Exception):
+    """The run is not on the server yet (`wait_for_state` waits on)."""
+
+
 def wait_for_state(
     client: SimvueClient, key: str, expected: dict[str, Any], timeout: float = 60.0
 ) -> dict[str, Any] | None:
     """Poll until the run's comparable state equals `expected` (or time runs out); the last
     state seen, None when the run never appeared."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while True:
-        if client.find_run_by_key(key) is not None:
-            seen = comparable(run_state(client, key))
-            if seen == expected:
-                return seen
-        if time.monotonic() > deadline:
-            return seen
-        time.sleep(0.25)
+
+    def seen() -> dict[str, Any]:
+        if client.find_run_by_key(key) is None:
+            raise _NotThereYet  # no answer: the state seen before stays the last one
+        return comparable(run_state(client, key))
+
+    last: dict[str, Any] | None = poll(
+        seen, lambda state: state == expected, timeout, interval=0.25, ignoring=(_NotThereYet,)
+    )
+    return last
 
 
 @pytest.mark.parametrize("hop", ["http", "grpc"])

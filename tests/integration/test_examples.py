@@ -23,13 +23,6 @@ EXAMPLES = ROOT / "examples"
 # -- helpers ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def folder(request: pytest.FixtureRequest) -> str:
-    """A folder of this test's own, new on the server (given to the examples as EXAMPLE_FOLDER)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name).strip("-")
-    return f"/example-tests/{name}-{uuid.uuid4().hex[:8]}"
-
-
 def example_env(
     tmp_path: Path, folder: str, server: LocalServer | None = None, **extra: str
 ) -> dict[str, str]:

@@ -23,7 +23,8 @@ import pytest
 
 from simvue_otel._internal.client import SimvueClient
 from tests.helpers import Bridge, LocalServer, run_program, run_state, start_bridge
-from tests.integration.test_bridge import comparable, drained, otlp_app, poll
+from tests.helpers.bridges import bridge_poll, comparable, drained
+from tests.helpers.otlp import otlp_app
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 REQUIRE_NODE = "SIMVUE_OTEL_REQUIRE_NODE"
@@ -85,7 +86,7 @@ def python_run(node_bridge: Bridge, module_client: SimvueClient) -> tuple[str, d
     run_program(app)
     app.close()
     drained(node_bridge)
-    state = poll(
+    state = bridge_poll(
         lambda: comparable(run_state(module_client, app.key), app.key),
         lambda s: s["status"] == "completed" and len(s["metrics"].get("loss", [])) == 50,
         20,
@@ -112,7 +113,9 @@ def test_a_node_program_gives_the_run_the_python_sdk_gives(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "rror" not in out.stdout + out.stderr, out.stdout + out.stderr  # no export failed
     drained(node_bridge)
-    state = poll(lambda: comparable(run_state(client, key), key), lambda s: s == expected, 20)
+    state = bridge_poll(
+        lambda: comparable(run_state(client, key), key), lambda s: s == expected, 20
+    )
     assert state == expected
     # what the comparison is about, said once more in plain terms
     assert (state["name"], state["folder"], state["status"]) == ("interop", folder, "completed")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import os
 import re
 import signal
 import subprocess
@@ -32,39 +31,9 @@ from tests.helpers import (
     stop_server,
     user_metadata,
 )
-
-SEND_CMD = [sys.executable, "-m", "simvue_otel", "send", "--cache"]
-
+from tests.helpers.cli import no_server_env, send, subprocess_env
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def folder(request: pytest.FixtureRequest) -> str:
-    """A folder of this test's own, new on the server."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name).strip("-")
-    return f"/run-tests/{name}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def online(
-    local_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> LocalServer:
-    """The environment of a program tracking against the local server."""
-    monkeypatch.setenv("SIMVUE_URL", local_server.url)
-    monkeypatch.setenv("SIMVUE_TOKEN", local_server.token)
-    monkeypatch.setenv("SIMVUE_OFFLINE_DIRECTORY", str(tmp_path / "offline"))
-    monkeypatch.delenv("SIMVUE_OTEL_MODE", raising=False)
-    return local_server
-
-
-def no_server_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    """No URL, no token, no config file: a fresh HOME and working directory."""
-    home.mkdir(parents=True, exist_ok=True)
-    for var in ("SIMVUE_URL", "SIMVUE_TOKEN", "SIMVUE_OFFLINE_DIRECTORY", "SIMVUE_OTEL_MODE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(home)
 
 
 poll = functools.partial(helpers.poll, interval=0.1, ignoring=(NotFoundError,))
@@ -78,13 +47,6 @@ def only_run(client: SimvueClient, name: str, folder: str) -> dict[str, Any]:
     return client.get_run(found[0]["id"])
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMVUE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 def run_script(
     code: str, env: dict[str, str], cwd: Path, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -93,15 +55,6 @@ def run_script(
         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert out.returncode == 0, f"script failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-    return out
-
-
-def send(cache: Path, server: LocalServer, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = subprocess_env(SIMVUE_URL=server.url, SIMVUE_TOKEN=server.token)
-    out = subprocess.run(
-        [*SEND_CMD, str(cache), *extra], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, f"send failed:\n{out.stdout}\n{out.stderr}"
     return out
 
 

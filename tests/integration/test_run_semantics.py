@@ -18,9 +18,11 @@ from tests.helpers import LocalServer, newest_run
 
 
 @pytest.fixture
-def online(
+def online_tmp_spool(
     local_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> LocalServer:
+    """The conftest's ``online``, but with ``tmp_path`` itself the offline directory: the
+    tests here look for the spool at ``tmp_path / "otel-spool"``."""
     monkeypatch.setenv("SIMVUE_URL", local_server.url)
     monkeypatch.setenv("SIMVUE_TOKEN", local_server.token)
     monkeypatch.setenv("SIMVUE_OFFLINE_DIRECTORY", str(tmp_path))
@@ -28,7 +30,9 @@ def online(
     return local_server
 
 
-def test_a_reused_and_mutated_dict_records_each_call_as_it_was(online: LocalServer) -> None:
+def test_a_reused_and_mutated_dict_records_each_call_as_it_was(
+    online_tmp_spool: LocalServer,
+) -> None:
     folder = f"/semantics/{uuid.uuid4().hex[:8]}"
     values = {"x": 0.0}
     with Run() as run:
@@ -38,13 +42,13 @@ def test_a_reused_and_mutated_dict_records_each_call_as_it_was(online: LocalServ
             run.log_metrics(values)
         run_id = run.id
     assert run_id is not None
-    with SimvueClient(online.url, online.token) as client:
+    with SimvueClient(online_tmp_spool.url, online_tmp_spool.token) as client:
         points = client.get_metrics(run_id, ["x"])["x"]
     assert [(p["step"], p["value"]) for p in points] == [(s, float(s)) for s in range(100)]
 
 
 def test_an_uncaught_exception_ends_an_unclosed_run_failed(
-    online: LocalServer, tmp_path: Path
+    online_tmp_spool: LocalServer, tmp_path: Path
 ) -> None:
     name = f"uncaught-{uuid.uuid4().hex[:8]}"
     script = textwrap.dedent(
@@ -61,7 +65,7 @@ def test_an_uncaught_exception_ends_an_unclosed_run_failed(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1 and "the mesh is inverted" in done.stderr
-    with SimvueClient(online.url, online.token) as client:
+    with SimvueClient(online_tmp_spool.url, online_tmp_spool.token) as client:
         found = newest_run(client, name, "/semantics")
         assert found is not None
         assert client.get_run(found["id"])["status"] == "failed"
@@ -70,7 +74,7 @@ def test_an_uncaught_exception_ends_an_unclosed_run_failed(
 
 
 def test_mode_comes_from_the_environment_when_not_given(
-    online: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    online_tmp_spool: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SIMVUE_OTEL_MODE", "offline")
     with Run() as run:
@@ -84,14 +88,14 @@ def test_mode_comes_from_the_environment_when_not_given(
     assert "otlp" in str(err.value)
 
 
-def test_set_pid_after_init_is_an_error(online: LocalServer) -> None:
+def test_set_pid_after_init_is_an_error(online_tmp_spool: LocalServer) -> None:
     with Run() as run:
         run.init(folder="/semantics/pid", resources_metrics_interval=None)
         with pytest.raises(RuntimeError, match="before init"):
             run.set_pid(os.getpid())
 
 
-def test_time_must_be_a_number(online: LocalServer) -> None:
+def test_time_must_be_a_number(online_tmp_spool: LocalServer) -> None:
     with Run() as run:
         run.init(folder="/semantics/time", resources_metrics_interval=None)
         with pytest.raises(SimvueValidationError) as err:

@@ -15,16 +15,13 @@ from typing import Any
 from simvue_otel._internal.client import SimvueClient
 from simvue_otel._internal.mapping.records import EventRecord, MetricRecord, RunRecord, RunRef
 from simvue_otel._internal.sink.online import OnlineSink
-from tests.helpers import LocalServer
+from tests.helpers import LocalServer, poll
 from tests.proxy import Proxy
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 60.0) -> None:
     """Poll until ``what()`` is true (a deadline only against hanging forever)."""
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.02)
+    assert poll(what, bool, timeout, interval=0.02), "the condition never came true"
 
 
 def points(ref: RunRef, n: int, start: int = 0) -> list[MetricRecord]:

@@ -12,7 +12,7 @@ import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from simvue_otel._internal.mapping.records import MetricRecord, Record, RunRecor
 from simvue_otel._internal.sink import create_sink, online, online_spool_directory
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SpoolReader, SpoolWriter
-from tests.helpers import LocalServer
+from tests.helpers import LocalServer, poll
 from tests.proxy import Proxy
 
 SEND = [sys.executable, "-m", "simvue_otel", "send", "--quiet", "--cache"]
@@ -70,11 +70,8 @@ def _steps(client: SimvueClient, run_id: str, metric: str) -> Counter[int]:
     return Counter(int(p["step"]) for p in client.get_metrics(run_id, [metric]).get(metric, []))
 
 
-def _wait(condition: object, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+def _wait(condition: Callable[[], object], what: str, timeout: float = 120.0) -> None:
+    assert poll(condition, bool, timeout, interval=0.1), f"timed out waiting for {what}"
 
 
 # -- 1. a damaged frame costs only itself ---------------------------------------------------

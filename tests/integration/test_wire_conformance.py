@@ -42,8 +42,9 @@ from tests.helpers import (
     run_state,
     start_bridge,
 )
-from tests.integration.test_bridge import drained, otlp_app
-from tests.integration.test_run import no_server_env, send
+from tests.helpers.bridges import drained
+from tests.helpers.cli import no_server_env, send
+from tests.helpers.otlp import otlp_app
 from tests.proxy import Proxy, Recorded, as_server
 
 pytestmark = pytest.mark.timeout(900)

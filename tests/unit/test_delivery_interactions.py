@@ -14,16 +14,15 @@ from simvue_otel._internal.sink.losses import LOSS_EVENT_PREFIX
 from simvue_otel._internal.sink.online import OnlineSink
 from simvue_otel._internal.sink.spool import SendLock, SpoolReader, SpoolWriter
 from tests.fake_simvue import FakeSimvue
+from tests.helpers import poll
 
 RUN = RunRef("key-1", "interactions", "/unit")
 
 
 def _await_uploaded(spool: Path) -> None:
     """Wait until no finished segment is left in ``spool`` (the sink adopted and uploaded it)."""
-    deadline = time.monotonic() + 60
-    while list(spool.glob("*.done")):
-        assert time.monotonic() < deadline, "the segment left behind was not uploaded"
-        time.sleep(0.02)
+    left = poll(lambda: list(spool.glob("*.done")), lambda done: not done, 60, interval=0.02)
+    assert not left, "the segment left behind was not uploaded"
 
 
 def points(n: int, start: int = 0) -> list[MetricRecord]:
