@@ -16,7 +16,7 @@ from ..config import SimvueConfig
 from ..conventions import RUN_KEY_METADATA
 from ..errors import NotFoundError, SimvueValidationError
 from . import online_spool_directory
-from .online import run_index_for
+from .run_index import run_index_for
 
 __all__ = ["find_server_run"]
 

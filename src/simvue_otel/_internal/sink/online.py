@@ -26,38 +26,22 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ..client import SimvueClient
-from ..conventions import FINAL_STATUSES
 from ..hints import command
 from ..mapping.records import MetricRecord, Record, RunRecord
 from ..threads import start_daemon
-from .base import Sink
-from .files import UnsafeSpoolFile, private_dir
-from .losses import DiskReserve, LossLedger, damage_events, split_states
-from .run_index import RunIndex
-from .spool import Frame, SendLock, SpoolBusyError, SpoolReader, SpoolWriter
-from .uploader import PartlyTaken, Progress, RetryLater, Unsettled, Uploader, UploadStats
+from .delivery import Delivery
+from .files import private_dir
+from .run_index import run_index_for
+from .spool import SpoolReader
+from .uploader import Uploader, UploadStats
 
 __all__ = ["OnlineSink"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
-
-
-class SpoolProgress(Progress):
-    """The progress of a spooled frame, kept in its segment's ``.parts`` file."""
-
-    def __init__(self, reader: SpoolReader, frame: Frame) -> None:
-        super().__init__(reader.progress(frame), reader.began(frame))
-        self._reader = reader
-        self._frame = frame
-
-    def record(self, part: str, state: str) -> None:
-        at = self.began.get(part) if state == "sending" else None
-        self._reader.mark(self._frame, part, state, at)
 
 
 SEGMENT_BYTES = 8 * 2**20
@@ -66,17 +50,12 @@ ADOPT_INTERVAL = 60.0
 """Seconds between looks for what processes that died left in the spool (unless given)."""
 
 
-def run_index_for(spool_dir: Path) -> RunIndex:
-    """The run index kept beside a server's spool (what ``send`` and later processes read)."""
-    return RunIndex(spool_dir / "server_ids")
-
-
 def _cost(records: Sequence[Record]) -> int:
     """Size of records in metric values (an event or state counts as one)."""
     return sum(len(r.values) if r.__class__ is MetricRecord else 1 for r in records)
 
 
-class OnlineSink(Sink):
+class OnlineSink(Delivery):
     """Uploads records to one Simvue server; see the module docstring."""
 
     def __init__(
@@ -100,8 +79,6 @@ class OnlineSink(Sink):
         """``child_of``: this sink is a forked child's, and these are its parent's runs (see
         :meth:`for_child`)."""
         self.client = client
-        self._spool = spool_dir
-        self.spool_dir = spool_dir
         try:  # the spool's folders are this user's alone (0700), before anything is written
             private_dir(spool_dir / "rejected")
         except OSError as exc:
@@ -115,49 +92,36 @@ class OnlineSink(Sink):
         self.heartbeat_interval = heartbeat_interval
         self.live_window = live_window
         self.max_backoff = max_backoff
-        self.spill_points = spill_points
         self.room_wait = room_wait
         self.hold_seconds = hold_seconds
         self.abort_listener: Callable[[str], None] | None = None
         """Called (on the sink's thread) with the key of a run the server was asked to abort."""
-        self.segment_bytes = SEGMENT_BYTES if segment_bytes is None else segment_bytes
         self.adopt_interval = ADOPT_INTERVAL if adopt_interval is None else adopt_interval
         """Seconds between looks for spools that processes which died left behind."""
-        self.losses = LossLedger(f"the spool directory {spool_dir}")
-        self._reserve = DiskReserve(spool_dir)
-        self._id = uuid.uuid4().hex[:12]
-        self._seq = 0
-        self._lock = threading.Lock()
+        super().__init__(
+            spool_dir,
+            spill_points=spill_points,
+            segment_bytes=SEGMENT_BYTES if segment_bytes is None else segment_bytes,
+        )
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
-        self._room = threading.Condition(self._lock)  # the worker took the buffer
         self._spill_until = 0.0  # full buffers go to disk without waiting until then
-        self._buffer: list[Record] = []
-        self._buffered = 0
         self._busy = False
-        self._spilled = 0  # frames written and not yet uploaded
-        self._spilled_records = 0  # the records in them
-        self._spill_seq = 0
         self._next_adopt = 0.0  # when to look for spools left by processes that died
         self._adopted_once = False  # close waits for the first look (within its deadline)
         # Frames of adopted segments kept for a later pass (waiting to settle, or refused by
         # an endpoint): held for the server like our own spills, so counted in the backlog
         # and waited for by close, within its deadline.
         self._orphans_kept = 0
-        self._writer: SpoolWriter | None = None
         self._left_alone: set[str] = set()  # segments not uploaded: a link beside them
-        self._live: dict[str, float] = {}  # run key -> last time seen, for heartbeats
-        self._ended: set[str] = set()  # runs whose final status was seen: no more heartbeats
-        self._timeouts: dict[str, int] = {}  # run key -> its heartbeat timeout, when given
         self._closing = False
-        self._closed = False
         self._deadline: float | None = None
         self._failures = 0
         self._partly = False  # the last pass was refused by some endpoints only (5xx, 429)
         self._settling: float | None = None  # when a spooled frame kept for its unsettled
         # parts (see Unsettled) can go on (time.monotonic()); None: no frame waits so
         self._since = 0.0  # when the memory buffer last went from empty to holding records
-        self._child = child_of is not None
+        self._init_liveness(child=child_of is not None)
         if child_of is not None:
             self.uploader.waits_for = frozenset(child_of)
             self._next_adopt = math.inf  # what others left is the parent's (or send's) to adopt
@@ -203,24 +167,6 @@ class OnlineSink(Sink):
         if not self._buffer or now - self._since < self.hold_seconds:
             return False
         return self._busy or self._failures > 0
-
-    def _note_live_locked(self, records: Sequence[Record], now: float) -> None:
-        """Track which runs are live (for heartbeats) and their heartbeat timeouts: a run's
-        data or a running state makes it live, a final state ends it for good (late records
-        of an ended run never restart its heartbeats)."""
-        for state in [r for r in records if type(r) is RunRecord]:
-            key = state.run.key
-            if state.heartbeat_timeout:
-                self._timeouts[key] = state.heartbeat_timeout
-            if state.status in FINAL_STATUSES:
-                self._live.pop(key, None)
-                self._timeouts.pop(key, None)
-                self._ended.add(key)
-            elif state.status == "running" and key not in self._ended:
-                self._live[key] = now
-        for key in {r.run.key for r in records if r.__class__ is not RunRecord}:
-            if key not in self._ended:
-                self._live[key] = now
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is on the server; False on timeout."""
@@ -335,11 +281,6 @@ class OnlineSink(Sink):
             child_of=parent_runs,
         )
 
-    def drop_inherited(self) -> None:
-        """In a forked child: the parent's open segment is not the child's to write or lock."""
-        if self._writer is not None:
-            self._writer.drop_in_child()
-
     def run_id(self, key: str) -> str | None:
         """The server's id for the run with this key, once it was created or found."""
         return self.uploader.run_id(key)
@@ -348,10 +289,6 @@ class OnlineSink(Sink):
         """What the uploads achieved so far."""
         return self.uploader.stats
 
-    def lost_records(self) -> int:
-        """Records neither the server nor a full disk could take."""
-        return self.losses.total
-
     def backlog(self) -> int:
         """Batches waiting for the server (spooled frames, plus one for a non-empty memory
         buffer): what a receiver checks before taking more (back-pressure)."""
@@ -359,11 +296,6 @@ class OnlineSink(Sink):
             return self._spilled + self._orphans_kept + (1 if self._buffer else 0)
 
     # -- internals ------------------------------------------------------------------------
-
-    def _take_locked(self) -> list[Record]:
-        batch, self._buffer, self._buffered = self._buffer, [], 0
-        self._room.notify_all()
-        return batch
 
     def _wait_for_room_locked(self) -> bool:
         """The buffer is full: while the server takes data (the last upload worked), wait up
@@ -387,360 +319,3 @@ class OnlineSink(Sink):
                 return False
             self._room.wait(left)
         return True
-
-    def _next_key(self) -> str:
-        self._seq += 1
-        return f"{self._id}:{self._seq}"
-
-    def _spill_locked(
-        self,
-        records: Sequence[Record],
-        key: str | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        """Write records to the spool: a batch that met the server keeps its key and what the
-        server holds of it (``progress``); fresh overflow goes in frames of ``spill_points``
-        values, so no single encode holds the interpreter for long."""
-        if not records:
-            return
-        if self._writer is None:
-            try:
-                self._writer = SpoolWriter(self._spool, segment_bytes=self.segment_bytes)
-            except OSError as exc:
-                self._refused_locked(records, exc)
-                return
-        chunks: list[Sequence[Record]] = [records]
-        if key is None:
-            chunks, chunk, cost = [], [], 0
-            for record in records:
-                chunk.append(record)
-                cost += len(record.values) if isinstance(record, MetricRecord) else 1
-                if cost >= self.spill_points:
-                    chunks.append(chunk)
-                    chunk, cost = [], 0
-            if chunk:
-                chunks.append(chunk)
-        states = progress.states if progress is not None else None
-        began = progress.began if progress is not None else None
-        for part in chunks:
-            refusal = self.losses.still_refusing()
-            if refusal is not None:
-                self._refused_locked(part, refusal)  # no encoding while the disk is full
-                continue
-            try:
-                self._writer.append(key or self._next_key(), part, states, began)
-            except OSError as exc:  # a full disk: counted and told, never raised
-                self.losses.refusing(exc)
-                self._refused_locked(part, exc)
-                continue
-            self.losses.writable()
-            self._spilled += 1
-            self._spilled_records += len(part)
-            self._spill_seq += 1
-
-    def _refused_locked(self, records: Sequence[Record], exc: OSError) -> None:
-        """The disk refused records the server could not take: the points and events are lost
-        (counted, and told to their runs later); run states go back to memory, few and small,
-        so a run's final status survives a full disk."""
-        lost, states = split_states(records)
-        self.losses.add(lost, exc)
-        kept = {r.run.key: r for r in self._buffer if isinstance(r, RunRecord)}
-        fresh = [s for k, s in states.items() if k not in kept or s.observed >= kept[k].observed]
-        self._buffer.extend(fresh)
-        self._buffered += len(fresh)
-
-    def _run(self) -> None:
-        last_beat = time.monotonic()
-        backoff = 0.0
-        while True:
-            with self._lock:
-                if not self._closing:
-                    wait = backoff or min(self.flush_interval, self._beat_every_locked())
-                    if self._buffered < self.batch_points or backoff:
-                        self._wake.wait(timeout=wait)
-                if self._closing and self._deadline is not None:
-                    if time.monotonic() >= self._deadline:
-                        return
-                    if (
-                        not self._buffer
-                        and not self._spilled
-                        and not self._orphans_kept
-                        and self._adopted_once
-                    ):
-                        return
-                    if backoff:  # the server is not taking data: wait, do not spin
-                        left = self._deadline - time.monotonic()
-                        self._wake.wait(timeout=min(backoff, max(0.05, left / 2)))
-                        if time.monotonic() >= self._deadline:
-                            return
-                    elif self._settling is not None and not self._buffer:
-                        # Only frames that wait for earlier POSTs to settle: wait for them
-                        # (or the deadline), do not spin.
-                        now = time.monotonic()
-                        pause = min(self._settling, self._deadline) - now
-                        if pause > 0:
-                            self._wake.wait(timeout=pause)
-                        if time.monotonic() >= self._deadline:
-                            return
-                self._busy = True
-            try:
-                ok = self._drain()
-            except Exception:  # never let the worker die: the data is still held
-                _LOG.exception("unexpected error while uploading to Simvue; will retry")
-                ok = False
-            with self._lock:
-                self._busy = False
-                self._idle.notify_all()
-            if ok:
-                self._failures = 0
-                backoff = 0.0
-                if self.losses.untold:  # the server answers: tell it what the disk lost
-                    with self._lock:
-                        self._buffer.extend(self.losses.events())
-            else:
-                self._failures += 1
-                backoff = min(self.max_backoff, 0.5 * 2 ** min(self._failures, 8))
-                if self._closing and self._deadline is not None:
-                    # Closing: the next try comes within half the time left, so the last
-                    # try is made before the deadline instead of a backoff running past it.
-                    left = self._deadline - time.monotonic()
-                    backoff = min(backoff, max(0.05, left / 2))
-            now = time.monotonic()
-            # Beats go on while the server answers, even when one endpoint refuses data.
-            if (ok or self._partly) and now - last_beat >= self._beat_every():
-                last_beat = now
-                self._heartbeat(now)
-
-    def _drain(self) -> bool:
-        """Upload the spool, then the memory buffer; False when the server is not taking data.
-
-        One pass of the uploader: an endpoint that fails (5xx, 429) is tried once, and what
-        the other endpoints take still goes, from the spool and from memory."""
-        self.uploader.begin_pass()
-        try:
-            return self._drain_pass()
-        finally:
-            self.uploader.end_pass()
-
-    def _drain_pass(self) -> bool:
-        self._partly = False
-        self._settling = None
-        now = time.monotonic()
-        ok = True
-        if now >= self._next_adopt:
-            self._next_adopt = now + self.adopt_interval
-            if self._adopt_orphans():
-                self._adopted_once = True
-            else:
-                self._next_adopt = now  # try again with the next pass
-                if not self._partly:  # the server did not answer: nothing more this pass
-                    return False
-                ok = False  # some endpoint refused part of what was left: the rest still goes
-        if self._spilled and not self._drain_spool():
-            if not self._partly:  # the server did not answer: nothing more this pass
-                return False
-            ok = False  # some endpoint refused: the others still take what waits in memory
-        while True:
-            with self._lock:
-                batch = self._take_locked()
-                if not batch:
-                    return ok
-                key = self._next_key()
-            progress = Progress()
-            try:
-                self.uploader.upload(batch, key, progress)
-            except Exception as exc:  # RetryLater, or anything unforeseen: keep the batch
-                if isinstance(exc, RetryLater):
-                    self._partly = self._partly or isinstance(exc, PartlyTaken)
-                with self._lock:
-                    before = self._spill_seq
-                    self._spill_locked(batch, key, progress)
-                    kept = "kept on disk" if self._spill_seq > before else "not kept (see below)"
-                if not isinstance(exc, RetryLater):
-                    _LOG.exception("unexpected error while uploading; the batch is %s", kept)
-                else:
-                    _LOG.info("Simvue server not taking data (%s); the batch is %s", exc, kept)
-                return False
-
-    def _adopt_orphans(self) -> bool:
-        """Upload what a process that died before delivering left in this server's spool
-        (finished segments that are not ours), one segment at a time under its lock, so a
-        segment another live process is uploading is left to it; skipped while a
-        `simvue-otel send` holds the directory."""
-        reader = SpoolReader(self._spool)
-        ours = self._writer.written_stems if self._writer is not None else set()
-        orphans = [s for s in reader.segments() if s.stem not in ours]
-        if not orphans:
-            with self._lock:
-                self._orphans_kept = 0
-            return True
-        try:
-            lock = SendLock(self._spool)
-            lock.acquire()
-        except SpoolBusyError:
-            return True
-        except OSError as exc:  # a link planted as the lock: leave the directory alone
-            _LOG.error("cannot take the send lock of %s (%s); not adopting", self._spool, exc)
-            return True
-        try:
-            adopted = self._upload_frames(reader, orphans, ours=False)
-            if adopted is None:
-                return False
-            if self._settling is not None:  # a frame waits to settle: look again by then
-                self._next_adopt = min(self._next_adopt, self._settling)
-            reader.cleanup()
-            if adopted[0]:
-                _LOG.warning(
-                    "uploaded %d batch(es) an earlier process left in %s", adopted[0], self._spool
-                )
-            return True
-        finally:
-            lock.release()
-
-    def _drain_spool(self) -> bool:
-        with self._lock:
-            seq = self._spill_seq
-        reader = SpoolReader(self._spool)
-        # By stem: a full segment is renamed from .seg to .done when it rotates.
-        ours = self._writer.written_stems if self._writer is not None else set()
-        segments = [s for s in reader.segments(include_live=True) if s.stem in ours]
-        done = self._upload_frames(reader, segments, ours=True)
-        if done is None:
-            return False
-        with self._lock:
-            if self._spill_seq == seq and not done[1]:
-                # A whole pass found nothing more (even past a corrupt frame), and no segment
-                # of ours was held by another uploader (a `send` taking it over).
-                self._spilled = 0
-                self._spilled_records = 0
-        return True
-
-    def _claim(self, reader: SpoolReader, segment: Path) -> bool:
-        """Take the right to upload ``segment``: through our writer's own lock for a segment
-        it is writing (or finished while claimed), else its flock like any other process."""
-        if self._writer is not None and self._writer.claim(segment.stem):
-            return True
-        return reader.claim(segment)
-
-    def _unclaim(self, reader: SpoolReader, segment: Path) -> None:
-        if self._writer is not None:
-            self._writer.unclaim(segment.stem)
-        reader.release(segment)
-
-    def _upload_frames(
-        self, reader: SpoolReader, segments: list[Path], *, ours: bool
-    ) -> tuple[int, int] | None:
-        """Upload the segments' frames in order, each segment under its lock, acknowledging
-        each frame on disk once the server has it: (frames uploaded, segments skipped because
-        another uploader holds them or frames kept for a later pass), or None when the server
-        stopped taking them. ``ours``: the frames are this sink's own spills, counted in its
-        backlog.
-
-        A frame kept for a later pass (an endpoint refused part of it, or parts of it wait to
-        settle: :class:`Unsettled`) holds back nothing: the frames after it are uploaded too,
-        but acknowledged (the cursor moved past them) only once it is, by a later pass that
-        finds their parts done."""
-        uploaded = busy = kept_frames = 0
-        partly = False
-        try:
-            for segment in segments:
-                if not self._claim(reader, segment):
-                    busy += 1
-                    continue
-                # Once a frame of this segment is kept for a later pass, the later ones are not
-                # acknowledged either: an acknowledgement moves the segment's cursor past every
-                # frame before it, and would drop that frame's remaining parts. Their parts are
-                # marked done, so reading them again costs only the skip.
-                kept = False
-                try:
-                    for frame in reader.frames(segment):
-                        try:
-                            self.uploader.upload(
-                                frame.records, frame.batch_key, SpoolProgress(reader, frame)
-                            )
-                        except Unsettled as exc:  # kept; tried again once settled
-                            _LOG.info("a spooled batch waits: %s", exc)
-                            ready = exc.ready
-                            self._settling = min(self._settling or ready, ready)
-                            kept = True
-                            busy += 1
-                            kept_frames += 1
-                            continue
-                        except PartlyTaken as exc:  # kept, with its progress; later frames go
-                            _LOG.info("Simvue server took part of a spooled batch (%s)", exc)
-                            partly = self._partly = True
-                            kept = True
-                            kept_frames += 1
-                            continue
-                        except RetryLater as exc:
-                            _LOG.info("Simvue server not taking spooled data yet (%s)", exc)
-                            return None
-                        except UnsafeSpoolFile:
-                            raise  # (its progress file is a link: the segment is left alone)
-                        except Exception:
-                            _LOG.exception("unexpected error while uploading a spooled batch; kept")
-                            return None
-                        if kept:  # delivered; acknowledged after the frame kept before it
-                            busy += 1
-                            kept_frames += 1
-                            continue
-                        reader.ack(frame)
-                        uploaded += 1
-                        if ours:
-                            with self._lock:
-                                self._spilled = max(0, self._spilled - 1)
-                                self._spilled_records = max(
-                                    0, self._spilled_records - len(frame.records)
-                                )
-                except UnsafeSpoolFile as exc:  # a link planted beside it: left alone
-                    if segment.stem not in self._left_alone:  # said once, not every pass
-                        self._left_alone.add(segment.stem)
-                        _LOG.error("spool: %s; segment %s is not uploaded", exc, segment.name)
-                    busy += 1
-                finally:
-                    self._unclaim(reader, segment)
-        finally:
-            self._tell_damage(reader)
-        if not ours:  # what this whole adoption pass keeps for a later one
-            with self._lock:
-                self._orphans_kept = kept_frames
-        return None if partly else (uploaded, busy)
-
-    def _tell_damage(self, reader: SpoolReader) -> None:
-        """Runs whose spooled records were damaged on disk get a loss event (uploaded with
-        the next batch)."""
-        events = [e for damage in reader.take_damage() for e in damage_events(damage)]
-        if events:
-            with self._lock:
-                self._buffer.extend(events)
-                self._buffered += len(events)
-
-    def _beat_every_locked(self) -> float:
-        shortest = min((t for k, t in self._timeouts.items() if k in self._live), default=None)
-        if shortest is None:
-            return self.heartbeat_interval
-        return max(0.2, min(self.heartbeat_interval, shortest / 3.0))
-
-    def _beat_every(self) -> float:
-        """Heartbeat period: the configured one, or a third of the shortest heartbeat
-        timeout among live runs, so a run with a short timeout is never marked lost."""
-        with self._lock:
-            return self._beat_every_locked()
-
-    def _heartbeat(self, now: float) -> None:
-        if self._child:
-            return
-        with self._lock:
-            if self.live_window is None:
-                keys = list(self._live)
-            else:
-                keys = [k for k, seen in self._live.items() if now - seen <= self.live_window]
-                for k in [k for k, seen in self._live.items() if now - seen > self.live_window]:
-                    del self._live[k]
-        listener = self.abort_listener
-        for key in self.uploader.heartbeat(keys, check_abort=listener is not None):
-            if listener is not None:
-                try:
-                    listener(key)
-                except Exception:
-                    _LOG.exception("the abort handler of run %s failed", key)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .files import open_private, private_dir, read_private, replace_private
 
-__all__ = ["RunIndex"]
+__all__ = ["RunIndex", "run_index_for"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
@@ -174,3 +174,8 @@ class RunIndex:
             for stale in (path, path.with_suffix(".steps")):
                 with contextlib.suppress(OSError):
                     stale.unlink()
+
+
+def run_index_for(spool_dir: Path) -> RunIndex:
+    """The run index kept beside a server's spool (what ``send`` and later processes read)."""
+    return RunIndex(spool_dir / "server_ids")

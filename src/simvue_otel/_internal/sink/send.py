@@ -37,8 +37,9 @@ from . import read_identity
 from .codec import CodecError, decode_records
 from .files import UnsafeSpoolFile, private_dir, read_private
 from .losses import damage_events
-from .online import SpoolProgress, run_index_for
+from .run_index import run_index_for
 from .spool import Damage, SendLock, SpoolReader, SpoolWriter
+from .spool_progress import SpoolProgress
 from .uploader import RetryLater, Unsettled, Uploader, UploadStats
 
 __all__ = ["SendResult", "send_spool"]
