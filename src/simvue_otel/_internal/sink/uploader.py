@@ -54,7 +54,9 @@ from ..flatten import flatten
 from ..mapping.records import EventRecord, MetricRecord, Record, RunRecord, RunRef
 from ..names import name_for_key
 from ..run_state import RUN_STATE_NAMES, created_fields, stated_fields
+from .reconcile import missing_entries
 from .run_index import RunIndex
+from .steps import StepNumbering
 
 __all__ = [
     "REFUSED_STATUSES",
@@ -251,16 +253,6 @@ def _top_values(merged: Mapping[str, Any], changed: Mapping[str, Any]) -> dict[s
     }
 
 
-def _stamp(text: Any) -> Any:
-    """A timestamp as integer microseconds, so the server's spelling of it compares equal."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return round(_parse_timestamp(text) * 1_000_000)
-    except ValueError:
-        return text
-
-
 def _metric_entries(records: Sequence[Record]) -> list[dict[str, Any]]:
     """Metric records as the entries of a ``POST /api/metrics`` body."""
     stamp = format_timestamp
@@ -337,10 +329,7 @@ class Uploader:
         self._sent: dict[str, dict[str, Any]] = {}  # the server's state as we know it
         self._observed: dict[str, float] = {}  # time of the last state applied, per run key
         self._created: set[str] = set()  # run keys this uploader created (nothing held before)
-        # Instrument steps (see _numbered): a count's offset into the run's steps, whether its
-        # times are re-measured from the run's start, and each run's next free step.
-        self._bases: dict[tuple[str, str], tuple[int, bool]] = {}
-        self._next_step: dict[str, int] = {}
+        self._steps = StepNumbering(client, self.index)  # instrument steps (conventions §7)
         self._told: set[str] = set()  # problems already logged once (not repeated per retry)
         self._refused: dict[str, tuple[str, int | None]] = {}  # run keys the server would not
         # create, with why: what follows for them is set aside too
@@ -533,7 +522,11 @@ class Uploader:
             raise RetryLater(str(exc)) from exc
         if any(p.counter is not None for p in plan.points):
             # Same parts (same ids), their instrument points numbered as the run's steps.
-            parts = _parts(plan.index, self._numbered(key, run_id, plan.points), plan.events)
+            started = self._sent.get(key, {}).get("started")
+            numbered = self._steps.numbered(
+                key, run_id, plan.points, created=key in self._created, started=started
+            )
+            parts = _parts(plan.index, numbered, plan.events)
         # While one part's POST waits for the server, the next part's entries are built in a
         # helper thread: the server's work and ours overlap instead of taking turns.
         ahead: Future[list[dict[str, Any]]] | None = None
@@ -618,7 +611,7 @@ class Uploader:
         post = self.client.post_metrics if kind == "metrics" else self.client.post_events
         if state == "sending":
             self._settled(part, progress.began.get(part, 0.0))
-            entries = self._missing(run_id, kind, entries)
+            entries = missing_entries(self.client, self.stats, run_id, kind, entries)
             self.stats.reconciled += 1
         if entries:
             progress.set(part, "sending")
@@ -657,139 +650,11 @@ class Uploader:
                 raise _NotYet(now + left)
         self._unsettled.pop(key, None)
 
-    def _numbered(self, key: str, run_id: str, points: Sequence[MetricRecord]) -> list[Any]:
-        """Instrument points with the run's steps instead of their process-local counts.
-
-        Each count (one mapping process's exports for one run) gets an offset the first time
-        it is uploaded: 0 for a run this uploader created, else the step after the highest the
-        server holds for those metrics (or after what this process already uploaded). The
-        offset is written to the run index before anything is sent with it, so a later process
-        uploading the rest of that count's spool numbers it alike and reconciliation still
-        recognises what was stored. A count that continues a run started elsewhere also
-        measures its points' times from the run's start as the server has it, not from what
-        its own process saw first.
-        """
-        out: list[MetricRecord] = []
-        nxt = self._next_step.get(key)
-        started = self._sent.get(key, {}).get("started")
-        for point in points:
-            counter = point.counter
-            if counter is None:
-                out.append(point)
-                continue
-            entry = self._bases.get((key, counter)) or self.index.step_base(key, counter)
-            if entry is None:
-                if nxt is None:
-                    nxt = 0 if key in self._created else self._held_next(run_id, points)
-                entry = (nxt - point.step, nxt > 0)
-                self.index.put_step_base(key, counter, *entry)
-            self._bases[(key, counter)] = entry
-            base, retimed = entry
-            step = base + point.step
-            nxt = step + 1 if nxt is None or step >= nxt else nxt
-            elapsed = point.time
-            if retimed and isinstance(started, float):
-                elapsed = max(0.0, point.timestamp - started)
-            out.append(MetricRecord(point.run, point.values, step, elapsed, point.timestamp))
-        if nxt is not None:
-            self._next_step[key] = nxt
-        return out
-
-    def _held_next(self, run_id: str, points: Sequence[MetricRecord]) -> int:
-        """The step after the highest the server holds for these points' metrics (0: none)."""
-        names = sorted({name for p in points if p.counter is not None for name in p.values})
-        steps = [
-            point.get("step")
-            for held in self.client.read_metrics(run_id, names)[0].values()
-            for point in held
-        ]
-        return max((s + 1 for s in steps if isinstance(s, int)), default=0)
-
     def _tell_once(self, topic: str, message: str, *args: object) -> None:
         """Log a problem as an error the first time, at debug level while it persists."""
         level = logging.DEBUG if topic in self._told else logging.ERROR
         self._told.add(topic)
         _LOG.log(level, message, *args)
-
-    def _missing(
-        self, run_id: str, kind: str, entries: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """The entries of a part the server provably does not hold.
-
-        The server's points of those metrics (or the run's events) are read back, asked for
-        as the official client asks for all of them, and matched: a point by name, step and
-        timestamp, or by name and step where the server's answer carries no timestamp; an
-        event by message and timestamp; each stored item matching one entry at most. An
-        entry is sent again only when the read-back of its metric (or of the events) is
-        complete: as many items as the server counts for it. Where it is not (a server that
-        thins or cuts its answer), nothing of it is sent again: the entry may be stored, and
-        sending it twice is what this avoids (counted in ``unproven``, and logged).
-        """
-        unproven = 0
-        if kind == "metrics":
-            names = sorted({n for e in entries for n in e["values"]})
-            points, complete = self.client.read_metrics(run_id, names)
-            exact: Counter[tuple[Any, ...]] = Counter()
-            by_step: Counter[tuple[Any, ...]] = Counter()
-            for name, held in points.items():
-                for point in held:
-                    stamp = point.get("timestamp")
-                    if stamp is None:
-                        by_step[(name, point.get("step"))] += 1
-                    else:
-                        exact[(name, point.get("step"), _stamp(stamp))] += 1
-            missing = []
-            for entry in entries:
-                values = {}
-                for name, value in entry["values"].items():
-                    found = (name, entry["step"], _stamp(entry["timestamp"]))
-                    if exact[found] > 0:
-                        exact[found] -= 1
-                    elif by_step[found[:2]] > 0:
-                        by_step[found[:2]] -= 1
-                    elif name not in complete:
-                        unproven += 1
-                    else:
-                        values[name] = value
-                if values:
-                    missing.append({**entry, "values": values})
-            sent = sum(len(e["values"]) for e in missing)
-            total = sum(len(e["values"]) for e in entries)
-        else:
-            events, whole = self.client.read_events(run_id)
-            stored: Counter[tuple[Any, ...]] = Counter(
-                (e.get("message"), _stamp(e.get("timestamp"))) for e in events
-            )
-            missing = []
-            for entry in entries:
-                event = (entry["message"], _stamp(entry["timestamp"]))
-                if stored[event] > 0:
-                    stored[event] -= 1
-                elif not whole:
-                    unproven += 1
-                else:
-                    missing.append(entry)
-            sent, total = len(missing), len(entries)
-        if unproven:
-            self.stats.unproven += unproven
-            _LOG.warning(
-                "an earlier %s POST for run %s got no answer, and the server's read-back is "
-                "not complete: %d of its %d entries were not found and are not sent again "
-                "(they may be stored; sending them twice would double them)",
-                kind,
-                run_id,
-                unproven,
-                total,
-            )
-        _LOG.info(
-            "an earlier %s POST for run %s got no answer: the server has %d of its %d entries; "
-            "sending the rest",
-            kind,
-            run_id,
-            total - sent - unproven,
-            total,
-        )
-        return missing
 
     def _ensure_run(self, ref: RunRef, state: RunRecord | None, earliest: float | None) -> str:
         """The server id for a run key, found or created by one process at a time (others
