@@ -25,19 +25,7 @@ from .spool import SpoolWriter
 if TYPE_CHECKING:
     from .uploader import Progress
 
-__all__ = ["SpooledBuffer", "latest_states"]
-
-
-def latest_states(records: Sequence[Record]) -> list[RunRecord]:
-    """The run states among ``records``, the latest of each run (in the order their runs
-    first appear): what a run's state comes to, written once."""
-    latest: dict[str, RunRecord] = {}
-    for state in records:
-        if isinstance(state, RunRecord):
-            held = latest.get(state.run.key)
-            if held is None or state.observed >= held.observed:
-                latest[state.run.key] = state
-    return list(latest.values())
+__all__ = ["SpooledBuffer"]
 
 
 class SpooledBuffer(Sink):

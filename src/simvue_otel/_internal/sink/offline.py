@@ -15,7 +15,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ..mapping.records import Record
-from .buffer import SpooledBuffer, latest_states
+from .buffer import SpooledBuffer
+from .losses import split_states
 from .spool import SpoolWriter
 
 _LOG = logging.getLogger("simvue_otel.sink")
@@ -60,7 +61,7 @@ class OfflineSink(SpooledBuffer):
         """Write run states a full disk refused earlier (there is room again, or at close)."""
         if not self._buffer:
             return
-        held = latest_states(self._buffer)
+        held = list(split_states(self._buffer)[1].values())  # the latest state of each run
         try:
             self._writer.append(self._next_key(), held)
         except OSError:
@@ -111,7 +112,7 @@ class OfflineSink(SpooledBuffer):
             except OSError as exc:
                 _LOG.error("cannot finish the spool in %s: %s", self._spool, exc)
         self._reserve.release()
-        held = latest_states(self._buffer)
+        held = split_states(self._buffer)[1]
         if held:
             self.losses.total += len(held)
             _LOG.error("%d run state(s) could not be written to %s", len(held), self._spool)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..client import SimvueClient
 from ..client import parse_timestamp as _parse_timestamp
-
-if TYPE_CHECKING:
-    from .uploader import UploadStats
 
 __all__ = ["missing_entries"]
 
@@ -35,12 +32,12 @@ def _stamp(text: Any) -> Any:
 
 def missing_entries(
     client: SimvueClient,
-    stats: UploadStats,
     run_id: str,
     kind: str,
     entries: list[dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """The entries of a part the server provably does not hold.
+) -> tuple[list[dict[str, Any]], int]:
+    """The entries of a part the server provably does not hold, and how many entries it
+    neither showed nor proved missing (``unproven``).
 
     The server's points of those metrics (or the run's events) are read back, asked for
     as the official client asks for all of them, and matched: a point by name, step and
@@ -97,7 +94,6 @@ def missing_entries(
                 missing.append(entry)
         sent, total = len(missing), len(entries)
     if unproven:
-        stats.unproven += unproven
         _LOG.warning(
             "an earlier %s POST for run %s got no answer, and the server's read-back is "
             "not complete: %d of its %d entries were not found and are not sent again "
@@ -115,4 +111,4 @@ def missing_entries(
         total - sent - unproven,
         total,
     )
-    return missing
+    return missing, unproven

@@ -611,7 +611,8 @@ class Uploader:
         post = self.client.post_metrics if kind == "metrics" else self.client.post_events
         if state == "sending":
             self._settled(part, progress.began.get(part, 0.0))
-            entries = missing_entries(self.client, self.stats, run_id, kind, entries)
+            entries, unproven = missing_entries(self.client, run_id, kind, entries)
+            self.stats.unproven += unproven
             self.stats.reconciled += 1
         if entries:
             progress.set(part, "sending")
