@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from ..mapping.records import MetricRecord, Record, RunRecord
 from .base import Sink
-from .losses import DiskReserve, LossLedger, split_states
+from .losses import LossLedger, split_states
+from .reserve import DiskReserve
 from .spool import SpoolWriter
 
 if TYPE_CHECKING:

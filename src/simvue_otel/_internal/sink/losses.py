@@ -13,70 +13,23 @@ way, by whoever reads the spool: :func:`damage_events`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import secrets
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..mapping.records import EventRecord, Record, RunRecord, RunRef
-from .files import create_private, private_dir
 
 if TYPE_CHECKING:
     from .spool import Damage
 
-__all__ = ["LOSS_EVENT_PREFIX", "DiskReserve", "LossLedger", "damage_events", "split_states"]
+__all__ = ["LOSS_EVENT_PREFIX", "LossLedger", "damage_events", "split_states"]
 
 _LOG = logging.getLogger("simvue_otel.sink")
 
 LOSS_EVENT_PREFIX = "simvue-otel lost data:"
 """How the event recording a loss starts, so it can be found (and told from user events)."""
-
-
-RESERVE_PREFIX = ".reserve-"
-
-
-class DiskReserve:
-    """A small file of real bytes held in the spool directory from the start, and deleted at
-    close: on a disk that filled up meanwhile, it makes room for what a run must not lose at
-    its end (its final state and the event saying what was lost)."""
-
-    def __init__(self, directory: Path, size: int = 256 * 1024) -> None:
-        self.path: Path | None = directory / f"{RESERVE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            private_dir(directory)
-            # Written, not sparse: the space is really taken. Created exclusively: never a file
-            # (or a link) that was there before.
-            create_private(self.path, b"\0" * size)
-        except OSError:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            self.path = None  # no room even for this: nothing reserved
-
-    def release(self) -> None:
-        """Give the space back (once)."""
-        if self.path is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            self.path = None
-
-
-def stale_reserves(directory: Path) -> list[Path]:
-    """Reserve files whose process is gone (killed before its close): safe to delete."""
-    found = []
-    for path in directory.glob(f"{RESERVE_PREFIX}*"):
-        pid_text = path.name[len(RESERVE_PREFIX) :].split("-", 1)[0]
-        try:
-            os.kill(int(pid_text), 0)
-        except (ValueError, ProcessLookupError):
-            found.append(path)
-        except PermissionError:
-            pass  # alive, another user's
-    return found
 
 
 def split_states(records: Sequence[Record]) -> tuple[list[Record], dict[str, RunRecord]]:

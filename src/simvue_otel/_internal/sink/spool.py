@@ -70,7 +70,7 @@ from .files import (
     read_private,
     replace_private,
 )
-from .losses import stale_reserves
+from .reserve import stale_reserves
 
 __all__ = [
     "FRAME_MAGIC",
