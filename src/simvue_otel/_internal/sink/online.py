@@ -18,6 +18,12 @@ ids are recorded in a :class:`~.run_index.RunIndex` beside the spool. Heartbeats
 runs from turning ``lost``; a run that has ended gets none, whatever arrives for it later.
 At ``close`` the sink waits at most ``timeout`` seconds and leaves the rest on disk for
 ``simvue-otel send``.
+
+The sink is made of parts, one job each, that share its lock: :class:`~.buffer.SpooledBuffer`
+holds what was accepted and not yet delivered (memory, spill, the full-disk policy and the loss
+ledger), :class:`~.liveness.Liveness` keeps heartbeats and abort polling, and
+:class:`~.delivery.Delivery` runs the worker loop and adopts what dead processes left. This
+module adds the producer's side (``submit``, ``flush``), ``close`` and the forked child's sink.
 """
 
 from __future__ import annotations
