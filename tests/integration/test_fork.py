@@ -202,6 +202,29 @@ def test_fork_pool_over_otlp_to_the_bridge(
             time.sleep(0.5)
 
 
+def run_child_app(
+    server: LocalServer, client: SimvueClient, tmp_path: Path, app: str, prefix: str
+) -> dict[str, Any]:
+    """Run one of the single-child apps above; check that the child's 100 points and its
+    event reached the run exactly once; return the app's last JSON line (or {})."""
+    name, folder = f"{prefix}-{uuid.uuid4().hex[:8]}", f"/fork-tests/{uuid.uuid4().hex[:8]}"
+    script = tmp_path / f"{prefix}_app.py"
+    script.write_text(app)
+    env = environment(server, tmp_path / "offline")
+    out = bounded([sys.executable, str(script), name, folder], env, tmp_path)
+    assert out.returncode == 0, f"the app failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    found = client.find_runs([f"name == {name}", f"folder.path == {folder}"])
+    assert len(found) == 1
+    run_id = found[0]["id"]
+    points = client.get_metrics(run_id, ["child.x"]).get("child.x", [])
+    assert sorted(p["step"] for p in points) == list(range(100)), out.stderr
+    assert [e["message"] for e in client.get_events(run_id)].count("child done") == 1
+    lines = out.stdout.strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    result["stderr"] = out.stderr
+    return result
+
+
 EXIT_RACE_APP = textwrap.dedent(
     """
     import json, multiprocessing as mp, multiprocessing.util as mp_util, os, signal, sys
@@ -236,18 +259,8 @@ def test_a_sigterm_while_a_child_runs_its_exit_finalizers_does_not_skip_its_deli
     """The SIGTERM handler raised inside multiprocessing's exit finalizers, which catch only
     ``Exception``: the finalizer that delivers what the child recorded was skipped, and its
     points and events were lost (seen as a pool worker's missing event under load)."""
-    name, folder = f"exit-race-{uuid.uuid4().hex[:8]}", f"/fork-tests/{uuid.uuid4().hex[:8]}"
-    script = tmp_path / "exit_race_app.py"
-    script.write_text(EXIT_RACE_APP)
-    env = environment(local_server, tmp_path / "offline")
-    out = bounded([sys.executable, str(script), name, folder], env, tmp_path)
-    assert out.returncode == 0, f"the app failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-    found = client.find_runs([f"name == {name}", f"folder.path == {folder}"])
-    assert len(found) == 1
-    run_id = found[0]["id"]
-    points = client.get_metrics(run_id, ["child.x"]).get("child.x", [])
-    assert sorted(p["step"] for p in points) == list(range(100)), out.stderr
-    assert [e["message"] for e in client.get_events(run_id)].count("child done") == 1
+    result = run_child_app(local_server, client, tmp_path, EXIT_RACE_APP, "exit-race")
+    assert result["exitcode"] == 0, result["stderr"]
 
 
 STRAY_SIGTERM_APP = textwrap.dedent(
@@ -298,20 +311,8 @@ def test_a_sigterm_the_childs_main_thread_never_takes_still_delivers_and_ends_it
     """``Pool.terminate`` hung forever (one run in about thirty under load): its SIGTERM was
     tripped while the worker's main thread was about to wait for its next task, so the Python
     handler never ran. The child's watcher delivers what it recorded and ends it (143)."""
-    name, folder = f"stray-{uuid.uuid4().hex[:8]}", f"/fork-tests/{uuid.uuid4().hex[:8]}"
-    script = tmp_path / "stray_app.py"
-    script.write_text(STRAY_SIGTERM_APP)
-    env = environment(local_server, tmp_path / "offline")
-    out = bounded([sys.executable, str(script), name, folder], env, tmp_path)
-    assert out.returncode == 0, f"the app failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"exitcode": 143, "hung": False}, out.stderr
-    found = client.find_runs([f"name == {name}", f"folder.path == {folder}"])
-    assert len(found) == 1
-    run_id = found[0]["id"]
-    points = client.get_metrics(run_id, ["child.x"]).get("child.x", [])
-    assert sorted(p["step"] for p in points) == list(range(100)), out.stderr
-    assert [e["message"] for e in client.get_events(run_id)].count("child done") == 1
+    result = run_child_app(local_server, client, tmp_path, STRAY_SIGTERM_APP, "stray")
+    assert (result["exitcode"], result["hung"]) == (143, False), result["stderr"]
 
 
 def test_spawn_refuses_to_send_a_run_clearly(local_server: LocalServer, tmp_path: Path) -> None:
