@@ -53,7 +53,8 @@ class OfflineSink(SpooledBuffer):
         of :meth:`_spill_locked`). Once writes succeed again, runs that lost data get their
         loss event."""
         written = self._spill_seq
-        self._spill_locked(records, batch_key or self._next_key())
+        key = self._next_key()  # taken by every batch, keyed or not (the spool's numbering)
+        self._spill_locked(records, batch_key or key)
         if self._spill_seq > written:
             self._tell_losses()
 
