@@ -14,7 +14,6 @@ sends what it queued when it exits (as :class:`~.pipeline.Pipeline` does).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -28,7 +27,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .config import setting
 from .pipeline import default_shutdown_timeout, deliver_at_child_exit
-from .threads import start_daemon
+from .threads import call_in_forked_child, start_daemon
 
 __all__ = ["ForwardingLogProcessor", "ForwardingSpanProcessor", "otlp_exporters"]
 
@@ -60,15 +59,7 @@ class _Forwarder:
         self._name = name
         self._child_pending = False  # forked, not yet started in this process
         self._thread = start_daemon(self._run, name)
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork_in_child)
-
-            def after_in_child() -> None:
-                method = ref()
-                if method is not None:
-                    method()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        call_in_forked_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: the queued items are the parent's; fresh queue and locks."""

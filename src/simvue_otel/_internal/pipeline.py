@@ -36,7 +36,7 @@ from .mapping.model import MetricRow, OtelSpan
 from .mapping.records import Record
 from .mapping.sdk import attributes_from_sdk, map_sdk_logs, metrics_from_sdk, spans_from_sdk
 from .sink import Sink, create_sink
-from .threads import mark_exiting, start_daemon, watch_sigterm_in_child
+from .threads import call_in_forked_child, mark_exiting, start_daemon, watch_sigterm_in_child
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import ReadableLogRecord, ReadWriteLogRecord
@@ -150,15 +150,7 @@ class Pipeline:
         """Keys of the runs the process that made this pipeline starts (a ``Run``'s): a forked
         child records into them but leaves their making and ending to that process."""
         self._thread = start_daemon(self._run, "simvue-otel-pipeline")
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork_in_child)
-
-            def after_in_child() -> None:
-                method = ref()
-                if method is not None:
-                    method()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        call_in_forked_child(self._after_fork_in_child)
 
     @property
     def closed(self) -> bool:

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -33,6 +32,7 @@ from .conventions import (
     PROCESS_MEMORY_USAGE,
 )
 from .errors import SimvueValidationError
+from .threads import call_in_forked_child
 
 __all__ = ["ResourceMonitor", "cpu_count", "sample_tree"]
 
@@ -139,15 +139,7 @@ class ResourceMonitor:
         self._lock = threading.Lock()
         self._closed = False
         self._processes: dict[int, psutil.Process] = {}
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-
-            def after_in_child() -> None:
-                monitor = ref()
-                if monitor is not None:
-                    monitor._after_fork_in_child()
-
-            os.register_at_fork(after_in_child=after_in_child)
+        call_in_forked_child(self._after_fork_in_child)
         self._sample: tuple[float, float] | None = None
         self._sampled_at = float("-inf")
 

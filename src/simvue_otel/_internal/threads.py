@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,21 @@ def signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def call_in_forked_child(method: Callable[[], object]) -> None:
+    """Call the bound ``method`` in every process forked from this one from now on, for as
+    long as its object lives (held weakly: registering keeps nothing alive)."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.WeakMethod(method)
+
+    def after_in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            alive()
+
+    os.register_at_fork(after_in_child=after_in_child)
 
 
 def start_daemon(target: Callable[[], object], name: str) -> threading.Thread:
